@@ -1,0 +1,75 @@
+"""Shared fixtures: stage loading, tiny configurations, a small text, and a command-line runner."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+
+STAGE_FILES = common.stage_files()
+STAGE_IDS = [p.stem for p in STAGE_FILES]
+
+# "small for testing efficiency": every stage's model at a size that trains in a blink
+TINY = dict(batch_size=4, block_size=8, n_embd=16, n_head=2, n_layer=2, dropout=0.0, eval_iters=2)
+
+# a text with enough structure to learn from and a vocabulary of its own (no 'z', 'Q', ...)
+SMALL_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+    "All:\nResolved. resolved.\n\n"
+) * 60
+
+
+def load_stage(name: str) -> ModuleType:
+    """Import stages/<name>.py by path (its name starts with a digit, so `import` cannot)."""
+    path = ROOT / "stages" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` would: inspect and dataclasses look modules up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_config(module: ModuleType, **overrides):
+    """The stage's Config with TINY values for every field it has."""
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    values = {k: v for k, v in {**TINY, **overrides}.items() if k in names}
+    return module.Config(**values)
+
+
+def tiny_flags(module: ModuleType, max_iters: int = 20, eval_interval: int = 10) -> list[str]:
+    """Command-line flags for a tiny, seconds-long run of a stage."""
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    values = {**TINY, "max_iters": max_iters, "eval_interval": eval_interval}
+    flags = []
+    for k, v in values.items():
+        if k in names:
+            flags += [f"--{k}", str(v)]
+    return flags + ["--num_tokens", "40", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def small_text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run a stage's main() in-process as the command line would: returns (exit code, stdout, stderr)."""
+
+    def run(module: ModuleType, argv: list[str]) -> tuple[int, str, str]:
+        code = common.run_stage(module.main, argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

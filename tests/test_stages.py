@@ -1,0 +1,272 @@
+"""Every stage: its names, its model's behaviour, and its command line end to end, at tiny sizes."""
+
+import math
+import sys
+
+import pytest
+import torch
+
+import common
+from conftest import STAGE_IDS, load_stage, tiny_config, tiny_flags
+
+VOCAB = 65  # tiny Shakespeare's vocabulary size
+
+
+def number(stage: str) -> int:
+    return int(stage[:2])
+
+
+def stages_from(first: int) -> list[str]:
+    return [s for s in STAGE_IDS if number(s) >= first]
+
+
+@pytest.fixture(params=STAGE_IDS)
+def stage(request):
+    return request.param
+
+
+def build(module, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return module.LanguageModel(VOCAB, tiny_config(module, **overrides))
+
+
+# -- names and import ------------------------------------------------------------------------------
+
+
+def test_import_reads_no_data_and_trains_nothing(stage, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("importing a stage must not read data or train")
+
+    monkeypatch.setattr(common, "load_text", forbidden)
+    monkeypatch.setattr(common, "start", forbidden)
+    module = load_stage(stage)
+    for name in ("Config", "LanguageModel", "main"):
+        assert hasattr(module, name), f"{stage} has no {name}"
+    fields = set(module.Config.__dataclass_fields__)
+    assert {"batch_size", "block_size", "max_iters", "eval_interval", "learning_rate", "eval_iters"} <= fields
+    assert module.__doc__.startswith(f"Stage {stage[:2]}:"), "each stage opens with its docstring"
+
+
+def test_every_hyperparameter_is_a_flag_with_help(stage):
+    module = load_stage(stage)
+    parser = common.build_parser(stage, module.__doc__, module.Config, getattr(module, "PRESETS", None))
+    actions = {a.dest: a for a in parser._actions}
+    for name in module.Config.__dataclass_fields__:
+        assert name in actions, f"--{name} is missing"
+        assert actions[name].help, f"--{name} has no help (the comment after the field is its help)"
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+
+def test_logits_shape_and_loss(stage):
+    module = load_stage(stage)
+    model = build(module)
+    idx = torch.randint(VOCAB, (3, 8))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 8, VOCAB)
+    assert loss is None
+    _, loss = model(idx, idx)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_initial_loss_is_near_uniform(stage):
+    module = load_stage(stage)
+    model = build(module).eval()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(VOCAB, (256, 8), generator=gen)
+    targets = torch.randint(VOCAB, (256, 8), generator=gen)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(VOCAB)) < 0.7, f"{loss.item():.3f} vs ln({VOCAB}) = {math.log(VOCAB):.3f}"
+
+
+def test_a_few_steps_lower_the_loss(stage, small_text_file):
+    module = load_stage(stage)
+    tok = common.CharTokenizer.from_text(small_text_file.read_text())
+    data = torch.tensor(tok.encode(small_text_file.read_text()))
+    cfg = tiny_config(module, batch_size=16)
+    torch.manual_seed(0)
+    model = module.LanguageModel(tok.vocab_size, cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = common.get_batch(data, 16, cfg.block_size, torch.Generator().manual_seed(0))
+    model.eval()
+    first = model(x, y)[1].item()
+    model.train()
+    for _ in range(25):
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    last = model(x, y)[1].item()
+    assert last < first - 0.3, f"loss {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize("stage", STAGE_IDS)
+def test_causality(stage):
+    """In eval mode, the logits at positions <= t do not depend on the tokens after t."""
+    module = load_stage(stage)
+    model = build(module).eval()
+    torch.manual_seed(1)
+    idx = torch.randint(VOCAB, (2, 8))
+    logits, _ = model(idx)
+    for t in range(7):
+        changed = idx.clone()
+        changed[:, t + 1 :] = torch.randint(VOCAB, (2, 7 - t))
+        changed_logits, _ = model(changed)
+        torch.testing.assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], msg=f"position {t} saw the future")
+
+
+def test_context_is_used_from_stage_04_on(stage):
+    """The converse of causality: from stage 04 on, earlier tokens do change later predictions."""
+    module = load_stage(stage)
+    model = build(module).eval()
+    idx = torch.randint(VOCAB, (1, 8), generator=torch.Generator().manual_seed(2))
+    changed = idx.clone()
+    changed[0, 0] = (idx[0, 0] + 1) % VOCAB
+    moved = not torch.allclose(model(idx)[0][0, -1], model(changed)[0][0, -1])
+    assert moved == (number(stage) >= 3), "stages 01-02 look at one token; from 03 on tokens communicate"
+
+
+def test_generate_length_and_long_contexts(stage):
+    module = load_stage(stage)
+    model = build(module).eval()
+    block = tiny_config(module).block_size
+    idx = torch.zeros((2, block + 5), dtype=torch.long)  # longer than block_size
+    out = model.generate(idx, max_new_tokens=7)
+    assert out.shape == (2, block + 12)
+    assert torch.equal(out[:, : block + 5], idx)  # the prompt is kept
+    assert int(out.min()) >= 0 and int(out.max()) < VOCAB
+
+
+# -- stage-specific behaviour ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", stages_from(3)[:1])
+def test_three_forms_of_the_causal_average_agree(stage):
+    module = load_stage(stage)
+    x = torch.randn(4, 8, 5)  # (B, T, C)
+    loop = module.average_loop(x)
+    torch.testing.assert_close(module.average_matmul(x), loop)
+    torch.testing.assert_close(module.average_softmax(x), loop)
+    torch.testing.assert_close(loop[:, 0], x[:, 0])  # the first position averages only itself
+    torch.testing.assert_close(loop[:, -1], x.mean(dim=1))  # the last averages everything
+
+
+def heads(model):
+    return [m for m in model.modules() if all(hasattr(m, n) for n in ("key", "query", "value"))]
+
+
+@pytest.mark.parametrize("stage", stages_from(4))
+def test_query_key_and_value_all_receive_gradient(stage):
+    """A query computed with the key layer (a known slip) leaves the query weights without gradient."""
+    module = load_stage(stage)
+    model = build(module)
+    idx = torch.randint(VOCAB, (4, 8), generator=torch.Generator().manual_seed(3))
+    _, loss = model(idx, idx)
+    loss.backward()
+    found = heads(model)
+    assert found, "no attention head with key, query and value layers"
+    for head in found:
+        for name in ("key", "query", "value"):
+            grad = getattr(head, name).weight.grad
+            assert grad is not None and grad.abs().sum() > 0, f"{name} weights got no gradient"
+
+
+@pytest.mark.parametrize("stage", stages_from(4))
+def test_attention_is_scaled_by_head_size(stage):
+    """A head computes softmax(q kT / sqrt(head_size), causal) @ v, not / sqrt(n_embd) (a known erratum)."""
+    module = load_stage(stage)
+    model = build(module).eval()
+    head = heads(model)[0]
+    head_size = head.key.weight.shape[0]
+    x = torch.randn(1, 8, head.key.weight.shape[1])  # (B, T, C)
+    q, k, v = head.query(x), head.key(x), head.value(x)  # (B, T, head_size) each
+    causal = torch.tril(torch.ones(8, 8)) == 0
+    wei = torch.softmax((q @ k.transpose(-2, -1) * head_size**-0.5).masked_fill(causal, float("-inf")), dim=-1)
+    torch.testing.assert_close(head(x), wei @ v)
+
+
+def residual_probe(module):
+    """Feed a block with its attention and feed-forward outputs forced to zero; return (input, output)."""
+    model = build(module).eval()
+    block = model.blocks[0]
+    zero = lambda mod, args, out: torch.zeros_like(out)  # noqa: E731
+    block.sa.register_forward_hook(zero)
+    block.ffwd.register_forward_hook(zero)
+    x = torch.randn(2, 8, tiny_config(module).n_embd)
+    return x, block(x)
+
+
+@pytest.mark.parametrize("stage", stages_from(7)[:1])
+def test_stage_07_blocks_have_no_residual_path(stage):
+    x, out = residual_probe(load_stage(stage))
+    assert torch.count_nonzero(out) == 0, "with its sublayers silenced, a block without residuals outputs zeros"
+
+
+@pytest.mark.parametrize("stage", stages_from(8))
+def test_blocks_from_stage_08_on_carry_a_residual_path(stage):
+    x, out = residual_probe(load_stage(stage))
+    torch.testing.assert_close(out, x)  # x + 0 + 0: the residual stream passes through untouched
+
+
+@pytest.mark.parametrize("stage", stages_from(10))
+def test_stage_10_at_the_lecture_configuration_has_10_788_929_parameters(stage):
+    module = load_stage(stage)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = module.LanguageModel(VOCAB, module.Config())
+    assert sum(p.numel() for p in model.parameters()) == 10_788_929
+
+
+# -- the command line, end to end ------------------------------------------------------------------
+
+
+def test_command_line_trains_saves_samples_and_resumes(stage, small_text_file, tmp_path, run_cli):
+    module = load_stage(stage)
+    ckpt = tmp_path / f"{stage}.pt"
+    flags = tiny_flags(module, max_iters=20, eval_interval=10) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+
+    code, out, err = run_cli(module, flags)
+    assert code == 0, err
+    assert "step 0: train loss" in out and "step 19: train loss" in out
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["stage"] == stage and saved["step"] == 20
+    assert [r["step"] for r in saved["history"]] == [0, 10, 19]
+    assert ckpt.with_suffix(".sample.txt").read_text(encoding="utf-8").strip()
+    assert common.read_history(ckpt.with_suffix(".history.csv")) == saved["history"]
+
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--prompt", "All:", "--num_tokens", "30"])
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("All:") or "All:" in out
+    assert "step 0" not in out  # sampling does not train
+
+    code, out, err = run_cli(
+        module, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", "30", "--device", "cpu"]
+    )
+    assert code == 0, err
+    assert "resumed from" in out and "at step 20" in out
+    resumed = torch.load(ckpt, weights_only=True)
+    assert resumed["step"] == 30
+    assert [r["step"] for r in resumed["history"]] == [0, 10, 19, 20, 29]
+
+
+def test_help_lists_every_flag(stage, run_cli):
+    module = load_stage(stage)
+    code, out, _ = run_cli(module, ["--help"])
+    assert code == 0
+    for flag in ["--device", "--seed", "--data", "--sample", "--resume", "--prompt", "--num_tokens", "--temperature", "--top_k"]:
+        assert flag in out
+    for name in module.Config.__dataclass_fields__:
+        assert f"--{name}" in out
+
+
+def test_stage_runs_as_a_script(tmp_path, small_text_file):
+    """One real subprocess (the rest run in-process): `python stages/01_bigram.py` as a user types it."""
+    import subprocess
+
+    module = load_stage(STAGE_IDS[0])
+    cmd = [sys.executable, str(common.STAGE_DIR / f"{STAGE_IDS[0]}.py"), *tiny_flags(module, max_iters=5, eval_interval=5)]
+    cmd += ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "s.pt")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "step 4: train loss" in done.stdout and (tmp_path / "s.pt").exists()
