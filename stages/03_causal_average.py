@@ -1,0 +1,153 @@
+"""Stage 03: the averaging trick, a causal bag of words.
+
+The concept: tokens start to talk. Each position is replaced by the average of its own embedding
+and those of every earlier position (never a later one: that is the future we predict). Written as
+a loop it is slow; as a matrix multiply by a lower-triangular matrix whose rows sum to 1 it is fast;
+and as masked_fill(-inf) then softmax over all-zero affinities it is the exact form that attention
+will use, with learned affinities in place of the zeros. The three forms agree (see the tests).
+New against stage 02: CausalAverage (no parameters) between the embeddings and the head.
+
+The learning rate drops from 1e-2 to 1e-3 here, with 5000 steps instead of 3000 (and an estimate
+every 500) to make up for the smaller steps. The attention stages from 04 on need the lower rate
+(self-attention does not tolerate very high learning rates); changing it here keeps stage 04's diff
+about attention alone and gives it a baseline measured at the same settings.
+
+Run:     python stages/03_causal_average.py            (--help lists every flag)
+Measured: TODO
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
+import common  # noqa: E402
+
+
+@dataclass
+class Config:
+    """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
+
+    batch_size: int = 32  # independent sequences processed in parallel in each step
+    block_size: int = 8  # context length: the most characters a prediction looks back at
+    max_iters: int = 5000  # training steps
+    eval_interval: int = 500  # steps between loss estimates
+    learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
+    eval_iters: int = 200  # batches of each split averaged in one loss estimate
+    n_embd: int = 32  # width of the token and position embeddings
+
+
+def average_loop(x: torch.Tensor) -> torch.Tensor:
+    """x (B, T, C) -> (B, T, C): position t becomes the mean of positions 0..t, one at a time."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[1]):
+        out[:, t] = x[:, : t + 1].mean(dim=1)  # (B, C)
+    return out
+
+
+def average_matmul(x: torch.Tensor) -> torch.Tensor:
+    """The same with one matrix multiply: row t of wei holds 1/(t+1) for positions 0..t, 0 after."""
+    T = x.shape[1]
+    wei = torch.tril(torch.ones(T, T, device=x.device))  # (T, T) ones on and below the diagonal
+    wei = wei / wei.sum(dim=1, keepdim=True)  # (T, T) each row sums to 1
+    return wei @ x  # (T, T) @ (B, T, C) -> (B, T, C): batched over B
+
+
+def average_softmax(x: torch.Tensor) -> torch.Tensor:
+    """The same through softmax: the form that self-attention generalises."""
+    T = x.shape[1]
+    tril = torch.tril(torch.ones(T, T, device=x.device))
+    wei = torch.zeros((T, T), device=x.device)  # (T, T) affinities: all equal, for now
+    wei = wei.masked_fill(tril == 0, float("-inf"))  # the future gets -inf ...
+    wei = F.softmax(wei, dim=-1)  # ... so weight 0 after softmax; the past shares the rest equally
+    return wei @ x  # (B, T, C)
+
+
+class CausalAverage(nn.Module):
+    """Each position becomes the mean of itself and every earlier position (no parameters)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        # a buffer, not a parameter: it moves with .to(device) but is never trained
+        self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        wei = torch.zeros((T, T), device=x.device)  # (T, T) affinities: every earlier position counts the same
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (T, T) the future is masked out
+        wei = F.softmax(wei, dim=-1)  # (T, T) each row sums to 1
+        out = wei @ x  # (T, T) @ (B, T, C) -> (B, T, C)
+        return out
+
+
+class LanguageModel(nn.Module):
+    """Token plus position embeddings, averaged over the past, then a linear head."""
+
+    def __init__(self, vocab_size: int, config: Config) -> None:
+        super().__init__()
+        self.block_size = config.block_size
+        # each token id and each position looks up a learned vector of n_embd numbers
+        self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.average = CausalAverage(config)  # tokens talk: each sees the mean of its past
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        # idx and targets are both (B, T) tensors of integers
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
+        x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        x = self.average(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+
+        if targets is None:
+            loss = None
+        else:
+            B, T, C = logits.shape
+            # cross_entropy wants the classes in the second dimension: flatten batch and time
+            loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+        """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            # the model never saw more than block_size tokens in training: keep the last ones
+            idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
+            logits, _ = self(idx_cond)  # (B, T', C)
+            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx
+
+
+def main(argv: list[str] | None = None) -> None:
+    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    cfg = run.config
+    model = LanguageModel(run.vocab_size, cfg).to(run.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
+
+    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+        # every once in a while estimate the loss on the train and val sets
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
+            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
+
+        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        logits, loss = model(xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        trainer.record(loss)  # progress bar; stops on a nan or inf loss
+
+    trainer.finish()  # saves the final checkpoint and prints a sample from the model
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_stage(main))

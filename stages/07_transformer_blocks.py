@@ -1,0 +1,173 @@
+"""Stage 07: Transformer blocks, stacked (without residual connections).
+
+The concept: the Transformer block. Attention (communication) followed by feed-forward
+(computation) becomes one Block, and blocks are stacked n_layer = 3 deep, so that tokens can talk,
+think, and talk again about what they now know.
+New against stage 06: Block, the n_layer hyperparameter, and a stack of blocks in place of the
+single attention + feed-forward pair.
+This stage is deliberately *worse* than stage 06: a plain stack of layers is hard to optimise,
+because the gradient has to pass through every layer on its way down (stage 08 fixes that).
+
+Run:     python stages/07_transformer_blocks.py            (--help lists every flag)
+Measured: TODO
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
+import common  # noqa: E402
+
+
+@dataclass
+class Config:
+    """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
+
+    batch_size: int = 32  # independent sequences processed in parallel in each step
+    block_size: int = 8  # context length: the most characters a prediction looks back at
+    max_iters: int = 5000  # training steps
+    eval_interval: int = 500  # steps between loss estimates
+    learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
+    eval_iters: int = 200  # batches of each split averaged in one loss estimate
+    n_embd: int = 32  # width of the token and position embeddings
+    n_head: int = 4  # attention heads, each of size n_embd // n_head
+    n_layer: int = 3  # Transformer blocks stacked one after another
+
+
+class Head(nn.Module):
+    """One head of self-attention."""
+
+    def __init__(self, config: Config, head_size: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(config.n_embd, head_size, bias=False)
+        self.query = nn.Linear(config.n_embd, head_size, bias=False)
+        self.value = nn.Linear(config.n_embd, head_size, bias=False)
+        # a buffer, not a parameter: it moves with .to(device) but is never trained
+        self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, hs) what each position contains
+        q = self.query(x)  # (B, T, hs) what each position looks for
+        # affinities, scaled by 1/sqrt(head_size) so that they have unit variance at initialisation
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
+        wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
+        v = self.value(x)  # (B, T, hs) what each position offers
+        out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
+        return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads of self-attention in parallel, their outputs concatenated."""
+
+    def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)
+        return out
+
+
+class FeedForward(nn.Module):
+    """A linear layer and a non-linearity, applied to each position on its own."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_embd, config.n_embd),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, T, C): the same weights at every position, no mixing across time
+
+
+class Block(nn.Module):
+    """Transformer block: communication (attention) followed by computation (feed-forward)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        head_size = config.n_embd // config.n_head  # n_head heads of head_size: n_embd wide once concatenated
+        self.sa = MultiHeadAttention(config, config.n_head, head_size)
+        self.ffwd = FeedForward(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.sa(x)  # (B, T, C)
+        x = self.ffwd(x)  # (B, T, C)
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Token plus position embeddings, n_layer Transformer blocks, then a linear head."""
+
+    def __init__(self, vocab_size: int, config: Config) -> None:
+        super().__init__()
+        self.block_size = config.block_size
+        # each token id and each position looks up a learned vector of n_embd numbers
+        self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        # idx and targets are both (B, T) tensors of integers
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
+        x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        x = self.blocks(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+
+        if targets is None:
+            loss = None
+        else:
+            B, T, C = logits.shape
+            # cross_entropy wants the classes in the second dimension: flatten batch and time
+            loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+        """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            # the model never saw more than block_size tokens in training: keep the last ones
+            idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
+            logits, _ = self(idx_cond)  # (B, T', C)
+            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx
+
+
+def main(argv: list[str] | None = None) -> None:
+    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    cfg = run.config
+    model = LanguageModel(run.vocab_size, cfg).to(run.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
+
+    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+        # every once in a while estimate the loss on the train and val sets
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
+            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
+
+        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        logits, loss = model(xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        trainer.record(loss)  # progress bar; stops on a nan or inf loss
+
+    trainer.finish()  # saves the final checkpoint and prints a sample from the model
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_stage(main))

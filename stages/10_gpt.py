@@ -1,0 +1,200 @@
+"""Stage 10: the GPT: dropout and the scale-up to the lecture's final model.
+
+The concept: scale up, and regularise so the bigger model does not memorise. Dropout zeroes a random
+fraction (0.2) of activations at every training step, so that no unit can rely on one particular
+other unit: in effect an ensemble of thinned networks, switched off in eval mode. It sits after the
+attention softmax (randomly cutting some communication), after each projection back into the
+residual stream, and at the end of the feed-forward network.
+New against stage 09: dropout, and the lecture's final sizes: n_embd 384, 6 heads of 64, 6 layers,
+block 256, batch 64, learning rate 3e-4 (a bigger network wants smaller steps), dropout 0.2, which
+make 10,788,929 parameters.
+
+That configuration (preset "video") takes about 9 s a step on a 2-core CPU, 12+ hours for 5000
+steps, and a few minutes on a GPU. Without cuda or mps the default is the preset "cpu": the same
+architecture, smaller, chosen to finish in minutes. One printed line says which preset is in use;
+--preset video or --preset cpu forces one, and any flag given explicitly still wins over both.
+
+Run:     python stages/10_gpt.py            (--help lists every flag)
+Measured: TODO
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
+import common  # noqa: E402
+
+
+@dataclass
+class Config:
+    """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
+
+    batch_size: int = 64  # independent sequences processed in parallel in each step
+    block_size: int = 256  # context length: the most characters a prediction looks back at
+    max_iters: int = 5000  # training steps
+    eval_interval: int = 500  # steps between loss estimates
+    learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
+    eval_iters: int = 200  # batches of each split averaged in one loss estimate
+    n_embd: int = 384  # width of the token and position embeddings
+    n_head: int = 6  # attention heads, each of size n_embd // n_head
+    n_layer: int = 6  # Transformer blocks stacked one after another
+    dropout: float = 0.2  # fraction of activations zeroed at random in training (regularisation)
+
+
+# Config above is the lecture's ("video"); "cpu" is the same architecture, small enough for minutes
+PRESETS = {
+    "video": {},
+    "cpu": dict(
+        batch_size=32, block_size=64, max_iters=3000, eval_interval=300, learning_rate=1e-3, n_embd=128, n_head=4, n_layer=4, dropout=0.0
+    ),
+}
+
+
+class Head(nn.Module):
+    """One head of self-attention."""
+
+    def __init__(self, config: Config, head_size: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(config.n_embd, head_size, bias=False)
+        self.query = nn.Linear(config.n_embd, head_size, bias=False)
+        self.value = nn.Linear(config.n_embd, head_size, bias=False)
+        # a buffer, not a parameter: it moves with .to(device) but is never trained
+        self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, hs) what each position contains
+        q = self.query(x)  # (B, T, hs) what each position looks for
+        # affinities, scaled by 1/sqrt(head_size) so that they have unit variance at initialisation
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
+        wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
+        wei = self.dropout(wei)  # randomly cut some of the communication
+        v = self.value(x)  # (B, T, hs) what each position offers
+        out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
+        return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads of self-attention in parallel, their outputs concatenated."""
+
+    def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # back into the residual stream
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)
+        out = self.dropout(self.proj(out))  # (B, T, C)
+        return out
+
+
+class FeedForward(nn.Module):
+    """A linear layer and a non-linearity, applied to each position on its own."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),  # 4x wider inside, as in the paper
+            nn.ReLU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),  # projection back into the residual stream
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, T, C): the same weights at every position, no mixing across time
+
+
+class Block(nn.Module):
+    """Transformer block: communication (attention) followed by computation (feed-forward)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        head_size = config.n_embd // config.n_head  # n_head heads of head_size: n_embd wide once concatenated
+        self.sa = MultiHeadAttention(config, config.n_head, head_size)
+        self.ffwd = FeedForward(config)
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.sa(self.ln1(x))  # (B, T, C) normalise the sublayer's input, not the stream
+        x = x + self.ffwd(self.ln2(x))  # (B, T, C)
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Token plus position embeddings, n_layer pre-norm Transformer blocks, a final norm and a linear head."""
+
+    def __init__(self, vocab_size: int, config: Config) -> None:
+        super().__init__()
+        self.block_size = config.block_size
+        # each token id and each position looks up a learned vector of n_embd numbers
+        self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)  # final layer norm, before the head
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        # idx and targets are both (B, T) tensors of integers
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
+        x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        x = self.blocks(x)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+
+        if targets is None:
+            loss = None
+        else:
+            B, T, C = logits.shape
+            # cross_entropy wants the classes in the second dimension: flatten batch and time
+            loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+        """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            # the model never saw more than block_size tokens in training: keep the last ones
+            idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
+            logits, _ = self(idx_cond)  # (B, T', C)
+            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx
+
+
+def main(argv: list[str] | None = None) -> None:
+    run = common.start(__file__, Config, __doc__, argv, presets=PRESETS)  # command line, device, seed, data, checkpoint
+    cfg = run.config
+    model = LanguageModel(run.vocab_size, cfg).to(run.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
+
+    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+        # every once in a while estimate the loss on the train and val sets
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
+            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
+
+        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        logits, loss = model(xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        trainer.record(loss)  # progress bar; stops on a nan or inf loss
+
+    trainer.finish()  # saves the final checkpoint and prints a sample from the model
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_stage(main))
