@@ -130,7 +130,7 @@ def load_text(data: Path | None) -> tuple[str, Path]:
     if data is not None:
         return read_text(data), data
     if not DATA_PATH.exists():
-        print(f"{DATA_PATH.relative_to(ROOT)} not found: downloading tiny Shakespeare (1.1 MB) once")
+        print(f"{DATA_PATH} not found: downloading tiny Shakespeare (1.1 MB) once")
         download(DATA_URL, DATA_PATH)
     return read_text(DATA_PATH), DATA_PATH
 
@@ -299,6 +299,8 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         formatter_class=_HelpFormatter,
         allow_abbrev=False,  # "--max_iter 3" must be an error, not silently --max_iters
     )
+    # let "-1e-3" reach the type check ("must be greater than 0") rather than look like a flag
+    parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?$", re.IGNORECASE)
     hp = parser.add_argument_group("hyperparameters (the stage's Config)")
     helps = _field_help(config_cls)
     for f in dataclasses.fields(config_cls):

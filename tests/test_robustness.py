@@ -1,0 +1,317 @@
+"""Every failure a user can cause: one clear line, a non-zero exit, no traceback, nothing lost."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+from conftest import STAGE_IDS, load_stage, tiny_flags
+
+BIGRAM = STAGE_IDS[0]
+MULTI_HEAD = next(s for s in STAGE_IDS if s.startswith("05"))
+
+
+def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
+    """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def bigram():
+    return load_stage(BIGRAM)
+
+
+@pytest.fixture
+def trained(bigram, small_text_file, tmp_path, run_cli):
+    """A bigram checkpoint trained for 20 steps on the small text."""
+    ckpt = tmp_path / "ck" / f"{BIGRAM}.pt"
+    code, _, err = run_cli(bigram, tiny_flags(bigram) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])
+    assert code == 0, err
+    return ckpt
+
+
+def train_flags(module, data, ckpt, **kw):
+    return tiny_flags(module, **kw) + ["--data", str(data), "--checkpoint", str(ckpt)]
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(common, "DATA_PATH", tmp_path / "data" / "input.txt")
+    monkeypatch.setattr(common, "DATA_URL", f"http://127.0.0.1:{port}/input.txt")
+    code, _, err = run_cli(bigram, ["--max_iters", "5", "--checkpoint", str(tmp_path / "c.pt")])
+    one_line_error(code, err, "could not download", f"put a copy of tiny Shakespeare at {tmp_path / 'data' / 'input.txt'}", "--data")
+    assert not (tmp_path / "data" / "input.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"\xff\xfeh\x00i\x00", "binary"),
+        ("Où est la café? ".encode("latin-1") * 100, "is not UTF-8 text (byte 0xf9 at offset 1)"),
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "binary"),
+        (b"To be, or not to be: that is the question.\n", "too short: its validation split (the last 10%) has 5 characters"),
+    ],
+    ids=["empty", "utf16", "latin1", "binary", "too-short"],
+)
+def test_unusable_data_files(bigram, tmp_path, run_cli, content, message):
+    path = tmp_path / "text.txt"
+    path.write_bytes(content)
+    code, _, err = run_cli(bigram, ["--data", str(path), "--checkpoint", str(tmp_path / "c.pt")])
+    one_line_error(code, err, message)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_data_is_a_directory_or_missing(bigram, tmp_path, run_cli):
+    code, _, err = run_cli(bigram, ["--data", str(tmp_path)])
+    one_line_error(code, err, "is a directory")
+    code, _, err = run_cli(bigram, ["--data", str(tmp_path / "nope.txt")])
+    one_line_error(code, err, "nope.txt: no such file")
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_unknown_flag_suggests_the_closest(bigram, run_cli):
+    code, _, err = run_cli(bigram, ["--max_iter", "3"])
+    one_line_error(code, err, "unknown argument(s): --max_iter (did you mean --max_iters?)", "--help")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_iters", "abc"], "'abc' is not an int"),
+        (["--learning_rate", "fast"], "'fast' is not a number"),
+        (["--batch_size", "0"], "'0' must be greater than 0"),
+        (["--block_size", "-8"], "'-8' must be greater than 0"),
+        (["--learning_rate", "-1e-3"], "'-1e-3' must be greater than 0"),
+        (["--learning_rate", "nan"], "'nan' must be greater than 0"),
+        (["--max_iters", "0"], "'0' must be greater than 0"),
+        (["--eval_iters", "0"], "'0' must be greater than 0"),
+        (["--eval_interval", "-1"], "'-1' must be greater than 0"),
+        (["--temperature", "0"], "'0' must be greater than 0"),
+        (["--num_tokens", "-5"], "'-5' must be greater than 0"),
+        (["--top_k", "0"], "'0' must be greater than 0"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--sample", "--resume"], "not allowed with argument"),
+    ],
+)
+def test_bad_values(bigram, run_cli, flags, message):
+    code, _, err = run_cli(bigram, flags)
+    one_line_error(code, err, message)
+
+
+def test_dropout_must_be_a_fraction():
+    module = load_stage(STAGE_IDS[-1])
+    code = common.run_stage(module.main, ["--dropout", "1.5"])
+    assert code == common.EXIT_USER_ERROR
+
+
+def test_n_embd_must_divide_into_heads(run_cli):
+    module = load_stage(MULTI_HEAD)
+    code, _, err = run_cli(module, ["--n_embd", "30", "--n_head", "4"])
+    one_line_error(code, err, "n_embd (30) must be divisible by n_head (4)")
+
+
+def test_block_size_larger_than_the_validation_split(bigram, small_text_file, tmp_path, run_cli):
+    code, _, err = run_cli(bigram, ["--data", str(small_text_file), "--block_size", "5000", "--checkpoint", str(tmp_path / "c.pt")])
+    one_line_error(code, err, "block_size 5000 needs at least 5001", "smaller --block_size")
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_absent_device(bigram, run_cli, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has cuda")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has mps")
+    code, _, err = run_cli(bigram, ["--device", device])
+    one_line_error(code, err, f"--device {device}", "--device cpu")
+
+
+# -- prompts and sampling ----------------------------------------------------------------------------
+
+
+def test_prompt_outside_the_vocabulary_is_named(bigram, trained, run_cli):
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--prompt", "Zoë"])
+    one_line_error(code, err, "not in the vocabulary: 'Z', 'ë'")
+
+
+def test_bad_prompt_is_caught_before_training(bigram, small_text_file, tmp_path, run_cli):
+    ckpt = tmp_path / "c.pt"
+    code, out, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt) + ["--prompt", "Zoë"])
+    one_line_error(code, err, "'Z', 'ë'")
+    assert "step 0" not in out and not ckpt.exists()
+
+
+def test_empty_prompt_starts_from_a_newline(bigram, trained, run_cli):
+    code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--prompt", "", "--num_tokens", "25"])
+    assert code == 0, err
+    assert len(out.split("parameters\n", 1)[1].rstrip("\n")) >= 20
+
+
+def test_prompt_longer_than_block_size_is_cropped(bigram, trained, run_cli):
+    prompt = "All:\nSpeak, speak.\n" * 3  # 57 characters, block_size is 8
+    code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--prompt", prompt, "--num_tokens", "10"])
+    assert code == 0, err
+    assert prompt in out
+
+
+def test_top_k_larger_than_the_vocabulary(bigram, trained, run_cli):
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1000"])
+    one_line_error(code, err, "--top_k 1000 is larger than the vocabulary")
+
+
+def test_top_k_one_is_greedy_and_repeatable(bigram, trained, run_cli):
+    outs = [run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--seed", str(s)])[1] for s in (1, 2)]
+    assert outs[0] == outs[1]
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["--sample", "--resume"])
+def test_missing_checkpoint(bigram, small_text_file, tmp_path, run_cli, mode):
+    code, _, err = run_cli(bigram, [mode, "--checkpoint", str(tmp_path / "none.pt"), "--data", str(small_text_file)])
+    one_line_error(code, err, "no checkpoint at", f"python stages/{BIGRAM}.py")
+
+
+def test_truncated_checkpoint(bigram, trained, run_cli):
+    trained.write_bytes(trained.read_bytes()[:1000])
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained)])
+    one_line_error(code, err, "is damaged or not a checkpoint", "train again")
+
+
+def test_checkpoint_from_another_stage(trained, run_cli):
+    other = load_stage(STAGE_IDS[1])
+    code, _, err = run_cli(other, ["--sample", "--checkpoint", str(trained)])
+    one_line_error(code, err, f"saved by stage {BIGRAM}, not {STAGE_IDS[1]}")
+
+
+def test_resume_with_another_vocabulary(bigram, trained, tmp_path, run_cli):
+    other = tmp_path / "other.txt"
+    other.write_text("the quick brown fox jumps over the lazy dog\n" * 200, encoding="utf-8")
+    code, _, err = run_cli(bigram, ["--resume", "--checkpoint", str(trained), "--data", str(other), "--max_iters", "40"])
+    one_line_error(code, err, "another vocabulary", "same --data")
+
+
+def test_checkpoint_of_another_size(trained, tmp_path, small_text_file, run_cli):
+    module = load_stage(STAGE_IDS[1])
+    ckpt = tmp_path / "s2.pt"
+    assert run_cli(module, train_flags(module, small_text_file, ckpt))[0] == 0
+    code, _, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--n_embd", "24"])
+    one_line_error(code, err, "holds a model of another size", "n_embd")
+
+
+def test_untrusted_pickle_is_refused(bigram, trained, run_cli):
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["extra"] = common.Run  # any class: weights_only=True refuses to unpickle it
+    torch.save(ckpt, trained)
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained)])
+    one_line_error(code, err, "refusing to unpickle an untrusted file")
+
+
+def test_unwritable_checkpoint_place_fails_before_training(bigram, small_text_file, tmp_path, run_cli):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, out, err = run_cli(bigram, train_flags(bigram, small_text_file, blocker / "c.pt"))
+    one_line_error(code, err, "cannot write the checkpoint", "--checkpoint")
+    assert "step 0" not in out
+
+
+# -- interruptions and numerical faults ---------------------------------------------------------
+
+
+def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    cmd = [sys.executable, "-u", str(common.STAGE_DIR / f"{BIGRAM}.py")]
+    cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until training has started
+            if line.startswith("step 0:"):
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == common.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "interrupted at step" in err and "--resume" in err
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] > 0
+
+    steps = saved["step"]
+    code = common.run_stage(
+        bigram.main, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", str(steps + 7)]
+    )
+    assert code == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == steps + 7
+
+
+def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_path, run_cli):
+    straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
+    assert run_cli(bigram, train_flags(bigram, small_text_file, straight, max_iters=30))[0] == 0
+    assert run_cli(bigram, train_flags(bigram, small_text_file, split, max_iters=12))[0] == 0
+    code, _, err = run_cli(bigram, ["--resume", "--checkpoint", str(split), "--data", str(small_text_file), "--max_iters", "30"])
+    assert code == 0, err
+    a, b = torch.load(straight, weights_only=True), torch.load(split, weights_only=True)
+    assert a["step"] == b["step"] == 30
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    forward = bigram.LanguageModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 15:  # the 15th training step: after the checkpoint saved at step 10
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(bigram.LanguageModel, "forward", poisoned)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "the training loss became nan at step 15", "(step 10) is kept", "Lower --learning_rate")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 10
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    """Ctrl-C twice within one step: stop at once, and leave the last checkpoint as it was."""
+    ckpt = tmp_path / "c.pt"
+    forward = bigram.LanguageModel.forward
+    calls = {"n": 0}
+
+    def pressed_twice(self, idx, targets=None):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # the first asks to stop after this step ...
+                os.kill(os.getpid(), signal.SIGINT)  # ... the second insists
+        return forward(self, idx, targets)
+
+    monkeypatch.setattr(bigram.LanguageModel, "forward", pressed_twice)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "stopped without saving", exit_code=common.EXIT_INTERRUPTED)
+    assert torch.load(ckpt, weights_only=True)["step"] == 0  # the checkpoint saved at step 0, untouched
