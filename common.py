@@ -323,6 +323,17 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     run.add_argument("--seed", type=int, default=1337, metavar="INT", help="random seed, for reproducible runs")
     run.add_argument("--data", type=Path, default=None, metavar="PATH", help="train on this UTF-8 text file instead of tiny Shakespeare")
     run.add_argument("--checkpoint", type=Path, default=None, metavar="PATH", help=f"checkpoint file (default: checkpoints/{stage}.pt)")
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for training (pays off on a GPU; compiling costs more than it saves on a CPU)",
+    )
+    run.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: run the forward pass under autocast (fast on recent GPUs)",
+    )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
     mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")
@@ -471,6 +482,12 @@ class Run:
         model.train()
         return out
 
+    def accelerate(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to train with: compiled and/or under bf16 autocast when asked, else model itself."""
+        if not self.args.compile and self.args.dtype == "float32":
+            return model
+        return _Accelerated(model, self.args.compile, getattr(torch, self.args.dtype), self.device.type)
+
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """The prompt as a (1, T) tensor of ids; an empty prompt starts from a newline (or id 0)."""
         if not prompt:
@@ -487,6 +504,20 @@ class Run:
         model.train()
         text = self.tokenizer.decode(out[0].tolist())
         return text if prompt else text[1:]  # drop the newline that seeded an empty prompt
+
+
+class _Accelerated(torch.nn.Module):
+    """Calls a model under autocast and/or torch.compile. The Trainer keeps the plain model, so
+    checkpoints never carry compile's `_orig_mod.` prefix and load anywhere, a CPU included."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool, dtype: torch.dtype, device_type: str) -> None:
+        super().__init__()
+        self.inner = torch.compile(model) if compile else model
+        self.dtype, self.device_type = dtype, device_type
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.inner(idx, targets)
 
 
 def stage_name(stage_file: str) -> str:

@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    # fused: one kernel updates every parameter, instead of a Python loop over them
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
     trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
+    model = run.accelerate(model)  # with --compile or --dtype bfloat16 (for GPUs); unchanged by default
 
     for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
         # every once in a while estimate the loss on the train and val sets

@@ -270,3 +270,39 @@ def test_stage_runs_as_a_script(tmp_path, small_text_file):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "step 4: train loss" in done.stdout and (tmp_path / "s.pt").exists()
+
+
+def test_a_run_compares_its_loss_with_the_previous_stage(small_text_file, tmp_path, run_cli):
+    first, second = load_stage(STAGE_IDS[0]), load_stage(STAGE_IDS[1])
+    for module, stage in ((first, STAGE_IDS[0]), (second, STAGE_IDS[1])):
+        flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / f"{stage}.pt")]
+        code, out, err = run_cli(module, flags)
+        assert code == 0, err
+    previous = common.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
+    assert f"{previous:.4f} at the end of {STAGE_IDS[0]}'s last run" in out
+
+
+@pytest.mark.parametrize("stage", [STAGE_IDS[0], STAGE_IDS[-1]])
+def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text_file, tmp_path, run_cli, monkeypatch):
+    """--dtype bfloat16 runs under autocast (on the CPU here); --compile's wrapper never reaches the checkpoint."""
+    compiled = []
+
+    def fake_compile(model):  # stands in for torch.compile, which takes far longer than a test may on a CPU
+        wrapper = torch.nn.Module()
+        wrapper._orig_mod = model  # what a real OptimizedModule holds
+        wrapper.forward = lambda *a, **k: model(*a, **k)
+        compiled.append(model)
+        return wrapper
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    module = load_stage(stage)
+    ckpt = tmp_path / "c.pt"
+    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--dtype", "bfloat16", "--compile"]
+    code, out, err = run_cli(module, flags)
+    assert code == 0, err
+    assert len(compiled) == 1
+    saved = torch.load(ckpt, weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") or k.startswith("inner.") for k in saved)
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
+    assert code == 0, err

@@ -1,0 +1,217 @@
+"""Performance benchmark: prints each figure beside its target and writes them as JSON.
+
+Run by hand, never by the tests (timings on a shared machine are noisy):
+
+    python benchmarks/bench.py                       # stages 01 and 09 vs the lecture, 3 runs each
+    python benchmarks/bench.py --stages all --repeat 1
+    python benchmarks/bench.py --only stage10,gflops
+
+Figures:
+  speed    each stage's full default run against the lecture's loop around the same model
+           (benchmarks/lecture_reference.py), in alternating runs, as a median wall-time ratio
+           (target >= 2x) and the difference of their final val losses (target <= 0.03)
+  stage10  stage 10 at its default on this machine: wall time and final val loss
+           (targets on a 2-core CPU: <= 300 s, val <= 1.55; on cuda, the video preset: <= 180 s, val <= 1.48)
+  gflops   stage 10's training throughput at the lecture's configuration, against this machine's
+           measured fp32 matmul peak
+  tests    the wall time of `python -m pytest -q` (target <= 60 s)
+"""
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+
+FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+
+
+def run(cmd: list[str], timeout: float = 3600) -> tuple[float, str]:
+    """Run a command from the project root; return its wall time and stdout (fail loudly)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return wall, done.stdout
+
+
+def final_losses(stdout: str) -> tuple[float, float]:
+    step, train, val = FINAL_LOSS.findall(stdout)[-1]
+    return float(train), float(val)
+
+
+def bench_speed(stages: list[str], repeat: int) -> list[dict]:
+    rows = []
+    for stage in stages:
+        ours, ref = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(repeat):  # alternate the two so that machine noise hits both alike
+                wall, out = run([sys.executable, f"stages/{stage}.py", "--checkpoint", f"{tmp}/{stage}.pt"])
+                ours.append((wall, *final_losses(out)))
+                wall, out = run([sys.executable, "benchmarks/lecture_reference.py", stage[:2]])
+                ref.append((wall, *final_losses(out)))
+                print(
+                    f"  {stage} run {i + 1}/{repeat}: stage {ours[-1][0]:.1f} s (val {ours[-1][2]:.4f}), lecture loop {ref[-1][0]:.1f} s (val {ref[-1][2]:.4f})",
+                    flush=True,
+                )
+        ours_wall = statistics.median(w for w, _, _ in ours)
+        ref_wall = statistics.median(w for w, _, _ in ref)
+        ours_val = statistics.median(v for _, _, v in ours)
+        ref_val = statistics.median(v for _, _, v in ref)
+        rows.append(
+            {
+                "figure": f"speed {stage}",
+                "stage_wall_s": round(ours_wall, 2),
+                "lecture_wall_s": round(ref_wall, 2),
+                "speedup": round(ref_wall / ours_wall, 2),
+                "stage_val": ours_val,
+                "lecture_val": ref_val,
+                "val_diff": round(abs(ours_val - ref_val), 4),
+                "target": "speedup >= 2.0, val_diff <= 0.03",
+                "met": ref_wall / ours_wall >= 2.0 and abs(ours_val - ref_val) <= 0.03,
+                "runs": repeat,
+            }
+        )
+    return rows
+
+
+def bench_stage10() -> dict:
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, out = run([sys.executable, "stages/10_gpt.py", "--checkpoint", f"{tmp}/10.pt"])
+    train, val = final_losses(out)
+    preset = re.search(r"preset: (\w+)", out)
+    limit_s, limit_val = (180, 1.48) if cuda else (300, 1.55)
+    return {
+        "figure": "stage10 default",
+        "device": "cuda" if cuda else "cpu",
+        "preset": preset.group(1) if preset else "?",
+        "wall_s": round(wall, 1),
+        "train": train,
+        "val": val,
+        "target": f"wall <= {limit_s} s, val <= {limit_val}",
+        "met": wall <= limit_s and val <= limit_val,
+    }
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def bench_gflops(steps: int = 3) -> dict:
+    """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lecture_reference import load_stage
+
+    stage = load_stage("10")
+    cfg = stage.Config()
+    torch.manual_seed(0)
+    model = stage.LanguageModel(65, cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
+    data = torch.randint(65, (200_000,))
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    # FLOPs per token: 6 per weight in a matmul (2 forward, 4 backward), plus attention's
+    # q.k and wei.v matmuls: 12 * n_layer * n_embd * block_size (the PaLM/nanoGPT estimate).
+    # Embedding lookups do no arithmetic, so neither table counts.
+    n_matmul = (
+        sum(p.numel() for p in model.parameters())
+        - model.token_embedding_table.weight.numel()
+        - model.position_embedding_table.weight.numel()
+    )
+    flops_per_token = 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    achieved = flops_per_token * cfg.batch_size * cfg.block_size / step_s / 1e9
+    peak = matmul_peak_gflops()
+    return {
+        "figure": "stage10 video-config GFLOP/s (cpu)",
+        "step_s": round(step_s, 2),
+        "achieved_gflops": round(achieved, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "fraction_of_peak": round(achieved / peak, 3),
+        "target": "report against the measured fp32 matmul peak",
+        "met": True,
+    }
+
+
+def bench_tests() -> dict:
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    summary = (done.stdout.strip().splitlines() or ["?"])[-1]
+    return {
+        "figure": "test suite",
+        "wall_s": round(wall, 1),
+        "summary": summary,
+        "target": "<= 60 s, all passing",
+        "met": wall <= 60 and done.returncode == 0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--stages", default="01,09", help="stages for the speed figure: numbers (01,09) or 'all' of 01-09")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per stage; the medians are reported")
+    parser.add_argument("--only", default="speed,stage10,gflops,tests", help="which figures, comma-separated")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where to write the JSON")
+    args = parser.parse_args()
+    if not common.DATA_PATH.exists():
+        sys.exit("error: the benchmark needs data/input.txt: run `python stages/01_bigram.py` once to download it")
+
+    names = [p.stem for p in common.stage_files()][:9]
+    stages = names if args.stages == "all" else [n for n in names if n[:2] in {s.zfill(2) for s in args.stages.split(",")}]
+    only = set(args.only.split(","))
+    print(f"machine: {common.machine_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    results = []
+    if "speed" in only:
+        results += bench_speed(stages, args.repeat)
+    if "stage10" in only:
+        results.append(bench_stage10())
+    if "gflops" in only:
+        results.append(bench_gflops())
+    if "tests" in only:
+        results.append(bench_tests())
+
+    print()
+    for r in results:
+        figures = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("figure", "target", "met"))
+        print(f"{r['figure']:<36} {figures}\n{'':<36} target: {r['target']}  ->  {'met' if r['met'] else 'NOT met'}")
+    record = {"machine": common.machine_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
