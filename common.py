@@ -82,7 +82,7 @@ def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) 
         digest = hashlib.md5()
         got = 0
         try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False) as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
@@ -242,7 +242,7 @@ def _field_help(config_cls: type) -> dict[str, str]:
     return helps
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default in --help unless it has none worth showing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -251,7 +251,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, with "did you mean" for unknown flags and one line per error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -291,12 +291,12 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[str, dict] | None) -> _Parser:
+def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[str, dict] | None) -> Parser:
     summary = (doc or "").strip().split("\n\n")[0]
-    parser = _Parser(
+    parser = Parser(
         prog=f"python stages/{stage}.py",
         description=summary,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,  # "--max_iter 3" must be an error, not silently --max_iters
     )
     # let "-1e-3" reach the type check ("must be greater than 0") rather than look like a flag
@@ -805,7 +805,8 @@ def machine_name() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores"  # the cores this process may use, not all the host has
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,236 @@
+"""tools/plot.py and tools/run_all.py: the charts, the README's results table, and their one-line failures."""
+
+import json
+import sys
+
+import pytest
+
+import common
+from conftest import ROOT, SMALL_TEXT, load_stage
+
+sys.path.insert(0, str(ROOT / "tools"))
+import plot  # noqa: E402
+import run_all  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG"
+START, END = run_all.RESULTS_MARKERS
+SAMPLES_START, SAMPLES_END = run_all.SAMPLES_MARKERS
+
+# tiny runs: flags every stage accepts (stage 01 has no --n_embd), given after `--` so they beat --quick's
+TINY_EXTRA = ["--max_iters", "20", "--eval_interval", "10", "--eval_iters", "2", "--batch_size", "4", "--block_size", "8"]
+TINY_EXTRA += ["--num_tokens", "40", "--device", "cpu"]
+
+
+def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
+    """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
+    """A loss history as a training run would leave it beside its checkpoint."""
+    rows = [{"step": s, "train_loss": start - 0.05 * s, "val_loss": start - 0.04 * s, "elapsed_s": 0.1 * s} for s in (0, 10, 19)]
+    common.write_history(common.history_path(directory / f"{stage}.pt"), rows)
+    return rows
+
+
+# -- stage names -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["9", "09", "09_layer_norm", "layer_norm", "stages/09_layer_norm.py"])
+def test_a_stage_is_named_by_number_or_name(name):
+    assert plot.resolve_stage(name) == "09_layer_norm"
+
+
+@pytest.mark.parametrize("name", ["11", "0", "norm", "09_layer"])
+def test_an_unknown_stage_name_is_an_error(name):
+    with pytest.raises(common.UserError, match="no stage"):
+        plot.resolve_stage(name)
+
+
+# -- plot ------------------------------------------------------------------------------------------
+
+
+def test_plot_one_stage_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fake_history(tmp_path, "09_layer_norm")
+    code = plot.main(["9", "--checkpoints", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    png = tmp_path / "09_layer_norm.png"  # the default for one stage: DIR/<stage>.png
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert out.strip() == str(png)
+
+
+def test_plot_all_stages_with_a_history_writes_one_chart(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for i, stage in enumerate(["01_bigram", "05_multi_head_attention", "10_gpt"]):
+        fake_history(tmp_path, stage, start=4.2 - 0.1 * i)
+    assert plot.stages_with_history(tmp_path) == ["01_bigram", "05_multi_head_attention", "10_gpt"]
+
+    code = plot.main(["--checkpoints", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)  # the default for several: DIR/curves.png
+    assert out.strip() == str(tmp_path / "curves.png")
+
+    chosen = tmp_path / "new folder" / "two.png"  # --out, in a folder that does not exist yet
+    code = plot.main(["1", "10", "--checkpoints", str(tmp_path), "--out", str(chosen)])
+    assert code == 0, capsys.readouterr().err
+    assert chosen.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    """Runs with or without matplotlib installed: a None in sys.modules makes `import matplotlib` fail."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    fake_history(tmp_path, "09_layer_norm")
+    code = plot.main(["9", "--checkpoints", str(tmp_path)])
+    _, err = capsys.readouterr()
+    one_line_error(code, err, "error:", "matplotlib", "pip install matplotlib")
+    assert not list(tmp_path.glob("*.png"))
+    assert plot.have_matplotlib() is False
+
+
+def test_plot_unknown_stage(tmp_path, capsys):
+    fake_history(tmp_path, "09_layer_norm")
+    code = plot.main(["42", "--checkpoints", str(tmp_path)])
+    one_line_error(code, capsys.readouterr().err, "error: no stage '42'")
+
+
+def test_plot_stage_without_history(tmp_path, capsys):
+    fake_history(tmp_path, "01_bigram")
+    code = plot.main(["9", "--checkpoints", str(tmp_path)])
+    one_line_error(code, capsys.readouterr().err, "error: no loss history for 09_layer_norm", "python stages/09_layer_norm.py")
+
+    code = plot.main(["--checkpoints", str(tmp_path / "empty")])  # no STAGE, and no history at all
+    one_line_error(code, capsys.readouterr().err, "error: no loss histories in")
+
+
+def test_plot_to_an_unwritable_place(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fake_history(tmp_path, "09_layer_norm")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # unwritable even for root, unlike a chmod
+    code = plot.main(["9", "--checkpoints", str(tmp_path), "--out", str(blocker / "x.png")])
+    one_line_error(code, capsys.readouterr().err, "error: cannot write", "--out")
+
+
+# -- run_all: reading a stage's results --------------------------------------------------------------
+
+
+def test_the_preset_of_a_stage_with_presets(tmp_path):
+    chosen = run_all.collect("10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m")
+    assert (chosen.parameters, chosen.preset) == (1234, "cpu")
+    assert "(preset: cpu)" in chosen.row()[1]
+    assert run_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
+    assert run_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
+    assert run_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
+
+
+def test_the_readme_keeps_its_line_endings_outside_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(f"# Title\r\n\r\n{START}\r\nold\r\n{END}\r\nend\r\n".encode())
+    text = run_all.replace_section(run_all.read_readme(readme), run_all.RESULTS_MARKERS, readme, "new\ntable")
+    assert text == f"# Title\r\n\r\n{START}\r\nnew\r\ntable\r\n{END}\r\nend\r\n"
+
+
+# -- run_all end to end ----------------------------------------------------------------------------
+
+
+def readme_with_markers(tmp_path):
+    """A README with a results and a samples section; returns (path, the text outside the markers)."""
+    outside = [
+        "# A project\n\nSome prose, a | pipe and `code`.\n\n## Results\n\n" + START,
+        END + "\n\n## Samples\n\n" + SAMPLES_START,
+        SAMPLES_END + "\n\nThe end | of the file.\n",
+    ]
+    path = tmp_path / "README.md"
+    path.write_text(outside[0] + "\nold table\n" + outside[1] + "\nold samples\n" + outside[2], encoding="utf-8")
+    return path, outside
+
+
+def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
+    data = tmp_path / "small.txt"
+    data.write_text(SMALL_TEXT, encoding="utf-8")
+    readme, outside = readme_with_markers(tmp_path)
+    argv = ["--quick", "--stages", "01,2", "--checkpoints", str(tmp_path), "--readme", str(readme), "--data", str(data), "--"]
+
+    code = run_all.main(argv + TINY_EXTRA)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "[1/2] 01_bigram" in out and "[2/2] 02_position_embedding" in out  # the user sees which stage runs
+
+    text = readme.read_text(encoding="utf-8")
+    before, rest = text.split(START)
+    table, rest = rest.split(END)
+    samples, after = rest.split(SAMPLES_START)[1].split(SAMPLES_END)
+    assert [before + START, END + rest.split(SAMPLES_START)[0] + SAMPLES_START, SAMPLES_END + after] == outside
+
+    lines = [line for line in table.strip().splitlines() if line.strip()]
+    assert "Made by `python tools/run_all.py --quick" in lines[0]
+    assert "quick mode: 20 iterations per stage, not the stages' defaults" in lines[0]  # the flags after -- won
+    assert lines[1] == "| stage | concept | parameters | train loss | val loss | lecture val | wall time | machine |"
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[3:]]
+    assert [r[0] for r in rows] == ["01", "02"]
+
+    vocab = len(set(SMALL_TEXT))
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert len(results) == 2
+    fields = {"stage", "concept", "parameters", "train_loss", "val_loss", "lecture_val", "wall_time_s", "machine"}
+    assert all(fields <= set(r) for r in results)
+    for row, result, stage in zip(rows, results, ["01_bigram", "02_position_embedding"], strict=True):
+        module = load_stage(stage)
+        model = module.LanguageModel(vocab, module.Config(batch_size=4, block_size=8))
+        parameters = sum(p.numel() for p in model.parameters())
+        last = common.read_history(tmp_path / f"{stage}.history.csv")[-1]
+        assert last["step"] == 19
+        concept = module.__doc__.splitlines()[0].removeprefix(f"Stage {stage[:2]}: ").rstrip(".")
+        assert row[1:6] == [
+            concept,
+            f"{parameters:,}",
+            f"{last['train_loss']:.4f}",
+            f"{last['val_loss']:.4f}",
+            run_all.LECTURE_VAL[stage[:2]],
+        ]
+        assert row[6].endswith(" s") and float(row[6][:-2]) > 0
+        assert row[7] == common.machine_name()
+        assert result["stage"] == stage and result["parameters"] == parameters
+        assert result["val_loss"] == pytest.approx(last["val_loss"]) and isinstance(result["wall_time_s"], float)
+        sample = (tmp_path / f"{stage}.sample.txt").read_text(encoding="utf-8")
+        assert f"**{stage[:2]} {concept}** (val {last['val_loss']:.4f})" in samples
+        assert all(line.rstrip() in samples for line in sample[:100].splitlines())
+
+    assert (tmp_path / "curves.png").exists() == plot.have_matplotlib()
+
+
+def test_run_all_without_markers_changes_nothing(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# A README without the results markers\n", encoding="utf-8")
+    code = run_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", *TINY_EXTRA])
+    out, err = capsys.readouterr()
+    one_line_error(code, err, "error:", START, END)
+    assert readme.read_text(encoding="utf-8") == "# A README without the results markers\n"
+    assert "01_bigram" not in out and not list(tmp_path.glob("*.pt"))  # checked before any training
+
+
+def test_run_all_unknown_stage(tmp_path, capsys):
+    readme, _ = readme_with_markers(tmp_path)
+    code = run_all.main(["--stages", "01,99", "--checkpoints", str(tmp_path), "--readme", str(readme)])
+    one_line_error(code, capsys.readouterr().err, "error: no stage '99'")
+
+
+def test_run_all_stops_at_a_failing_stage(tmp_path, capsys):
+    readme, _ = readme_with_markers(tmp_path)
+    unchanged = readme.read_text(encoding="utf-8")
+    code = run_all.main(["--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", "--max_iterz", "5"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: stage 01_bigram failed (exit status 2")
+    assert any("--max_iterz (did you mean --max_iters?)" in line for line in lines[1:])  # the tail of its stderr
+    assert readme.read_text(encoding="utf-8") == unchanged
+    assert not (tmp_path / "results.json").exists()

@@ -1,0 +1,228 @@
+"""Plot the loss curves that the stages wrote beside their checkpoints.
+
+    python tools/plot.py                 every stage with a history, on one chart: checkpoints/curves.png
+    python tools/plot.py 9               one stage, train and val: checkpoints/09_layer_norm.png
+    python tools/plot.py 01 05 09_layer_norm --out compare.png
+
+Each training run writes `<stage>.history.csv` (step, train_loss, val_loss, elapsed_s) next to its
+checkpoint; this reads those files and nothing else, so it works while other stages still train.
+matplotlib is an optional extra (`pip install matplotlib`), not needed to train: it is imported only
+when a chart is drawn, and this module (and its stage-name helpers) imports without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
+import common  # noqa: E402
+
+MATPLOTLIB_HINT = "plotting needs matplotlib, an optional extra: pip install matplotlib"
+
+
+# ----------------------------------------------------------------------------------------------
+# stage names: shared with tools/run_all.py
+
+
+def stage_names() -> list[str]:
+    """Every stage, in order: "01_bigram", "02_position_embedding", ..."""
+    return [p.stem for p in common.stage_files()]
+
+
+def resolve_stage(name: str) -> str:
+    """ "9", "09", "09_layer_norm", "layer_norm" or "stages/09_layer_norm.py" -> "09_layer_norm"."""
+    names = stage_names()
+    text = Path(name.strip()).stem if name.strip().endswith(".py") else name.strip()
+    if text in names:
+        return text
+    if text.isdigit():
+        for stage in names:
+            if int(stage[:2]) == int(text):
+                return stage
+    by_topic = [stage for stage in names if stage[3:] == text]  # "layer_norm": the name without its number
+    if len(by_topic) == 1:
+        return by_topic[0]
+    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise common.UserError(
+        f"no stage {name!r}{hint}; give a number from {names[0][:2]} to {names[-1][:2]} or a name such as {names[0]}"
+        if names
+        else f"no stage {name!r}: {common.STAGE_DIR} holds no stage files"
+    )
+
+
+def history_file(checkpoint_dir: Path, stage: str) -> Path:
+    return common.history_path(checkpoint_dir / f"{stage}.pt")
+
+
+def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[dict[str, float]]]:
+    """Each stage's loss history; a stage without one is an error that says how to make it."""
+    histories = {}
+    for stage in stages:
+        path = history_file(checkpoint_dir, stage)
+        rows = common.read_history(path)
+        if not rows:
+            state = "is empty or not a loss history" if path.exists() else "does not exist"
+            raise common.UserError(
+                f"no loss history for {stage} in {checkpoint_dir} ({path} {state}); train it first with "
+                f"`python stages/{stage}.py --checkpoint {checkpoint_dir / (stage + '.pt')}`, or point --checkpoints at its folder"
+            )
+        histories[stage] = rows
+    return histories
+
+
+def stages_with_history(checkpoint_dir: Path) -> list[str]:
+    return [s for s in stage_names() if common.read_history(history_file(checkpoint_dir, s))]
+
+
+# ----------------------------------------------------------------------------------------------
+# the chart
+
+
+def import_matplotlib() -> Any:
+    """matplotlib's Figure class; a UserError with the install command when matplotlib is absent."""
+    try:
+        import matplotlib  # noqa: F401 (the package itself first: it is what a user lacks, and a None in sys.modules stops here)
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise common.UserError(MATPLOTLIB_HINT) from None
+    return Figure
+
+
+def have_matplotlib() -> bool:
+    try:
+        import_matplotlib()
+    except common.UserError:
+        return False
+    return True
+
+
+def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> Path:
+    """Draw the curves to out (a PNG unless its suffix names another format matplotlib writes).
+
+    One stage: its train (dashed) and val (solid) loss. Several: every stage's val (solid) and
+    train (dashed, thinner, same colour) on one chart. A bare Figure with the Agg canvas, not
+    pyplot: no global backend switch, no window, and no figure left open in a notebook that imports this.
+    """
+    figure_cls = import_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    if not histories:
+        raise common.UserError("no loss histories to plot")
+    fig = figure_cls(figsize=(10, 6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if len(histories) == 1:
+        ((stage, rows),) = histories.items()
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["train_loss"] for r in rows], "--", color="tab:blue", label=f"train (last {rows[-1]['train_loss']:.4f})")
+        ax.plot(steps, [r["val_loss"] for r in rows], "-", color="tab:orange", label=f"val (last {rows[-1]['val_loss']:.4f})")
+        ax.set_title(f"{stage}: loss during training")
+        ax.legend(loc="upper right")
+    else:
+        colours = [f"C{i}" for i in range(10)]  # the default cycle: ten distinct colours, one per stage
+        for i, (stage, rows) in enumerate(histories.items()):
+            colour = colours[i % len(colours)]
+            steps = [r["step"] for r in rows]
+            ax.plot(steps, [r["val_loss"] for r in rows], "-", color=colour, linewidth=1.8, label=f"{stage} ({rows[-1]['val_loss']:.3f})")
+            ax.plot(steps, [r["train_loss"] for r in rows], "--", color=colour, linewidth=0.9)
+        ax.set_title(f"loss during training, {len(histories)} stages")
+        # the key to the line styles, then one entry per stage; outside the axes so no curve is hidden
+        style = [
+            Line2D([], [], color="0.3", linestyle="-", label="val (last value)"),
+            Line2D([], [], color="0.3", linestyle="--", label="train"),
+        ]
+        handles = style + ax.get_legend_handles_labels()[0]
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, even in a 20-step run
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (cross-entropy, nats per character)")
+    ax.grid(True, alpha=0.3)
+
+    suffix = out.suffix.lower().lstrip(".")
+    supported = fig.canvas.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        raise common.UserError(
+            f"--out {out}: matplotlib cannot write .{suffix} files; end the name in .png (or {', '.join('.' + s for s in sorted(supported))})"
+        )
+    if out.parent.exists() and not out.parent.is_dir():
+        raise common.UserError(f"cannot write {out}: {out.parent} is a file, not a folder; choose another place with --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format=suffix or "png")
+    except OSError as e:
+        raise common.UserError(f"cannot write {out} ({e.strerror or e}); choose another place with --out") from None
+    return out
+
+
+def plot_stages(stages: list[str], checkpoint_dir: Path, out: Path) -> Path:
+    """The chart of the named stages' histories in checkpoint_dir, written to out."""
+    return plot_histories(load_histories(stages, checkpoint_dir), out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = common.Parser(
+        prog="python tools/plot.py",
+        description="Plot the train and val loss curves of one stage, or compare several stages on one chart. Needs matplotlib (pip install matplotlib).",
+        formatter_class=common.HelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "stages",
+        nargs="*",
+        metavar="STAGE",
+        help='a stage number ("9", "09") or name ("09_layer_norm", "layer_norm"); none: every stage that has a history in --checkpoints',
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=common.CHECKPOINT_DIR,
+        metavar="DIR",
+        help="the folder with the <stage>.history.csv files",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="the image to write (default: DIR/<stage>.png for one stage, DIR/curves.png for several)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0), or a command-line error argparse already printed
+        return e.code if isinstance(e.code, int) else common.EXIT_USER_ERROR
+    try:
+        if args.stages:
+            stages = list(dict.fromkeys(resolve_stage(s) for s in args.stages))  # "9 09" is one stage
+        else:
+            stages = stages_with_history(args.checkpoints)
+            if not stages:
+                raise common.UserError(
+                    f"no loss histories in {args.checkpoints}; train a stage first (python stages/01_bigram.py) "
+                    "or point --checkpoints at the folder with the <stage>.history.csv files"
+                )
+        histories = load_histories(stages, args.checkpoints)
+        out = args.out or args.checkpoints / (f"{stages[0]}.png" if len(stages) == 1 else "curves.png")
+        print(plot_histories(histories, out))
+    except common.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
