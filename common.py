@@ -163,6 +163,16 @@ class CharTokenizer:
             )
         return [self.stoi[ch] for ch in s]
 
+    def encode_text(self, text: str) -> torch.Tensor:
+        """encode() for a whole corpus: (N,) int64 ids through a numpy lookup table indexed by code
+        point, without a Python int object per character (a million of them cost more than the lookup)."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,) one code point per character
+        lut = np.full(max(map(ord, self.chars), default=0) + 1, -1, dtype=np.int64)
+        lut[[ord(ch) for ch in self.chars]] = np.arange(self.vocab_size)
+        if codes.size and (codes.max() >= lut.size or (lut[codes] < 0).any()):
+            self.encode(text)  # raises the error that names the unknown characters
+        return torch.from_numpy(lut[codes])
+
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
@@ -578,7 +588,7 @@ def start(
             f"here {tokenizer.vocab_size} in {source}); resume with the same --data, or train afresh without --resume"
         )
     check_sampling_flags(args, tokenizer)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (N,)
+    ids = tokenizer.encode_text(text)  # (N,) int64
     train_data, val_data = split_data(ids)
     if len(val_data) <= config.block_size:
         raise UserError(

@@ -6,6 +6,10 @@ a loop it is slow; as a matrix multiply by a lower-triangular matrix whose rows 
 and as masked_fill(-inf) then softmax over all-zero affinities it is the exact form that attention
 will use, with learned affinities in place of the zeros. The three forms agree (see the tests).
 New against stage 02: CausalAverage (no parameters) between the embeddings and the head.
+Expect it to do *worse* than stages 01-02 (lecture: not measured). The average weighs the current
+character like every earlier one, so at the 8th position only 1/8 of the vector says which character
+we are predicting from, the one that matters most. Fixed, equal weights are the problem; stage 04
+learns the weights from the data.
 
 The learning rate drops from 1e-2 to 1e-3 here, with 5000 steps instead of 3000 (and an estimate
 every 500) to make up for the smaller steps. The attention stages from 04 on need the lower rate
@@ -13,7 +17,8 @@ every 500) to make up for the smaller steps. The attention stages from 04 on nee
 about attention alone and gives it a baseline measured at the same settings.
 
 Run:     python stages/03_causal_average.py            (--help lists every flag)
-Measured: TODO
+Measured: val loss 2.8243, train 2.8210, after 5000 steps in 7 s
+          on an AMD EPYC, 2 cores (lecture: not measured in the lecture).
 """
 
 import sys

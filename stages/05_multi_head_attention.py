@@ -5,9 +5,12 @@ of size n_embd // n_head = 8, can look for four different things at once (a vowe
 start of the word, ...). Their outputs are concatenated back to n_embd channels: like grouped
 convolutions, several small independent channels of communication instead of one wide one.
 New against stage 04: MultiHeadAttention, and the n_head hyperparameter (4 heads of 8).
+The parameter count does not change (7,553): four heads of 8 hold exactly the weights of one head
+of 32. The gain comes from splitting them into independent attention patterns, not from size.
 
 Run:     python stages/05_multi_head_attention.py            (--help lists every flag)
-Measured: TODO
+Measured: val loss 2.2678, train 2.2439, after 5000 steps in 19 s
+          on an AMD EPYC, 2 cores (lecture: about 2.28).
 """
 
 import sys

@@ -7,7 +7,8 @@ alone, on what attention gathered there.
 New against stage 05: FeedForward, applied after the attention heads.
 
 Run:     python stages/06_feed_forward.py            (--help lists every flag)
-Measured: TODO
+Measured: val loss 2.2452, train 2.2133, after 5000 steps in 19 s
+          on an AMD EPYC, 2 cores (lecture: about 2.24).
 """
 
 import sys

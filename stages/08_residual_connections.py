@@ -12,7 +12,8 @@ New against stage 07: the two additions in Block, MultiHeadAttention.proj, and t
 with its output projection.
 
 Run:     python stages/08_residual_connections.py            (--help lists every flag)
-Measured: TODO
+Measured: val loss 2.0738, train 1.9839, after 5000 steps in 52 s
+          on an AMD EPYC, 2 cores (lecture: about 2.08).
 """
 
 import sys

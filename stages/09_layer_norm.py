@@ -12,7 +12,8 @@ warm-up; post-norm sends every gradient through every normalisation on the way d
 New against stage 08: ln1 and ln2 in Block, and ln_f before lm_head.
 
 Run:     python stages/09_layer_norm.py            (--help lists every flag)
-Measured: TODO
+Measured: val loss 2.0604, train 1.9672, after 5000 steps in 57 s
+          on an AMD EPYC, 2 cores (lecture: about 2.06).
 """
 
 import sys

@@ -277,3 +277,13 @@ def test_stage_files_are_numbered_in_order():
     assert common.previous_stage(names[0]) is None
     assert all(common.previous_stage(b) == a for a, b in zip(names, names[1:], strict=False))
     assert isinstance(common.STAGE_DIR, Path)
+
+
+def test_encode_text_matches_encode_and_names_unknown_characters():
+    tok = common.CharTokenizer.from_text(SMALL_TEXT + "é€😀")  # code points past 255 and past the BMP
+    text = SMALL_TEXT[:300] + "é€😀"
+    assert tok.encode_text(text).tolist() == tok.encode(text)
+    assert tok.encode_text(text).dtype == torch.int64
+    assert tok.encode_text("").tolist() == []
+    with pytest.raises(common.UserError, match=r"not in the vocabulary: 'Z', '𝄞'"):
+        tok.encode_text("All Z𝄞")
