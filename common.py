@@ -75,8 +75,11 @@ def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) 
     The bytes go to a temporary file beside dest and are renamed onto it at the end, so an
     interrupted or failed download never leaves a half-written dest behind.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    except OSError as e:
+        raise UserError(f"cannot write into {dest.parent} ({e.strerror or e}); put the text there yourself, or use --data PATH") from None
     tmp = Path(tmp_name)
     try:
         digest = hashlib.md5()
@@ -112,7 +115,10 @@ def read_text(path: Path) -> str:
         raise UserError(f"--data {path} is a directory; give the path of a UTF-8 text file")
     if not path.exists():
         raise UserError(f"--data {path}: no such file; give the path of a UTF-8 text file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     if not raw:
         raise UserError(f"{path} is empty; give a UTF-8 text file with at least a few thousand characters")
     if b"\x00" in raw:
@@ -224,7 +230,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     temperature < 1 sharpens the distribution, > 1 flattens it; top_k keeps only the k likeliest.
     The draw happens on the CPU: torch.multinomial on mps has returned out-of-range indices.
     """
-    logits = logits / temperature
+    # subtracting the row's max first keeps (logits - max) / temperature finite for any temperature > 0:
+    # a tiny temperature then means "greedy" instead of inf - inf = nan
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]  # (B, 1) the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -291,6 +299,16 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if not 0 <= value < 2**32:  # numpy's seeds are 32-bit
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to {2**32 - 1}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -325,12 +343,14 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
             "--preset",
             choices=["auto", *presets],
             default="auto",
-            help="a named set of hyperparameters; auto picks by device (flags given explicitly still win)",
+            help="a named set of hyperparameters; auto picks video with cuda or mps, cpu otherwise; flags given explicitly "
+            "still win. The defaults listed here are video's; "
+            + "; ".join(f"{name} sets {', '.join(f'{k}={v}' for k, v in values.items())}" for name, values in presets.items() if values),
         )
     run.add_argument(
         "--device", choices=["auto", "cuda", "mps", "cpu"], default="auto", help="where to compute; auto tries cuda, then mps, then cpu"
     )
-    run.add_argument("--seed", type=int, default=1337, metavar="INT", help="random seed, for reproducible runs")
+    run.add_argument("--seed", type=_seed, default=1337, metavar="INT", help="random seed, for reproducible runs (0 to 2**32 - 1)")
     run.add_argument("--data", type=Path, default=None, metavar="PATH", help="train on this UTF-8 text file instead of tiny Shakespeare")
     run.add_argument("--checkpoint", type=Path, default=None, metavar="PATH", help=f"checkpoint file (default: checkpoints/{stage}.pt)")
     run.add_argument(
@@ -398,6 +418,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 def load_checkpoint(path: Path, stage: str) -> dict:
     """Load and check a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: train first with `python stages/{stage}.py`")
     try:
@@ -555,7 +577,7 @@ def start(
     seed_everything(args.seed)
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
-    if presets:
+    if presets and not (args.sample or args.resume):  # with a checkpoint, its own hyperparameters apply
         preset = args.preset
         if preset == "auto":
             preset = "video" if device.type in ("cuda", "mps") else "cpu"
@@ -614,6 +636,8 @@ def check_sampling_flags(args: argparse.Namespace, tokenizer: CharTokenizer) -> 
 
 def check_writable(path: Path) -> None:
     """Fail before training, not after it, when the checkpoint cannot be written."""
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path} is a directory; give a file name such as {path / 'model.pt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
@@ -660,9 +684,14 @@ class Trainer:
         self.elapsed = ckpt["elapsed"]
         if self.run.args.resume:
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            for group in self.optimizer.param_groups:  # the optimizer state brings the old rate back:
+                group["lr"] = self.run.config.learning_rate  # --learning_rate (or the checkpoint's) wins
             self.run.train_gen.set_state(ckpt["rng"]["batches"])
             self.run.eval_gen.set_state(ckpt["rng"]["eval"])
             torch.set_rng_state(ckpt["rng"]["torch"])
+            cuda_states = ckpt["rng"].get("cuda", [])
+            if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_states)
             print(f"resumed from {self.run.checkpoint_path} at step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------
@@ -704,18 +733,20 @@ class Trainer:
         """After an optimizer step: show the loss; stop on nan or inf before a bad model is saved."""
         value = loss.item()
         if not math.isfinite(value):
-            kept = f"{self.run.checkpoint_path} (step {self._saved_step}) is kept" if self._saved_step is not None else "nothing was saved"
-            raise UserError(
-                f"the training loss became {value} at step {self.step + 1}; training stopped and {kept}. "
-                "Lower --learning_rate and train again"
-            )
+            self._stop_non_finite(f"the training loss became {value} at step {self.step + 1}")
         if self._bar is not None:
             self._bar.update(1)
             if self._bar.n % 10 == 0:
                 self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
 
+    def _stop_non_finite(self, what: str) -> None:
+        kept = f"{self.run.checkpoint_path} (step {self._saved_step}) is kept" if self._saved_step is not None else "nothing was saved"
+        raise UserError(f"{what}; training stopped and {kept}. Lower --learning_rate and train again")
+
     def log(self, step: int, losses: dict[str, float]) -> None:
         """Print a loss estimate, add it to the history, and save a checkpoint."""
+        if not all(math.isfinite(v) for v in losses.values()):
+            self._stop_non_finite(f"the estimated loss became {losses['train']} (train), {losses['val']} (val) at step {step}")
         tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed_s": self.seconds()}
         self.history = [r for r in self.history if r["step"] != step] + [row]  # a resumed run re-evaluates its first step
@@ -728,6 +759,8 @@ class Trainer:
 
     def save(self) -> None:
         run = self.run
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never overwrite a good file with nan
+            self._stop_non_finite(f"the weights hold nan or inf at step {self.step}")
         payload = {
             "format": CHECKPOINT_FORMAT,
             "stage": run.stage,
@@ -738,7 +771,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "elapsed": self.seconds(),
-            "rng": {"batches": run.train_gen.get_state(), "eval": run.eval_gen.get_state(), "torch": torch.get_rng_state()},
+            "rng": {
+                "batches": run.train_gen.get_state(),
+                "eval": run.eval_gen.get_state(),
+                "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... and on GPUs
+            },
         }
         save_checkpoint(run.checkpoint_path, payload)
         write_history(history_path(run.checkpoint_path), self.history)

@@ -4,8 +4,9 @@ The concept: data-dependent weights. In stage 03 every earlier position counted 
 position emits a query ("what am I looking for?") and a key ("what do I contain?"), each computed by
 its own linear layer; the affinity of position t for an earlier position s is q_t . k_s. Masked to the
 past and softmaxed, these affinities weigh the values (a third linear layer: "what I will tell you if
-you find me interesting"). The affinities are scaled by head_size**-0.5 so that at initialisation
-they have unit variance and the softmax stays diffuse instead of collapsing onto one position (the
+you find me interesting"). The affinities are scaled by head_size**-0.5: when q and k have unit
+variance, as at initialisation, q . k has variance head_size, and the scaling brings it back to 1, so
+the softmax stays diffuse instead of collapsing onto one position (the
 lecture's code scales by n_embd, a known erratum; the two coincide here, where head_size = n_embd).
 New against stage 03: Head (key, query and value layers) in place of CausalAverage; head_size 32.
 generate already crops the context to the last block_size tokens: position embeddings (stage 02)

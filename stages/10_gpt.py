@@ -3,21 +3,24 @@
 The concept: scale up, and regularise so the bigger model does not memorise. Dropout zeroes a random
 fraction (0.2) of activations at every training step, so that no unit can rely on one particular
 other unit: in effect an ensemble of thinned networks, switched off in eval mode. It sits after the
-attention softmax (randomly cutting some communication), after each projection back into the
-residual stream, and at the end of the feed-forward network.
+attention softmax (randomly cutting some communication), and after each of the two projections back
+into the residual stream (attention's, and the feed-forward network's last layer).
 New against stage 09: dropout, and the lecture's final sizes: n_embd 384, 6 heads of 64, 6 layers,
 block 256, batch 64, learning rate 3e-4 (a bigger network wants smaller steps), dropout 0.2, which
 make 10,788,929 parameters.
 
-That configuration (preset "video") takes about 9 s a step on a 2-core CPU, 12+ hours for 5000
-steps; it is meant for a GPU (not measured here: no GPU was available to this project yet). Without cuda or mps the default is the preset "cpu": the same
+That configuration (preset "video") takes 9 to 15 s a step on a 2-core CPU (15 s measured here, see
+benchmarks/results.json): 12 to 21 hours for 5000 steps. It is meant for a GPU (not measured here:
+no GPU was available to this project yet). Without cuda or mps the default is the preset "cpu": the same
 architecture, smaller, chosen to finish in minutes. One printed line says which preset is in use;
 --preset video or --preset cpu forces one, and any flag given explicitly still wins over both.
 How "cpu" was chosen, on an AMD EPYC with 2 cores: throughput first (n_embd 128, 4 heads of 32,
 4 layers, block 64, batch 32 trains 21k characters/s; n_embd 192 or 256, or block 128, manage 7-13k),
-then two full runs at learning rate 2e-3: without dropout val reached 1.675 at step 1500, 1.626 at
+then full runs at learning rate 2e-3: without dropout val reached 1.675 at step 1500, 1.626 at
 2000 and 1.636 at 2500; with dropout 0.1 it trailed (1.721 at 1500): in a run this short the
-regulariser costs more than it saves, so dropout is 0 and training stops at 2000 steps; 20
+regulariser costs more than it saves, so dropout is 0 and training stops at 2000 steps. A smaller
+model that sees more characters in the same time (n_embd 96, 3 heads, batch 48: 30k characters/s)
+did worse, 1.654 after 2200 steps. 20
 evaluation batches (not 200) keep the nine loss estimates a small part of the run.
 
 Run:     python stages/10_gpt.py            (--help lists every flag)

@@ -117,10 +117,23 @@ def test_bad_values(bigram, run_cli, flags, message):
     one_line_error(code, err, message)
 
 
-def test_dropout_must_be_a_fraction():
-    module = load_stage(STAGE_IDS[-1])
-    code = common.run_stage(module.main, ["--dropout", "1.5"])
-    assert code == common.EXIT_USER_ERROR
+def test_dropout_must_be_a_fraction(run_cli):
+    code, _, err = run_cli(load_stage(STAGE_IDS[-1]), ["--dropout", "1.5"])
+    one_line_error(code, err, "'1.5' must be at least 0 and below 1")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_range(bigram, run_cli, seed):
+    code, _, err = run_cli(bigram, ["--seed", seed])
+    one_line_error(code, err, f"'{seed}' must be from 0 to {2**32 - 1}")
+
+
+def test_checkpoint_path_that_is_a_directory(bigram, small_text_file, tmp_path, run_cli):
+    code, out, err = run_cli(bigram, train_flags(bigram, small_text_file, tmp_path))
+    one_line_error(code, err, "is a directory; give a file name")
+    assert "step 0" not in out
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(tmp_path)])
+    one_line_error(code, err, "is a directory")
 
 
 def test_n_embd_must_divide_into_heads(run_cli):
@@ -165,11 +178,22 @@ def test_empty_prompt_starts_from_a_newline(bigram, trained, run_cli):
     assert len(out.split("parameters\n", 1)[1].rstrip("\n")) >= 20
 
 
-def test_prompt_longer_than_block_size_is_cropped(bigram, trained, run_cli):
+def test_prompt_longer_than_block_size_is_cropped(small_text_file, tmp_path, run_cli):
+    """Stage 02's position table has block_size rows: without cropping, a long prompt would index past it."""
+    module = load_stage(STAGE_IDS[1])
+    ckpt = tmp_path / "c.pt"
+    assert run_cli(module, train_flags(module, small_text_file, ckpt))[0] == 0
     prompt = "All:\nSpeak, speak.\n" * 3  # 57 characters, block_size is 8
-    code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--prompt", prompt, "--num_tokens", "10"])
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--prompt", prompt, "--num_tokens", "10"])
     assert code == 0, err
-    assert prompt in out
+    assert out.split("parameters\n", 1)[1].startswith(prompt)
+
+
+def test_tiny_temperature_is_greedy_not_nan(bigram, trained, run_cli):
+    greedy = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--num_tokens", "30"])[1]
+    code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--temperature", "1e-45", "--num_tokens", "30"])
+    assert code == 0, err
+    assert out == greedy
 
 
 def test_top_k_larger_than_the_vocabulary(bigram, trained, run_cli):
@@ -295,6 +319,52 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bigram, small_
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] == 10
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_resume_uses_the_learning_rate_given(bigram, trained, small_text_file, run_cli):
+    code, _, err = run_cli(
+        bigram, ["--resume", "--checkpoint", str(trained), "--data", str(small_text_file), "--max_iters", "25", "--learning_rate", "1e-5"]
+    )
+    assert code == 0, err
+    saved = torch.load(trained, weights_only=True)
+    assert saved["config"]["learning_rate"] == 1e-5
+    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [1e-5]
+
+
+def poison_weights_at(module, monkeypatch, call: int, also=None):
+    """Make the model's weights nan during its call-th training forward pass (its loss stays finite)."""
+    forward = module.LanguageModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        out = forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == call:
+                with torch.no_grad():
+                    next(self.parameters()).fill_(float("nan"))
+                if also:
+                    also()
+        return out
+
+    monkeypatch.setattr(module.LanguageModel, "forward", poisoned)
+
+
+def test_a_nan_estimate_stops_before_it_is_saved(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    poison_weights_at(bigram, monkeypatch, call=20)  # the last step before the estimate at step 20
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "the estimated loss became nan", "at step 20", "(step 10) is kept")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 10 and all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_ctrl_c_never_saves_nan_weights(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    poison_weights_at(bigram, monkeypatch, call=15, also=lambda: os.kill(os.getpid(), signal.SIGINT))
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "the weights hold nan or inf at step 15", "(step 10) is kept")
+    assert torch.load(ckpt, weights_only=True)["step"] == 10
 
 
 def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, run_cli, monkeypatch):

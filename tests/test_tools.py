@@ -234,3 +234,17 @@ def test_run_all_stops_at_a_failing_stage(tmp_path, capsys):
     assert any("--max_iterz (did you mean --max_iters?)" in line for line in lines[1:])  # the tail of its stderr
     assert readme.read_text(encoding="utf-8") == unchanged
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
+    """--quick, --stages or stage flags without --readme: the measured table in README.md stays as it is."""
+    data = tmp_path / "small.txt"
+    data.write_text(SMALL_TEXT, encoding="utf-8")
+    readme = ROOT / "README.md"
+    before = readme.read_bytes()
+    code = run_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "the README is unchanged" in out and "| 01 |" in out  # the table is printed instead
+    assert readme.read_bytes() == before
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["stage"] == "01_bigram"

@@ -297,8 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages", default=None, metavar="LIST", help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)'
     )
-    parser.add_argument("--checkpoints", type=Path, default=common.CHECKPOINT_DIR, metavar="DIR", help="where the checkpoints go")
-    parser.add_argument("--readme", type=Path, default=README_PATH, metavar="PATH", help="the README whose results section is rewritten")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the checkpoints go (default: checkpoints/, checkpoints/quick/ with --quick)",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the README whose results section is rewritten (default: README.md after a full run at the defaults; "
+        "with --quick, --stages or stage flags, only when given, so a partial run never replaces the measured table)",
+    )
     parser.add_argument(
         "--data", type=Path, default=None, metavar="PATH", help="train every stage on this UTF-8 text (default: tiny Shakespeare)"
     )
@@ -348,7 +361,13 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
         stages = list(dict.fromkeys(plot.resolve_stage(s) for s in names))
     else:
         stages = plot.stage_names()
-    read_readme(args.readme)
+    partial = args.quick or args.stages is not None or bool(extra)
+    if args.readme is None and not partial:
+        args.readme = README_PATH
+    if args.checkpoints is None:  # a quick run keeps its checkpoints apart from the full runs'
+        args.checkpoints = common.CHECKPOINT_DIR / "quick" if args.quick else common.CHECKPOINT_DIR
+    if args.readme is not None:
+        read_readme(args.readme)
     check_writable_dir(args.checkpoints)
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
@@ -393,6 +412,10 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     elif iterations is not None:
         made_by += f"; {iterations} iterations per stage (from the flags), not the stages' defaults"
     table = results_table(results, made_by + ".")
+    if args.readme is None:
+        print(f"\n{table}\n\nthe README is unchanged: this was not a full run at the defaults (give --readme README.md to write it anyway)")
+        draw_chart(results, args.checkpoints)
+        return 0
     text = read_readme(args.readme)  # again: it may have been edited while the stages trained
     text = replace_section(text, RESULTS_MARKERS, args.readme, table)
     if marker_span(text, SAMPLES_MARKERS, args.readme, required=False) is not None:
@@ -402,15 +425,18 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     except OSError as e:
         raise common.UserError(f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}") from None
     print(f"\n{table}\n\nwrote the table for {len(results)} stage(s) into {args.readme}")
+    draw_chart(results, args.checkpoints)
+    return 0
 
+
+def draw_chart(results: list[Result], checkpoint_dir: Path) -> None:
     if plot.have_matplotlib():
         try:
-            print(f"chart: {plot.plot_stages([r.stage for r in results], args.checkpoints, args.checkpoints / 'curves.png')}")
+            print(f"chart: {plot.plot_stages([r.stage for r in results], checkpoint_dir, checkpoint_dir / 'curves.png')}")
         except common.UserError as e:  # the table is written; a chart that cannot be drawn does not undo it
             print(f"warning: the chart was not drawn: {e}", file=sys.stderr)
     else:
         print("chart skipped: matplotlib is not installed (an optional extra: pip install matplotlib)")
-    return 0
 
 
 if __name__ == "__main__":
