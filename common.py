@@ -285,38 +285,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see --help for the allowed flags\n")
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _checked(kind: type, ok: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
+    """An argparse type: parse the text as kind, then require ok(value); each error names its rule."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n int' if kind is int else ' number'}") from None
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} {requirement}")
         return value
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if not 0 <= value < 2**32:  # numpy's seeds are 32-bit
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to {2**32 - 1}")
-    return value
+def _positive(kind: type) -> Callable[[str], Any]:
+    return _checked(kind, lambda v: v > 0 and math.isfinite(v), "must be greater than 0")  # nan fails v > 0
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0 and below 1")
-    return value
+_seed = _checked(int, lambda v: 0 <= v < 2**32, f"must be from 0 to {2**32 - 1}")  # numpy's seeds are 32-bit
+_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
 
 
 def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[str, dict] | None) -> Parser:

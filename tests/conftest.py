@@ -28,6 +28,16 @@ SMALL_TEXT = (
 ) * 60
 
 
+def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
+    """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def load_stage(name: str) -> ModuleType:
     """Import stages/<name>.py by path (its name starts with a digit, so `import` cannot)."""
     path = ROOT / "stages" / f"{name}.py"

@@ -11,20 +11,10 @@ import pytest
 import torch
 
 import common
-from conftest import STAGE_IDS, load_stage, tiny_flags
+from conftest import STAGE_IDS, load_stage, one_line_error, tiny_flags
 
 BIGRAM = STAGE_IDS[0]
 MULTI_HEAD = next(s for s in STAGE_IDS if s.startswith("05"))
-
-
-def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
-    """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
-    assert code == exit_code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import common
-from conftest import ROOT, SMALL_TEXT, load_stage
+from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
 
 sys.path.insert(0, str(ROOT / "tools"))
 import plot  # noqa: E402
@@ -19,16 +19,6 @@ SAMPLES_START, SAMPLES_END = run_all.SAMPLES_MARKERS
 # tiny runs: flags every stage accepts (stage 01 has no --n_embd), given after `--` so they beat --quick's
 TINY_EXTRA = ["--max_iters", "20", "--eval_interval", "10", "--eval_iters", "2", "--batch_size", "4", "--block_size", "8"]
 TINY_EXTRA += ["--num_tokens", "40", "--device", "cpu"]
-
-
-def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
-    """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
-    assert code == exit_code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
