@@ -14,15 +14,15 @@ benchmarks/results.json): 12 to 21 hours for 5000 steps. It is meant for a GPU (
 no GPU was available to this project yet). Without cuda or mps the default is the preset "cpu": the same
 architecture, smaller, chosen to finish in minutes. One printed line says which preset is in use;
 --preset video or --preset cpu forces one, and any flag given explicitly still wins over both.
-How "cpu" was chosen, on an AMD EPYC with 2 cores: throughput first (n_embd 128, 4 heads of 32,
-4 layers, block 64, batch 32 trains 21k characters/s; n_embd 192 or 256, or block 128, manage 7-13k),
-then full runs at learning rate 2e-3: without dropout val reached 1.675 at step 1500, 1.626 at
-2000 and 1.636 at 2500; with dropout 0.1 it trailed (1.721 at 1500): in a run this short the
-regulariser costs more than it saves, so dropout is 0 and training stops at 2000 steps. A smaller
-model that sees more characters in the same time (n_embd 96, 3 heads, batch 48: 30k characters/s)
-did worse, 1.654 after 2200 steps; learning rate 3e-3 instead of 2e-3 made no difference (1.6275
-against 1.6288 after 2000 steps). 20
-evaluation batches (not 200) keep the nine loss estimates a small part of the run.
+How "cpu" was chosen, on an AMD EPYC with 2 cores: throughput first (n_embd 128, 4 heads of 32, 4
+layers, block 64, batch 32 trains 21k characters/s; n_embd 192 or 256, or block 128, manage 7-13k),
+then full runs at learning rate 2e-3: without dropout val reached 1.675 at step 1500, 1.626 at 2000
+and 1.636 at 2500; with dropout 0.1 it trailed (1.721 at 1500): in a run this short the regulariser
+costs more than it saves, so dropout is 0 and training stops at 2000 steps. A smaller model that
+sees more characters in the same time (n_embd 96, 3 heads, batch 48: 30k characters/s) did worse,
+1.654 after 2200 steps; learning rate 3e-3 instead of 2e-3 made no difference (1.6275 against 1.6288
+after 2000 steps). 20 evaluation batches (not 200) keep the nine loss estimates a small part of the
+run.
 
 Run:     python stages/10_gpt.py            (--help lists every flag)
 Measured: val loss 1.6288, train 1.4416, after 2000 steps (preset cpu) in 259 s
