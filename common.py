@@ -16,6 +16,8 @@ import csv
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
+import io
 import math
 import os
 import pickle
@@ -30,7 +32,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -275,14 +278,17 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         m = re.match(r"unrecognized arguments: (.*)", message)
         if m:
-            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
-            hints = []
-            unknown = m.group(1).split()
-            for arg in [a for a in unknown if a.startswith("-")] or unknown:  # the flags, not their values
-                close = difflib.get_close_matches(arg.split("=")[0], flags, n=1, cutoff=0.6)
-                hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
-            message = f"unknown argument(s): {', '.join(hints)}"
+            message = f"unknown argument(s): {self.suggest(m.group(1).split())}"
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see --help for the allowed flags\n")
+
+    def suggest(self, unknown: list[str]) -> str:
+        """The unknown flags, each with the closest known one: "--max_iter (did you mean --max_iters?)"."""
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        hints = []
+        for arg in [a for a in unknown if a.startswith("-")] or unknown:  # the flags, not their values
+            close = difflib.get_close_matches(arg.split("=")[0], flags, n=1, cutoff=0.6)
+            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+        return ", ".join(hints)
 
 
 def _checked(kind: type, ok: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
@@ -391,19 +397,24 @@ def check_config(cfg: Any) -> None:
 # checkpoints
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file beside path, then rename: a crash mid-save keeps the old file."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """write(f) into a temporary file beside path, flushed to disk, then renamed onto path: a crash
+    or a kill mid-write leaves the previous file whole, never half of the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes files private (0600); a checkpoint is an ordinary file
+        os.chmod(tmp_name, 0o644)  # mkstemp makes files private (0600); these are ordinary files
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    write_atomically(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path, stage: str) -> dict:
@@ -628,12 +639,17 @@ def check_writable(path: Path) -> None:
     """Fail before training, not after it, when the checkpoint cannot be written."""
     if path.is_dir():
         raise UserError(f"--checkpoint {path} is a directory; give a file name such as {path / 'model.pt'}")
+    check_writable_dir(path.parent, f"the checkpoint {path}", "--checkpoint")
+
+
+def check_writable_dir(directory: Path, what: str, flag: str) -> None:
+    """Create directory if needed and prove a file can be written in it; else one clear error."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
-        raise UserError(f"cannot write the checkpoint {path} ({e.strerror or e}); choose another place with --checkpoint") from None
+        raise UserError(f"cannot write {what} ({e.strerror or e}); choose another place with {flag}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -805,13 +821,12 @@ HISTORY_FIELDS = ("step", "train_loss", "val_loss", "elapsed_s")
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """The loss history as CSV (step, train_loss, val_loss, elapsed_s), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in HISTORY_FIELDS})  # str(float) round-trips exactly
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in HISTORY_FIELDS})  # str(float) round-trips exactly
+    write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -825,6 +840,19 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 def stage_files() -> list[Path]:
     return sorted(STAGE_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def load_stage(name: str) -> ModuleType:
+    """Import stages/<name>.py by path (its name starts with a digit, so `import` cannot); name may
+    also be just its number ("09"). Importing a stage reads no data and trains nothing."""
+    path = STAGE_DIR / f"{name}.py"
+    if not path.exists():
+        path = next(iter(STAGE_DIR.glob(f"{name.zfill(2)}_*.py")), path)
+    spec = importlib.util.spec_from_file_location(f"stage_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` would: inspect and dataclasses look modules up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def previous_stage(stage: str) -> str | None:

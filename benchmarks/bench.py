@@ -118,10 +118,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def bench_gflops(steps: int = 3) -> dict:
     """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lecture_reference import load_stage
-
-    stage = load_stage("10")
+    stage = common.load_stage("10")
     cfg = stage.Config()
     torch.manual_seed(0)
     model = stage.LanguageModel(65, cfg)

@@ -9,7 +9,6 @@ loop. Everything else (seed, split, the eval schedule, the final 500-character s
 Run: python benchmarks/lecture_reference.py 09      (prints the video's log lines)
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,17 +19,8 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 
 
-def load_stage(name: str):
-    path = next((ROOT / "stages").glob(f"{name.zfill(2)}_*.py"))
-    spec = importlib.util.spec_from_file_location(f"stage_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
-    stage = load_stage(sys.argv[1])
+    stage = common.load_stage(sys.argv[1])
     cfg = stage.Config()
     batch_size, block_size, max_iters = cfg.batch_size, cfg.block_size, cfg.max_iters
     eval_interval, learning_rate, eval_iters = cfg.eval_interval, cfg.learning_rate, cfg.eval_iters

@@ -1,7 +1,6 @@
 """Shared fixtures: stage loading, tiny configurations, a small text, and a command-line runner."""
 
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -38,14 +37,7 @@ def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common
         assert fragment in lines[0], lines[0]
 
 
-def load_stage(name: str) -> ModuleType:
-    """Import stages/<name>.py by path (its name starts with a digit, so `import` cannot)."""
-    path = ROOT / "stages" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as `import` would: inspect and dataclasses look modules up here
-    spec.loader.exec_module(module)
-    return module
+load_stage = common.load_stage
 
 
 def tiny_config(module: ModuleType, **overrides):

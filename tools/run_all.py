@@ -19,14 +19,12 @@ import argparse
 import ast
 import dataclasses
 import datetime
-import difflib
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -197,18 +195,6 @@ def samples_section(results: list[Result], checkpoint_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside path, then rename: an interrupted write keeps the old README."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); a README is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------------------------
 # running one stage
 
@@ -318,15 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_writable_dir(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise common.UserError(f"cannot write to --checkpoints {directory} ({e.strerror or e}); choose another folder") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -337,13 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else common.EXIT_USER_ERROR
     try:
         if unknown:  # most likely a stage's flag typed without the `--` before it
-            ours = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
-            hints = []
-            for arg in unknown:
-                close = difflib.get_close_matches(arg.split("=")[0], ours, n=1, cutoff=0.6)
-                hints.append(f"{arg} (did you mean {close[0]}?)" if close and arg.startswith("-") else arg)
             raise common.UserError(
-                f"unknown argument(s): {', '.join(hints)}; flags for the stages go after --, "
+                f"unknown argument(s): {parser.suggest(unknown)}; flags for the stages go after --, "
                 "as in: python tools/run_all.py --quick -- --max_iters 200"
             )
         return run_all(args, argv, extra)
@@ -368,7 +340,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
         args.checkpoints = common.CHECKPOINT_DIR / "quick" if args.quick else common.CHECKPOINT_DIR
     if args.readme is not None:
         read_readme(args.readme)
-    check_writable_dir(args.checkpoints)
+    common.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
@@ -421,7 +393,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     if marker_span(text, SAMPLES_MARKERS, args.readme, required=False) is not None:
         text = replace_section(text, SAMPLES_MARKERS, args.readme, samples_section(results, args.checkpoints))
     try:
-        write_atomically(args.readme, text)
+        common.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise common.UserError(f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}") from None
     print(f"\n{table}\n\nwrote the table for {len(results)} stage(s) into {args.readme}")
