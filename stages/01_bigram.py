@@ -51,7 +51,7 @@ class LanguageModel(nn.Module):
         if targets is None:
             loss = None
         else:
-            B, T, C = logits.shape
+            B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -60,10 +60,11 @@ class LanguageModel(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            # the model never saw more than block_size tokens in training: keep the last ones
+            # keep the last block_size tokens: a bigram reads only the last one, but from stage 02 on
+            # the position table has just block_size rows
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
-            logits, _ = self(idx_cond)  # (B, T', C)
-            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            logits, _ = self(idx_cond)  # (B, T', vocab_size)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
             idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
         return idx

@@ -7,6 +7,7 @@ New against stage 01: the n_embd hyperparameter, the position table and lm_head.
 No gain is expected yet: every position still sees only its own token (tokens don't talk to each
 other), so the model can do no better than the bigram; knowing *where* a token sits, alone, says
 little about the next character. The point is the plumbing the next stages build on.
+The position table has block_size rows, so generate's crop to the last block_size tokens now matters.
 
 Run:     python stages/02_position_embedding.py            (--help lists every flag)
 Measured: val loss 2.5155, train 2.4845, after 3000 steps in 5 s
@@ -60,7 +61,7 @@ class LanguageModel(nn.Module):
         if targets is None:
             loss = None
         else:
-            B, T, C = logits.shape
+            B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -69,10 +70,10 @@ class LanguageModel(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            # the model never saw more than block_size tokens in training: keep the last ones
+            # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
-            logits, _ = self(idx_cond)  # (B, T', C)
-            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            logits, _ = self(idx_cond)  # (B, T', vocab_size)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
             idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
         return idx

@@ -4,10 +4,10 @@ The concept: data-dependent weights. In stage 03 every earlier position counted 
 position emits a query ("what am I looking for?") and a key ("what do I contain?"), each computed by
 its own linear layer; the affinity of position t for an earlier position s is q_t . k_s. Masked to the
 past and softmaxed, these affinities weigh the values (a third linear layer: "what I will tell you if
-you find me interesting"). The affinities are scaled by head_size**-0.5: when q and k have unit
-variance, as at initialisation, q . k has variance head_size, and the scaling brings it back to 1, so
-the softmax stays diffuse instead of collapsing onto one position (the
-lecture's code scales by n_embd, a known erratum; the two coincide here, where head_size = n_embd).
+you find me interesting"). The affinities are scaled by head_size**-0.5: q . k sums head_size
+products, so if q and k had unit variance it would have variance head_size; the scaling brings that
+back to 1, so the softmax stays diffuse instead of collapsing onto one position as heads get wider
+(the lecture's code scales by n_embd, a known erratum; the two coincide here, where head_size = n_embd).
 New against stage 03: Head (key, query and value layers) in place of CausalAverage; head_size 32.
 generate already crops the context to the last block_size tokens: position embeddings (stage 02)
 and the causal mask exist only for block_size positions.
@@ -57,7 +57,7 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so that they have unit variance at initialisation
+        # affinities, scaled by 1/sqrt(head_size) so that their variance does not grow with head_size
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -90,7 +90,7 @@ class LanguageModel(nn.Module):
         if targets is None:
             loss = None
         else:
-            B, T, C = logits.shape
+            B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -99,10 +99,10 @@ class LanguageModel(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            # the model never saw more than block_size tokens in training: keep the last ones
+            # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
-            logits, _ = self(idx_cond)  # (B, T', C)
-            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            logits, _ = self(idx_cond)  # (B, T', vocab_size)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
             idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
         return idx

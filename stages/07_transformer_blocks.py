@@ -55,7 +55,7 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so that they have unit variance at initialisation
+        # affinities, scaled by 1/sqrt(head_size) so that their variance does not grow with head_size
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -129,7 +129,7 @@ class LanguageModel(nn.Module):
         if targets is None:
             loss = None
         else:
-            B, T, C = logits.shape
+            B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -138,10 +138,10 @@ class LanguageModel(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            # the model never saw more than block_size tokens in training: keep the last ones
+            # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
-            logits, _ = self(idx_cond)  # (B, T', C)
-            logits = logits[:, -1, :]  # (B, C) only the last position predicts what comes next
+            logits, _ = self(idx_cond)  # (B, T', vocab_size)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
             idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
         return idx
