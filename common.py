@@ -12,10 +12,12 @@ a non-zero exit status instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import dataclasses
 import difflib
 import hashlib
+import http.client
 import importlib.util
 import io
 import math
@@ -33,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 import torch
@@ -89,13 +91,13 @@ def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) 
         got = 0
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False) as bar:
+                with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False, disable=None) as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         digest.update(chunk)
                         got += len(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as e:  # OSError covers timeouts and resets
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # timeouts, resets, cut-off replies
             reason = getattr(e, "reason", e)
             raise UserError(
                 f"could not download the text from {url} ({reason}); "
@@ -112,22 +114,25 @@ def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) 
         tmp.unlink(missing_ok=True)
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, flag: str = "--data") -> str:
     """Read a UTF-8 text file, with one clear error for each way it can be unusable."""
+    named = f"{flag} {path}" if flag else str(path)  # as the user gave it, or the default path
     if path.is_dir():
-        raise UserError(f"--data {path} is a directory; give the path of a UTF-8 text file")
+        raise UserError(f"{named} is a directory; give the path of a UTF-8 text file")
     if not path.exists():
-        raise UserError(f"--data {path}: no such file; give the path of a UTF-8 text file")
+        raise UserError(f"{named}: no such file; give the path of a UTF-8 text file")
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     if not raw:
         raise UserError(f"{path} is empty; give a UTF-8 text file with at least a few thousand characters")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows PowerShell 5's `>` writes
+        raise UserError(f"{path} is UTF-16 text; convert it to UTF-8 first (for example: iconv -f UTF-16 -t UTF-8)")
     if b"\x00" in raw:
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
     try:
-        return raw.decode("utf-8")  # always UTF-8: the platform's default encoding varies (Windows)
+        return raw.decode("utf-8-sig")  # always UTF-8 (the platform's default varies: Windows); a BOM is dropped
     except UnicodeDecodeError as e:
         raise UserError(
             f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); convert it to UTF-8 first (for example with iconv)"
@@ -141,7 +146,7 @@ def load_text(data: Path | None) -> tuple[str, Path]:
     if not DATA_PATH.exists():
         print(f"{DATA_PATH} not found: downloading tiny Shakespeare (1.1 MB) once")
         download(DATA_URL, DATA_PATH)
-    return read_text(DATA_PATH), DATA_PATH
+    return read_text(DATA_PATH, flag=""), DATA_PATH
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,12 +239,15 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     The draw happens on the CPU: torch.multinomial on mps has returned out-of-range indices.
     """
     # subtracting the row's max first keeps (logits - max) / temperature finite for any temperature > 0:
-    # a tiny temperature then means "greedy" instead of inf - inf = nan
+    # a tiny temperature then means "greedy" instead of inf - inf = nan. Below float32's smallest normal
+    # number the temperature itself would round to 0 (and 0 / 0 = nan), so it stops there.
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    logits = logits.float()
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]  # (B, 1) the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits.float(), dim=-1)  # (B, vocab)
+    probs = F.softmax(logits, dim=-1)  # (B, vocab)
     return torch.multinomial(probs.cpu(), num_samples=1).to(logits.device)  # (B, 1)
 
 
@@ -259,7 +267,7 @@ def _field_help(config_cls: type) -> dict[str, str]:
     for line in source.splitlines():
         m = re.match(r"\s*(\w+)\s*:\s*[\w\[\], |]+=\s*[^#]*#\s*(.*)$", line)
         if m:
-            helps[m.group(1)] = m.group(2)
+            helps[m.group(1)] = m.group(2).replace("%", "%%")  # argparse formats help text with %
     return helps
 
 
@@ -267,7 +275,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default in --help unless it has none worth showing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, "", False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == "" or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -275,7 +283,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """argparse, with "did you mean" for unknown flags and one line per error."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         m = re.match(r"unrecognized arguments: (.*)", message)
         if m:
             message = f"unknown argument(s): {self.suggest(m.group(1).split())}"
@@ -386,11 +394,17 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str
     return given
 
 
-def check_config(cfg: Any) -> None:
-    """Relations between hyperparameters that no single flag's type can check."""
+def check_config(cfg: Any, source: dict[str, str] | None = None) -> None:
+    """Relations between hyperparameters that no single flag's type can check. source says where a
+    value the user did not type came from ("preset cpu", "the checkpoint"), so the message can say so."""
+    source = source or {}
+
+    def named(name: str) -> str:
+        return f"{name} ({getattr(cfg, name)}{', from ' + source[name] if name in source else ''})"
+
     n_embd, n_head = getattr(cfg, "n_embd", None), getattr(cfg, "n_head", None)
     if n_embd is not None and n_head is not None and n_embd % n_head:
-        raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+        raise UserError(f"{named('n_embd')} must be divisible by {named('n_head')}: each head gets n_embd // n_head channels")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,9 +436,12 @@ def load_checkpoint(path: Path, stage: str) -> dict:
     if path.is_dir():
         raise UserError(f"--checkpoint {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
-        raise UserError(f"no checkpoint at {path}: train first with `python stages/{stage}.py`")
+        custom = "" if path == CHECKPOINT_DIR / f"{stage}.pt" else f" --checkpoint {path}"
+        raise UserError(f"no checkpoint at {path}: train first with `python stages/{stage}.py{custom}`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # the file is there but cannot be read: it may be fine, so never say "delete it"
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():
             raise UserError(
@@ -578,15 +595,21 @@ def start(
     seed_everything(args.seed)
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
-    if presets and not (args.sample or args.resume):  # with a checkpoint, its own hyperparameters apply
-        preset = args.preset
+    source: dict[str, str] = {}  # where a value not typed on this command line came from, for error messages
+    if presets and (args.sample or args.resume):  # with a checkpoint, its own hyperparameters apply
+        if "preset" in given:
+            print("--preset is ignored with --sample and --resume: the checkpoint's hyperparameters apply")
+    elif presets:
+        preset, why = args.preset, "asked for with --preset"
         if preset == "auto":
             preset = "video" if device.type in ("cuda", "mps") else "cpu"
-            other = "cpu" if preset == "video" else "video"
-            print(f"preset: {preset} (chosen for {device.type}; --preset {other} forces the other)")
-        for name, value in presets[preset].items():
-            if name not in given:
-                values[name] = value
+            why = f"chosen for {device.type}; --preset {'cpu' if preset == 'video' else 'video'} forces the other"
+        changed = {name: value for name, value in presets[preset].items() if name not in given}
+        print(f"preset: {preset} ({why})")
+        if changed:
+            print("  it sets " + ", ".join(f"{name} {value}" for name, value in changed.items()))
+        values.update(changed)
+        source.update({name: f"preset {preset}" for name in changed})
     checkpoint_path = args.checkpoint or CHECKPOINT_DIR / f"{stage}.pt"
     ckpt = None
     if args.sample or args.resume:
@@ -594,8 +617,9 @@ def start(
         for name in values:
             if name not in given and name in ckpt["config"]:
                 values[name] = ckpt["config"][name]
+                source[name] = "the checkpoint"
     config = config_cls(**values)
-    check_config(config)
+    check_config(config, source)
     print(f"device: {device}")
 
     if args.sample:
@@ -784,9 +808,26 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... and on GPUs
             },
         }
-        save_checkpoint(run.checkpoint_path, payload)
-        write_history(history_path(run.checkpoint_path), self.history)
+        try:
+            if self._saved_step is None and not run.args.resume and run.checkpoint_path.exists():
+                self._keep_previous()
+            save_checkpoint(run.checkpoint_path, payload)
+            write_history(history_path(run.checkpoint_path), self.history)
+        except OSError as e:  # disk full, permissions changed mid-run: write_atomically left the old file whole
+            raise UserError(
+                f"could not write {run.checkpoint_path} ({e.strerror or e}); the file on disk is unchanged. "
+                "Free some space or pass another --checkpoint"
+            ) from None
         self._saved_step = self.step
+
+    def _keep_previous(self) -> None:
+        """A fresh run is about to replace a checkpoint from an earlier run: move it (and its history) aside."""
+        path = self.run.checkpoint_path
+        prev = path.with_name(f"{path.stem}.prev{path.suffix}")
+        path.replace(prev)
+        if history_path(path).exists():
+            history_path(path).replace(history_path(prev))
+        tqdm.write(f"kept the earlier run's checkpoint as {prev} (use --resume to continue a run instead of replacing it)")
 
     def finish(self) -> str:
         """After training: save the final checkpoint, compare with the previous stage, print a sample."""
@@ -798,7 +839,13 @@ class Trainer:
         text = run.generate_text(self.model)
         print(text)
         if self.trained:
-            run.checkpoint_path.with_suffix(".sample.txt").write_text(text + "\n", encoding="utf-8")
+            sample = run.checkpoint_path.with_suffix(".sample.txt")
+            try:
+                sample.write_text(text + "\n", encoding="utf-8")
+            except OSError as e:
+                raise UserError(
+                    f"could not write {sample} ({e.strerror or e}); the checkpoint is saved, and --sample prints more"
+                ) from None
         return text
 
     def _compare_with_previous_stage(self) -> None:

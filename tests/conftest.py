@@ -65,6 +65,13 @@ def small_text_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_project_checkpoints(tmp_path, monkeypatch):
+    """A test that forgets --checkpoint (or a check that regresses) trains into tmp_path, never into
+    the project's checkpoints/ that the README's figures come from."""
+    monkeypatch.setattr(common, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run a stage's main() in-process as the command line would: returns (exit code, stdout, stderr)."""

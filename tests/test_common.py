@@ -1,7 +1,9 @@
 """common.py: text, tokenizer, split, batches, device, download, checkpoints, history."""
 
+import dataclasses
 import hashlib
 import http.server
+import re
 import socket
 import threading
 from pathlib import Path
@@ -240,8 +242,12 @@ def test_untrusted_pickle_is_refused(tmp_path):
 
 
 def test_missing_checkpoint(tmp_path):
-    with pytest.raises(common.UserError, match="no checkpoint at .*train first with `python stages/01_bigram.py`"):
-        common.load_checkpoint(tmp_path / "01_bigram.pt", "01_bigram")
+    default = common.CHECKPOINT_DIR / "01_bigram.pt"  # in tmp_path too (conftest)
+    with pytest.raises(common.UserError, match="no checkpoint at .*train first with `python stages/01_bigram.py`$"):
+        common.load_checkpoint(default, "01_bigram")
+    other = tmp_path / "mine.pt"  # the command that would write it names it
+    with pytest.raises(common.UserError, match=f"train first with `python stages/01_bigram.py --checkpoint {re.escape(str(other))}`$"):
+        common.load_checkpoint(other, "01_bigram")
 
 
 def test_compiled_model_keys_are_saved_plain():
@@ -287,3 +293,15 @@ def test_encode_text_matches_encode_and_names_unknown_characters():
     assert tok.encode_text("").tolist() == []
     with pytest.raises(common.UserError, match=r"not in the vocabulary: 'Z', '𝄞'"):
         tok.encode_text("All Z𝄞")
+
+
+@dataclasses.dataclass
+class HelpConfig:
+    warmup_iters: int = 0  # steps of warm-up (10% of the run is typical)
+    decay: bool = False  # lower the rate as training goes on
+
+
+def test_help_shows_zero_defaults_and_percent_signs():
+    text = " ".join(common.build_parser("00_x", "A stage.", HelpConfig, None).format_help().split())
+    assert "steps of warm-up (10% of the run is typical) (default: 0)" in text
+    assert "--decay, --no-decay lower the rate as training goes on" in text

@@ -1,6 +1,7 @@
 """Every failure a user can cause: one clear line, a non-zero exit, no traceback, nothing lost."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import common
-from conftest import STAGE_IDS, load_stage, one_line_error, tiny_flags
+from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
 BIGRAM = STAGE_IDS[0]
 MULTI_HEAD = next(s for s in STAGE_IDS if s.startswith("05"))
@@ -53,7 +54,7 @@ def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
     "content, message",
     [
         (b"", "is empty"),
-        (b"\xff\xfeh\x00i\x00", "binary"),
+        (b"\xff\xfeh\x00i\x00", "is UTF-16 text; convert it to UTF-8"),
         ("Où est la café? ".encode("latin-1") * 100, "is not UTF-8 text (byte 0xf9 at offset 1)"),
         (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "binary"),
         (b"To be, or not to be: that is the question.\n", "too short: its validation split (the last 10%) has 5 characters"),
@@ -66,6 +67,18 @@ def test_unusable_data_files(bigram, tmp_path, run_cli, content, message):
     code, _, err = run_cli(bigram, ["--data", str(path), "--checkpoint", str(tmp_path / "c.pt")])
     one_line_error(code, err, message)
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_utf8_byte_order_mark_is_not_a_character(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + SMALL_TEXT.encode("utf-8"))  # what Notepad writes
+    assert common.read_text(path) == SMALL_TEXT
+
+
+def test_the_default_data_path_is_not_called_a_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "DATA_PATH", tmp_path)  # a directory where the text should be
+    with pytest.raises(common.UserError, match=f"^{re.escape(str(tmp_path))} is a directory"):
+        common.load_text(None)
 
 
 def test_data_is_a_directory_or_missing(bigram, tmp_path, run_cli):
@@ -132,6 +145,12 @@ def test_n_embd_must_divide_into_heads(run_cli):
     one_line_error(code, err, "n_embd (30) must be divisible by n_head (4)")
 
 
+def test_a_preset_value_in_an_error_says_where_it_came_from(run_cli):
+    code, out, err = run_cli(load_stage(STAGE_IDS[-1]), ["--device", "cpu", "--n_head", "6"])
+    one_line_error(code, err, "n_embd (128, from preset cpu) must be divisible by n_head (6)")
+    assert "preset: cpu (chosen for cpu" in out and "it sets batch_size 32" in out and "n_head" not in out  # typed flags win
+
+
 def test_block_size_larger_than_the_validation_split(bigram, small_text_file, tmp_path, run_cli):
     code, _, err = run_cli(bigram, ["--data", str(small_text_file), "--block_size", "5000", "--checkpoint", str(tmp_path / "c.pt")])
     one_line_error(code, err, "block_size 5000 needs at least 5001", "smaller --block_size")
@@ -165,7 +184,8 @@ def test_bad_prompt_is_caught_before_training(bigram, small_text_file, tmp_path,
 def test_empty_prompt_starts_from_a_newline(bigram, trained, run_cli):
     code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--prompt", "", "--num_tokens", "25"])
     assert code == 0, err
-    assert len(out.split("parameters\n", 1)[1].rstrip("\n")) >= 20
+    text = out.split("parameters\n", 1)[1].removesuffix("\n")  # print() adds one newline
+    assert len(text) == 25  # the 25 characters asked for, after the seed newline (which is not printed)
 
 
 def test_prompt_longer_than_block_size_is_cropped(small_text_file, tmp_path, run_cli):
@@ -181,9 +201,10 @@ def test_prompt_longer_than_block_size_is_cropped(small_text_file, tmp_path, run
 
 def test_tiny_temperature_is_greedy_not_nan(bigram, trained, run_cli):
     greedy = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--num_tokens", "30"])[1]
-    code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--temperature", "1e-45", "--num_tokens", "30"])
-    assert code == 0, err
-    assert out == greedy
+    for temperature in ("1e-45", "1e-300"):  # 1e-300 rounds to 0 in float32
+        code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--temperature", temperature, "--num_tokens", "30"])
+        assert code == 0, err
+        assert out == greedy
 
 
 def test_top_k_larger_than_the_vocabulary(bigram, trained, run_cli):
@@ -251,7 +272,7 @@ def test_unwritable_checkpoint_place_fails_before_training(bigram, small_text_fi
 # -- interruptions and numerical faults ---------------------------------------------------------
 
 
-def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path):
+def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, capsys):
     ckpt = tmp_path / "c.pt"
     cmd = [sys.executable, "-u", str(common.STAGE_DIR / f"{BIGRAM}.py")]
     cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
@@ -276,6 +297,7 @@ def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path):
     )
     assert code == 0
     assert torch.load(ckpt, weights_only=True)["step"] == steps + 7
+    assert f"resumed from {ckpt} at step {steps}" in capsys.readouterr().out  # not a fresh run of steps + 7
 
 
 def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_path, run_cli):
@@ -375,3 +397,14 @@ def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, r
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
     one_line_error(code, err, "stopped without saving", exit_code=common.EXIT_INTERRUPTED)
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the checkpoint saved at step 0, untouched
+
+
+def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, tmp_path, run_cli):
+    ckpt = tmp_path / "c.pt"
+    assert run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=12))[0] == 0
+    code, out, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
+    assert code == 0, err
+    assert f"kept the earlier run's checkpoint as {tmp_path / 'c.prev.pt'}" in out
+    assert torch.load(tmp_path / "c.prev.pt", weights_only=True)["step"] == 12  # the first run, whole
+    assert [r["step"] for r in common.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
+    assert torch.load(ckpt, weights_only=True)["step"] == 5
