@@ -310,3 +310,18 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
     assert all(t.dtype == torch.float32 for t in saved.values())
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
     assert code == 0, err
+
+
+@pytest.mark.parametrize("stage", stages_from(10))
+def test_stage_10_learning_rate_is_constant_or_warms_up_then_decays_to_a_tenth(stage):
+    module = load_stage(stage)
+    lecture = module.Config(max_iters=1000)
+    assert {module.learning_rate_at(s, lecture) for s in (0, 50, 999)} == {lecture.learning_rate}  # the lecture's loop
+    cfg = module.Config(max_iters=1000, learning_rate=3e-3, lr_decay=True, warmup_iters=100)
+    rates = [module.learning_rate_at(s, cfg) for s in range(cfg.max_iters + 1)]
+    assert rates[0] == pytest.approx(3e-5) and rates[99] == pytest.approx(3e-3)  # linear warm-up over 100 steps
+    assert all(a < b for a, b in zip(rates[:99], rates[1:100], strict=True))
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:], strict=False))  # then only down ...
+    assert rates[550] == pytest.approx(3e-3 * 0.55)  # ... half-way down the cosine at the midpoint ...
+    assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
+    assert module.learning_rate_at(5, module.Config(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
