@@ -6,6 +6,7 @@ import http.server
 import re
 import socket
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,17 @@ def test_batch_shapes_and_one_step_shift():
     assert x.shape == y.shape == (5, 7)
     assert torch.equal(y[:, :-1], x[:, 1:])  # y is x shifted by one ...
     assert torch.equal(y[:, -1], x[:, -1] + 1)  # ... and its last target is the next element of data
-    assert int(y.max()) <= 99
+
+
+def test_batches_reach_the_last_window_and_never_past_it():
+    data = torch.arange(10)  # block_size 7: the windows start at 0, 1 or 2 (the last: x = 2..8, y = 3..9)
+    gen = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(50):
+        x, y = common.get_batch(data, batch_size=4, block_size=7, generator=gen)
+        starts |= set(x[:, 0].tolist())
+        assert int(y.max()) <= 9
+    assert starts == {0, 1, 2}
 
 
 # -- device and sampling -------------------------------------------------------------------------
@@ -69,9 +80,9 @@ def test_device_override():
 
 def test_sample_next_respects_top_k_and_temperature():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(200, 1)  # (200, 4)
-    assert set(common.sample_next(logits, top_k=1).flatten().tolist()) == {1}
-    assert set(common.sample_next(logits, top_k=2).flatten().tolist()) <= {1, 3}
     torch.manual_seed(0)
+    assert set(common.sample_next(logits, top_k=1).flatten().tolist()) == {1}
+    assert set(common.sample_next(logits, top_k=2).flatten().tolist()) == {1, 3}  # both, and only those two
     cold = common.sample_next(logits, temperature=0.05)
     assert (cold == 1).float().mean() > 0.99  # a low temperature is nearly greedy
 
@@ -216,8 +227,15 @@ def test_checkpoint_of_another_stage(tmp_path):
         common.load_checkpoint(path, "01_bigram")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "not_a_checkpoint"])
-def test_damaged_checkpoint(tmp_path, damage):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "is damaged or not a checkpoint"),
+        ("garbage", "is damaged or not a checkpoint"),
+        ("not_a_checkpoint", "is not a checkpoint of this project"),
+    ],
+)
+def test_damaged_checkpoint(tmp_path, damage, message):
     path = tmp_path / "01_bigram.pt"
     common.save_checkpoint(path, _payload())
     if damage == "truncate":
@@ -226,7 +244,7 @@ def test_damaged_checkpoint(tmp_path, damage):
         path.write_bytes(b"this is not a checkpoint at all")
     else:
         torch.save({"weights": torch.zeros(2)}, path)
-    with pytest.raises(common.UserError, match="damaged or not a checkpoint|not a checkpoint of this project"):
+    with pytest.raises(common.UserError, match=message):
         common.load_checkpoint(path, "01_bigram")
 
 
@@ -305,3 +323,29 @@ def test_help_shows_zero_defaults_and_percent_signs():
     text = " ".join(common.build_parser("00_x", "A stage.", HelpConfig, None).format_help().split())
     assert "steps of warm-up (10% of the run is typical) (default: 0)" in text
     assert "--decay, --no-decay lower the rate as training goes on" in text
+
+
+class FirstTokenLoss(torch.nn.Module):
+    """A stand-in model: its 'loss' is the mean first token of the batch, and it keeps every batch it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[None, torch.Tensor]:
+        self.seen.append(x)
+        return None, x[:, 0].float().mean()
+
+
+def test_the_chunked_loss_estimate_weighs_every_sequence_alike(monkeypatch):
+    cfg = types.SimpleNamespace(eval_iters=4, batch_size=2, block_size=5)  # 8 sequences a split
+    monkeypatch.setattr(common, "EVAL_CHUNK_TOKENS", 3 * cfg.block_size)  # chunks of 3, 3 and 2: unequal
+    data = torch.arange(1000)
+    run = common.Run("00_x", cfg, None, torch.device("cpu"), None, None, None, data, data, None, torch.Generator().manual_seed(0))
+    model = FirstTokenLoss()
+    losses = run.estimate_loss(model)
+    seen = torch.cat(model.seen)
+    assert [len(b) for b in model.seen] == [3, 3, 2, 3, 3, 2]  # both splits
+    assert losses["train"] == pytest.approx(seen[:8, 0].float().mean().item())  # the mean over all 8, not of the 3 chunk means
+    assert losses["val"] == pytest.approx(seen[8:, 0].float().mean().item())
+    assert model.training  # back in training mode

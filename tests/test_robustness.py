@@ -145,8 +145,9 @@ def test_n_embd_must_divide_into_heads(run_cli):
     one_line_error(code, err, "n_embd (30) must be divisible by n_head (4)")
 
 
-def test_a_preset_value_in_an_error_says_where_it_came_from(run_cli):
-    code, out, err = run_cli(load_stage(STAGE_IDS[-1]), ["--device", "cpu", "--n_head", "6"])
+@pytest.mark.parametrize("flags", [["--n_head", "6"], ["--n_head=6"]])
+def test_a_preset_value_in_an_error_says_where_it_came_from(run_cli, flags):
+    code, out, err = run_cli(load_stage(STAGE_IDS[-1]), ["--device", "cpu", *flags])
     one_line_error(code, err, "n_embd (128, from preset cpu) must be divisible by n_head (6)")
     assert "preset: cpu (chosen for cpu" in out and "it sets batch_size 32" in out and "n_head" not in out  # typed flags win
 
@@ -408,3 +409,13 @@ def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, t
     assert torch.load(tmp_path / "c.prev.pt", weights_only=True)["step"] == 12  # the first run, whole
     assert [r["step"] for r in common.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
     assert torch.load(ckpt, weights_only=True)["step"] == 5
+
+
+def test_a_preset_with_a_checkpoint_is_ignored_out_loud(small_text_file, tmp_path, run_cli):
+    module = load_stage(STAGE_IDS[-1])
+    ckpt = tmp_path / "c.pt"
+    assert run_cli(module, train_flags(module, small_text_file, ckpt, max_iters=2))[0] == 0
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--preset", "video", "--num_tokens", "5"])
+    assert code == 0, err
+    assert "--preset is ignored with --sample and --resume" in out and "model: " in out
+    assert torch.load(ckpt, weights_only=True)["config"]["n_embd"] == 16  # the checkpoint's size, not video's 384
