@@ -416,6 +416,5 @@ def test_a_preset_with_a_checkpoint_is_ignored_out_loud(small_text_file, tmp_pat
     ckpt = tmp_path / "c.pt"
     assert run_cli(module, train_flags(module, small_text_file, ckpt, max_iters=2))[0] == 0
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--preset", "video", "--num_tokens", "5"])
-    assert code == 0, err
-    assert "--preset is ignored with --sample and --resume" in out and "model: " in out
-    assert torch.load(ckpt, weights_only=True)["config"]["n_embd"] == 16  # the checkpoint's size, not video's 384
+    assert code == 0, err  # video's sizes would not fit the checkpoint ("holds a model of another size")
+    assert "--preset is ignored with --sample and --resume" in out
