@@ -17,8 +17,8 @@ without dropout, which costs more than it saves in a run this short, and with th
 training that a short run rewards: the learning rate warms up over 100 steps, then falls along a
 cosine to a tenth (lr_decay, nanoGPT's schedule; the lecture's rate stays constant). Two printed
 lines say which preset is in use and what it sets; --preset video or --preset cpu forces one, and
-any flag given explicitly still wins over both. benchmarks/tune_stage10.py reruns
-the measurements that chose it and lists their results.
+any flag given explicitly still wins over both. benchmarks/tune_stage10.py reruns the measurements
+that chose the preset and lists their results.
 
 Run:     python stages/10_gpt.py            (--help lists every flag)
 Measured: val loss 1.5777, train 1.3831, after 2000 steps (preset cpu) in 245 s
@@ -57,7 +57,7 @@ class Config:
 
 
 # Config above is the lecture's ("video"); "cpu" keeps the architecture and shrinks it to minutes on
-# 2 cores (see the docstring for how it was chosen)
+# 2 cores (chosen by measurement: benchmarks/tune_stage10.py)
 PRESETS = {
     "video": {},
     "cpu": dict(
