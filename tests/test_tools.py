@@ -1,6 +1,8 @@
 """tools/plot.py and tools/run_all.py: the charts, the README's results table, and their one-line failures."""
 
 import json
+import re
+import subprocess
 import sys
 
 import pytest
@@ -238,3 +240,22 @@ def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
     assert "the README is unchanged" in out and "| 01 |" in out  # the table is printed instead
     assert readme.read_bytes() == before
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["stage"] == "01_bigram"
+
+
+# -- benchmarks/tune_stage10.py ----------------------------------------------------------------------
+
+
+def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file):
+    extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --num_tokens 5 --data {small_text_file}"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/tune_stage10.py", "chosen", "--extra", extra], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "chosen: python stages/10_gpt.py --preset cpu" in done.stdout
+    assert re.search(r"0: \d\.\d{4}, 2: \d\.\d{4}", done.stdout)  # the val loss at each estimate
+    assert re.search(r"^chosen +val \d\.\d{4}  train \d\.\d{4}", done.stdout, re.MULTILINE)
+
+
+def test_tune_stage10_refuses_an_unknown_candidate():
+    done = subprocess.run([sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown: chosn; choose from throughput, constant" in done.stderr
