@@ -813,10 +813,10 @@ class Trainer:
                 self._keep_previous()
             save_checkpoint(run.checkpoint_path, payload)
             write_history(history_path(run.checkpoint_path), self.history)
-        except OSError as e:  # disk full, permissions changed mid-run: write_atomically left the old file whole
+        except OSError as e:  # disk full, permissions changed mid-run: write_atomically never leaves half a file
             raise UserError(
-                f"could not write {run.checkpoint_path} ({e.strerror or e}); the file on disk is unchanged. "
-                "Free some space or pass another --checkpoint"
+                f"could not save the checkpoint ({e.strerror or e}: {e.filename or run.checkpoint_path}); what is on disk "
+                "is the last one written whole. Free some space or pass another --checkpoint"
             ) from None
         self._saved_step = self.step
 

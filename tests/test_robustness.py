@@ -418,3 +418,20 @@ def test_a_preset_with_a_checkpoint_is_ignored_out_loud(small_text_file, tmp_pat
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--preset", "video", "--num_tokens", "5"])
     assert code == 0, err  # video's sizes would not fit the checkpoint ("holds a model of another size")
     assert "--preset is ignored with --sample and --resume" in out
+
+
+def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    real_save = common.save_checkpoint
+    calls = []
+
+    def disk_full_on_the_second_save(path, payload):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        real_save(path, payload)
+
+    monkeypatch.setattr(common, "save_checkpoint", disk_full_on_the_second_save)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt))
+    one_line_error(code, err, "could not save the checkpoint (No space left on device:", "the last one written whole")
+    assert torch.load(ckpt, weights_only=True)["step"] == 0  # the first save, whole
