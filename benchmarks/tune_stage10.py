@@ -14,7 +14,8 @@ Measured on an AMD EPYC with 2 cores, torch 2.13.0, CPU (run-to-run noise in val
 this shared machine's speed varies by a quarter from hour to hour):
 
   throughput  n_embd 128, 4 heads, 4 layers, block 64, batch 32: 18-21k characters/s (the preset);
-              n_embd 96, 3 heads, batch 48: 30k; n_embd 192 or 256, or block 128: 7-13k
+              n_embd 96, 3 heads, batch 48: 30k; 3 layers: 27k; block 128 with batch 16 or 32: 17-18k;
+              n_embd 192 or 256: 7-13k
   constant    val 1.6288 after 2000 steps, in 244-259 s: the first preset
   longer      1.675 at step 1500, 1.626 at 2000, 1.636 at 2500: no gain after 2000 at a constant rate
   dropout     1.721 at step 1500, against 1.675 without: in a run this short dropout costs more than it saves
@@ -23,6 +24,8 @@ this shared machine's speed varies by a quarter from hour to hour):
   decay2e-3   1.6108: the schedule helps ...
   chosen      1.5777 in 245 s: ... more with a larger peak rate, which it can afford as it decays
   decay5e-3   1.5770 in 229 s: no better than 3e-3
+  context128  1.6275 in 281 s: longer context, but half the sequences a step, trails all along
+  depth3      1.6101 in 252 s: 30% more steps do not make up for the fourth layer
   decay2300   1.5616 in 318 s: past five minutes (with light work beside it)
   decay2400   1.5606 (other work ran beside it, so its 466 s are not comparable)
 
@@ -64,6 +67,8 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "lr3e-3": (f"{CONSTANT} --learning_rate 3e-3 --max_iters 2000", "a larger constant rate"),
     "decay2e-3": ("--eval_interval 250 --learning_rate 2e-3 --max_iters 2000", "warm-up and cosine decay from 2e-3"),
     "decay5e-3": ("--learning_rate 5e-3", "the chosen schedule from a larger peak"),
+    "context128": ("--block_size 128 --batch_size 16", "the chosen schedule, twice the context, as many characters a step"),
+    "depth3": ("--n_layer 3 --max_iters 2600", "the chosen schedule, a layer fewer and more steps"),
     "decay2300": ("--max_iters 2300 --eval_interval 300", "the chosen schedule, 300 more steps"),
     "decay2400": ("--max_iters 2400 --eval_interval 300", "the chosen schedule, 400 more steps"),
     "chosen": ("", "the preset as it stands: warm-up, cosine decay from 3e-3, 2000 steps"),
@@ -77,6 +82,7 @@ SIZES = [
     (192, 6, 4, 64, 32),
     (256, 8, 4, 64, 32),
     (128, 4, 6, 64, 32),
+    (128, 4, 3, 64, 32),
 ]
 
 
