@@ -115,12 +115,17 @@ def test_data_path_that_is_a_directory_or_missing(tmp_path):
 class _Server:
     """A one-file HTTP server on 127.0.0.1, started and stopped by the test."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, broken_chunk: bool = False) -> None:
         body_ = body
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (the name http.server calls)
                 self.send_response(200)
+                if broken_chunk:  # one chunk of a chunked reply, then the connection closes mid-reply
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(f"{len(body_) * 2:x}\r\n".encode() + body_)
+                    return
                 self.send_header("Content-Length", str(len(body_)))
                 self.end_headers()
                 self.wfile.write(body_)
@@ -166,12 +171,19 @@ def test_download_cut_short_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_download_that_breaks_off_mid_reply_is_one_error(tmp_path):
+    dest = tmp_path / "input.txt"
+    with _Server(BODY[:100], broken_chunk=True) as server, pytest.raises(common.UserError, match="could not download .*IncompleteRead"):
+        common.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())  # http.client.IncompleteRead
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_download_unreachable_says_where_to_put_the_file(tmp_path):
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dest = tmp_path / "input.txt"
-    with pytest.raises(common.UserError, match=f"could not download.*put a copy of tiny Shakespeare at {dest}"):
+    with pytest.raises(common.UserError, match=f"could not download.*put a copy of tiny Shakespeare at {re.escape(str(dest))}"):
         common.download(f"http://127.0.0.1:{port}/input.txt", dest)
     assert list(tmp_path.iterdir()) == []
 
