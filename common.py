@@ -26,6 +26,7 @@ import pickle
 import platform
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -127,15 +128,23 @@ def read_text(path: Path, flag: str = "--data") -> str:
         raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     if not raw:
         raise UserError(f"{path} is empty; give a UTF-8 text file with at least a few thousand characters")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows PowerShell 5's `>` writes
-        raise UserError(f"{path} is UTF-16 text; convert it to UTF-8 first (for example: iconv -f UTF-16 -t UTF-8)")
+    for bom, encoding in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
+        if raw.startswith(bom):  # UTF-32's marks first: UTF-32 LE's begins with UTF-16 LE's. PowerShell 5's `>` writes UTF-16
+            raise UserError(f"{path} is {encoding} text; convert it to UTF-8 first (for example: iconv -f {encoding} -t UTF-8)")
     if b"\x00" in raw:
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a UTF-8 byte-order mark (Notepad) is no character
     try:
-        return raw.decode("utf-8-sig")  # always UTF-8 (the platform's default varies: Windows); a BOM is dropped
+        return raw[skip:].decode("utf-8")  # always UTF-8: the platform's default encoding varies (Windows)
     except UnicodeDecodeError as e:
+        at = skip + e.start  # the offset in the file, mark included
         raise UserError(
-            f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); convert it to UTF-8 first (for example with iconv)"
+            f"{path} is not UTF-8 text (byte 0x{raw[at]:02x} at offset {at}); convert it to UTF-8 first (for example with iconv)"
         ) from None
 
 
@@ -239,8 +248,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     The draw happens on the CPU: torch.multinomial on mps has returned out-of-range indices.
     """
     # subtracting the row's max first keeps (logits - max) / temperature finite for any temperature > 0:
-    # a tiny temperature then means "greedy" instead of inf - inf = nan. Below float32's smallest normal
-    # number the temperature itself would round to 0 (and 0 / 0 = nan), so it stops there.
+    # a tiny temperature then means "greedy" instead of inf - inf = nan. A temperature too small for
+    # float32 (below about 1e-45) would round to 0, and 0 / 0 = nan, so it stops at float32's tiny.
     temperature = max(temperature, torch.finfo(torch.float32).tiny)
     logits = logits.float()
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
@@ -321,6 +330,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 _seed = _checked(int, lambda v: 0 <= v < 2**32, f"must be from 0 to {2**32 - 1}")  # numpy's seeds are 32-bit
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
+_count = _checked(int, lambda v: v >= 0, "must be 0 or more")
+MAY_BE_ZERO = {"warmup_iters"}  # counts where 0 means "none"; every other number must be positive
 
 
 def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[str, dict] | None) -> Parser:
@@ -339,7 +350,7 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         if f.type in (bool, "bool"):
             hp.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
             continue
-        parse = _fraction if f.name == "dropout" else _positive(type(f.default))
+        parse = _fraction if f.name == "dropout" else _count if f.name in MAY_BE_ZERO else _positive(type(f.default))
         hp.add_argument(f"--{f.name}", type=parse, default=f.default, metavar=type(f.default).__name__.upper(), help=helps.get(f.name))
     run = parser.add_argument_group("running")
     if presets:
@@ -394,13 +405,13 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str
     return given
 
 
-def check_config(cfg: Any, source: dict[str, str] | None = None) -> None:
-    """Relations between hyperparameters that no single flag's type can check. source says where a
+def check_config(cfg: Any, origin: dict[str, str] | None = None) -> None:
+    """Relations between hyperparameters that no single flag's type can check. origin says where a
     value the user did not type came from ("preset cpu", "the checkpoint"), so the message can say so."""
-    source = source or {}
+    origin = origin or {}
 
     def named(name: str) -> str:
-        return f"{name} ({getattr(cfg, name)}{', from ' + source[name] if name in source else ''})"
+        return f"{name} ({getattr(cfg, name)}{', from ' + origin[name] if name in origin else ''})"
 
     n_embd, n_head = getattr(cfg, "n_embd", None), getattr(cfg, "n_head", None)
     if n_embd is not None and n_head is not None and n_embd % n_head:
@@ -595,7 +606,7 @@ def start(
     seed_everything(args.seed)
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
-    source: dict[str, str] = {}  # where a value not typed on this command line came from, for error messages
+    origin: dict[str, str] = {}  # where a value not typed on this command line came from, for error messages
     if presets and (args.sample or args.resume):  # with a checkpoint, its own hyperparameters apply
         if "preset" in given:
             print("--preset is ignored with --sample and --resume: the checkpoint's hyperparameters apply")
@@ -609,7 +620,7 @@ def start(
         if changed:
             print("  it sets " + ", ".join(f"{name} {value}" for name, value in changed.items()))
         values.update(changed)
-        source.update({name: f"preset {preset}" for name in changed})
+        origin.update({name: f"preset {preset}" for name in changed})
     checkpoint_path = args.checkpoint or CHECKPOINT_DIR / f"{stage}.pt"
     ckpt = None
     if args.sample or args.resume:
@@ -617,9 +628,9 @@ def start(
         for name in values:
             if name not in given and name in ckpt["config"]:
                 values[name] = ckpt["config"][name]
-                source[name] = "the checkpoint"
+                origin[name] = "the checkpoint"
     config = config_cls(**values)
-    check_config(config, source)
+    check_config(config, origin)
     print(f"device: {device}")
 
     if args.sample:
@@ -821,13 +832,16 @@ class Trainer:
         self._saved_step = self.step
 
     def _keep_previous(self) -> None:
-        """A fresh run is about to replace a checkpoint from an earlier run: move it (and its history) aside."""
+        """A fresh run is about to replace a checkpoint from an earlier run: copy it (and its history) aside.
+
+        A copy, not a move: until the new checkpoint is written whole, the old one stays where it was.
+        """
         path = self.run.checkpoint_path
         prev = path.with_name(f"{path.stem}.prev{path.suffix}")
-        path.replace(prev)
+        shutil.copy2(path, prev)
         if history_path(path).exists():
-            history_path(path).replace(history_path(prev))
-        tqdm.write(f"kept the earlier run's checkpoint as {prev} (use --resume to continue a run instead of replacing it)")
+            shutil.copy2(history_path(path), history_path(prev))
+        tqdm.write(f"copied the earlier run's checkpoint to {prev} before replacing it (--resume continues a run instead)")
 
     def finish(self) -> str:
         """After training: save the final checkpoint, compare with the previous stage, print a sample."""

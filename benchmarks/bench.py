@@ -4,7 +4,7 @@ Run by hand, never by the tests (timings on a shared machine are noisy):
 
     python benchmarks/bench.py                       # stages 01 and 09 vs the lecture, 3 runs each
     python benchmarks/bench.py --stages all --repeat 1
-    python benchmarks/bench.py --only stage10,gflops
+    python benchmarks/bench.py --only stage10,gflops      (the other figures in results.json are kept)
 
 Figures:
   speed    each stage's full default run against the lecture's loop around the same model
@@ -204,10 +204,24 @@ def main() -> int:
     for r in results:
         figures = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("figure", "target", "met"))
         print(f"{r['figure']:<36} {figures}\n{'':<36} target: {r['target']}  ->  {'met' if r['met'] else 'NOT met'}")
-    record = {"machine": common.machine_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+    today = time.strftime("%Y-%m-%d")
+    record = {"machine": common.machine_name(), "torch": torch.__version__, "date": today}
+    record["results"] = merged(args.out, [{**r, "date": today} for r in results])
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {args.out} ({len(results)} of its {len(record['results'])} figures from this run)")
     return 0
+
+
+def merged(path: Path, new: list[dict]) -> list[dict]:
+    """The figures already in path, with those measured now replacing their namesakes: a run with
+    --only keeps the rest. A file that is missing or not ours starts afresh."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old = []
+    fresh = {r["figure"]: r for r in new}
+    kept = [fresh.pop(r["figure"], r) for r in old if isinstance(r, dict) and "figure" in r]
+    return kept + list(fresh.values())
 
 
 if __name__ == "__main__":

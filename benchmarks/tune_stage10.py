@@ -13,9 +13,10 @@ the command a user types, and prints its val loss at every estimate and its wall
 Measured on an AMD EPYC with 2 cores, torch 2.13.0, CPU (run-to-run noise in val is about 0.02, and
 this shared machine's speed varies by a quarter from hour to hour):
 
-  throughput  n_embd 128, 4 heads, 4 layers, block 64, batch 32: 18-21k characters/s (the preset);
-              n_embd 96, 3 heads, batch 48: 30k; 3 layers: 27k; block 128 with batch 16 or 32: 17-18k;
-              n_embd 192 or 256: 7-13k
+  throughput  characters a second, in one run of `throughput`: the preset (n_embd 128, 4 heads, 4
+              layers, block 64, batch 32) 17k (17-21k in other runs that day); n_embd 96, 3 heads,
+              batch 48: 31k; 3 layers: 20k; 6 layers: 11k; block 128, batch 16 or 32: 16k, 14k;
+              n_embd 192: 9.5k; n_embd 256: 5.2k
   constant    val 1.6288 after 2000 steps, in 244-259 s: the first preset
   longer      1.675 at step 1500, 1.626 at 2000, 1.636 at 2500: no gain after 2000 at a constant rate
   dropout     1.721 at step 1500, against 1.675 without: in a run this short dropout costs more than it saves
@@ -79,6 +80,7 @@ SIZES = [
     (128, 4, 4, 64, 32),
     (96, 3, 4, 64, 48),
     (128, 4, 4, 128, 16),
+    (128, 4, 4, 128, 32),
     (192, 6, 4, 64, 32),
     (256, 8, 4, 64, 32),
     (128, 4, 6, 64, 32),

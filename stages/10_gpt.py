@@ -7,7 +7,7 @@ attention softmax (randomly cutting some communication), and after each of the t
 into the residual stream (attention's, and the feed-forward network's last layer).
 New against stage 09: dropout, and the lecture's final sizes: n_embd 384, 6 heads of 64, 6 layers,
 block 256, batch 64, learning rate 3e-4 (a bigger network wants smaller steps), dropout 0.2, which
-make 10,788,929 parameters.
+make 10,788,929 parameters; and, for the short runs of the cpu preset, a learning-rate schedule.
 
 That configuration (preset "video") takes 9 to 15 s a step on a 2-core CPU (15 s measured here, see
 benchmarks/results.json): 12 to 21 hours for 5000 steps. It is meant for a GPU (not measured here:
@@ -15,9 +15,9 @@ no GPU was available to this project yet). Without cuda or mps the default is th
 same architecture at 0.8 million parameters (n_embd 128, 4 heads, 4 layers, block 64, batch 32),
 without dropout, which costs more than it saves in a run this short, and with the one change to
 training that a short run rewards: the learning rate warms up over 100 steps, then falls along a
-cosine to a tenth (lr_decay, nanoGPT's schedule; the lecture's rate stays constant). Two printed
-lines say which preset is in use and what it sets; --preset video or --preset cpu forces one, and
-any flag given explicitly still wins over both. benchmarks/tune_stage10.py reruns the measurements
+cosine to a tenth (lr_decay, nanoGPT's schedule; the lecture's rate stays constant). The run prints
+which preset is in use and what it sets; --preset video or --preset cpu forces one, and any flag
+given explicitly still wins over both. benchmarks/tune_stage10.py reruns the measurements
 that chose the preset and lists their results.
 
 Run:     python stages/10_gpt.py            (--help lists every flag)
@@ -47,7 +47,7 @@ class Config:
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
     learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
-    lr_decay: bool = False  # warm the step size up over warmup_iters steps, then lower it along a cosine to a tenth
+    lr_decay: bool = False  # warm up over warmup_iters steps, then decay along a cosine to a tenth at max_iters
     warmup_iters: int = 100  # steps of linear warm-up, with --lr_decay
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 384  # width of the token and position embeddings

@@ -54,12 +54,13 @@ def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
     "content, message",
     [
         (b"", "is empty"),
-        (b"\xff\xfeh\x00i\x00", "is UTF-16 text; convert it to UTF-8"),
+        (b"\xff\xfeh\x00i\x00", "is UTF-16 text; convert it to UTF-8 first (for example: iconv -f UTF-16"),
+        (b"\xff\xfe\x00\x00h\x00\x00\x00", "is UTF-32 text; convert it to UTF-8 first (for example: iconv -f UTF-32"),
         ("Où est la café? ".encode("latin-1") * 100, "is not UTF-8 text (byte 0xf9 at offset 1)"),
         (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "binary"),
         (b"To be, or not to be: that is the question.\n", "too short: its validation split (the last 10%) has 5 characters"),
     ],
-    ids=["empty", "utf16", "latin1", "binary", "too-short"],
+    ids=["empty", "utf16", "utf32", "latin1", "binary", "too-short"],
 )
 def test_unusable_data_files(bigram, tmp_path, run_cli, content, message):
     path = tmp_path / "text.txt"
@@ -73,6 +74,9 @@ def test_a_utf8_byte_order_mark_is_not_a_character(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + SMALL_TEXT.encode("utf-8"))  # what Notepad writes
     assert common.read_text(path) == SMALL_TEXT
+    path.write_bytes(b"\xef\xbb\xbf" + "café".encode("latin-1"))  # a bad byte after the mark ...
+    with pytest.raises(common.UserError, match="byte 0xe9 at offset 6"):  # ... is named where it is in the file
+        common.read_text(path)
 
 
 def test_the_default_data_path_is_not_called_a_flag(tmp_path, monkeypatch):
@@ -405,7 +409,7 @@ def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, t
     assert run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=12))[0] == 0
     code, out, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
     assert code == 0, err
-    assert f"kept the earlier run's checkpoint as {tmp_path / 'c.prev.pt'}" in out
+    assert f"copied the earlier run's checkpoint to {tmp_path / 'c.prev.pt'}" in out
     assert torch.load(tmp_path / "c.prev.pt", weights_only=True)["step"] == 12  # the first run, whole
     assert [r["step"] for r in common.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
     assert torch.load(ckpt, weights_only=True)["step"] == 5
@@ -435,3 +439,16 @@ def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(bigram, small_t
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt))
     one_line_error(code, err, "could not save the checkpoint (No space left on device:", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the first save, whole
+
+
+def test_a_fresh_run_whose_first_save_fails_leaves_the_old_checkpoint_in_place(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    assert run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=12))[0] == 0
+
+    def disk_full(path, payload):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(common, "save_checkpoint", disk_full)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
+    one_line_error(code, err, "could not save the checkpoint", "the last one written whole")
+    assert torch.load(ckpt, weights_only=True)["step"] == 12  # still there, still whole: --resume finds it

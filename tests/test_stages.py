@@ -325,3 +325,11 @@ def test_stage_10_learning_rate_is_constant_or_warms_up_then_decays_to_a_tenth(s
     assert rates[550] == pytest.approx(3e-3 * 0.55)  # ... half-way down the cosine at the midpoint ...
     assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
     assert module.learning_rate_at(5, module.Config(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
+
+
+@pytest.mark.parametrize("stage", stages_from(10))
+def test_stage_10_accepts_no_warm_up(stage, run_cli):
+    module = load_stage(stage)
+    assert module.learning_rate_at(0, module.Config(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)
+    code, _, err = run_cli(module, ["--warmup_iters", "-1"])
+    assert code == common.EXIT_USER_ERROR and "'-1' must be 0 or more" in err

@@ -259,3 +259,22 @@ def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small
 def test_tune_stage10_refuses_an_unknown_candidate():
     done = subprocess.run([sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown: chosn; choose from throughput, constant" in done.stderr
+
+
+# -- benchmarks/bench.py ------------------------------------------------------------------------------
+
+
+def test_bench_keeps_the_figures_a_run_with_only_did_not_measure(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    out = tmp_path / "results.json"
+    assert bench.merged(out, [{"figure": "speed 01", "v": 1}]) == [{"figure": "speed 01", "v": 1}]  # no file yet
+    out.write_text(json.dumps({"results": [{"figure": "speed 01", "v": 0}, {"figure": "test suite", "v": 2}]}))
+    assert bench.merged(out, [{"figure": "speed 01", "v": 1}, {"figure": "gflops", "v": 3}]) == [
+        {"figure": "speed 01", "v": 1},  # replaced in place
+        {"figure": "test suite", "v": 2},  # kept
+        {"figure": "gflops", "v": 3},  # added
+    ]
+    out.write_text("not json")
+    assert bench.merged(out, [{"figure": "gflops", "v": 3}]) == [{"figure": "gflops", "v": 3}]
