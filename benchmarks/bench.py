@@ -32,6 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import harness  # noqa: E402
+import harness.machine  # noqa: E402
+import harness.stages  # noqa: E402
 
 FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -62,7 +65,8 @@ def bench_speed(stages: list[str], repeat: int) -> list[dict]:
                 wall, out = run([sys.executable, "benchmarks/lecture_reference.py", stage[:2]])
                 ref.append((wall, *final_losses(out)))
                 print(
-                    f"  {stage} run {i + 1}/{repeat}: stage {ours[-1][0]:.1f} s (val {ours[-1][2]:.4f}), lecture loop {ref[-1][0]:.1f} s (val {ref[-1][2]:.4f})",
+                    f"  {stage} run {i + 1}/{repeat}: stage {ours[-1][0]:.1f} s (val {ours[-1][2]:.4f}), "
+                    f"lecture loop {ref[-1][0]:.1f} s (val {ref[-1][2]:.4f})",
                     flush=True,
                 )
         ours_wall = statistics.median(w for w, _, _ in ours)
@@ -118,7 +122,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def bench_gflops(steps: int = 3) -> dict:
     """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
-    stage = common.load_stage("10")
+    stage = harness.stages.load_stage("10")
     cfg = stage.Config()
     torch.manual_seed(0)
     model = stage.LanguageModel(65, cfg)
@@ -164,7 +168,9 @@ def bench_gflops(steps: int = 3) -> dict:
 
 def bench_tests() -> dict:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     summary = (done.stdout.strip().splitlines() or ["?"])[-1]
     return {
@@ -178,18 +184,27 @@ def bench_tests() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--stages", default="01,09", help="stages for the speed figure: numbers (01,09) or 'all' of 01-09")
+    parser.add_argument(
+        "--stages", default="01,09", help="stages for the speed figure: numbers (01,09) or 'all' of 01-09"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs per stage; the medians are reported")
     parser.add_argument("--only", default="speed,stage10,gflops,tests", help="which figures, comma-separated")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where to write the JSON")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where to write the JSON"
+    )
     args = parser.parse_args()
     if not common.DATA_PATH.exists():
         sys.exit("error: the benchmark needs data/input.txt: run `python stages/01_bigram.py` once to download it")
 
-    names = [p.stem for p in common.stage_files()][:9]
-    stages = names if args.stages == "all" else [n for n in names if n[:2] in {s.zfill(2) for s in args.stages.split(",")}]
+    names = [p.stem for p in harness.stages.stage_files()][:9]
+    stages = (
+        names if args.stages == "all" else [n for n in names if n[:2] in {s.zfill(2) for s in args.stages.split(",")}]
+    )
     only = set(args.only.split(","))
-    print(f"machine: {common.machine_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"machine: {harness.machine.machine_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     results = []
     if "speed" in only:
         results += bench_speed(stages, args.repeat)
@@ -205,7 +220,7 @@ def main() -> int:
         figures = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("figure", "target", "met"))
         print(f"{r['figure']:<36} {figures}\n{'':<36} target: {r['target']}  ->  {'met' if r['met'] else 'NOT met'}")
     today = time.strftime("%Y-%m-%d")
-    record = {"machine": common.machine_name(), "torch": torch.__version__, "date": today}
+    record = {"machine": harness.machine.machine_name(), "torch": torch.__version__, "date": today}
     record["results"] = merged(args.out, [{**r, "date": today} for r in results])
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out} ({len(results)} of its {len(record['results'])} figures from this run)")

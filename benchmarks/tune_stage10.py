@@ -51,6 +51,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import harness  # noqa: E402
+import harness.machine  # noqa: E402
+import harness.stages  # noqa: E402
 
 LOSS_LINE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -59,8 +62,14 @@ LOSS_LINE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 CONSTANT = "--no-lr_decay --eval_interval 250"
 CANDIDATES: dict[str, tuple[str, str]] = {
     "constant": (f"{CONSTANT} --learning_rate 2e-3 --max_iters 2000", "the constant rate: the first preset"),
-    "longer": (f"{CONSTANT} --learning_rate 2e-3 --max_iters 2500", "500 more steps: does val still improve after 2000?"),
-    "dropout": (f"{CONSTANT} --learning_rate 2e-3 --max_iters 2000 --dropout 0.1", "the lecture's regulariser, at half its rate"),
+    "longer": (
+        f"{CONSTANT} --learning_rate 2e-3 --max_iters 2500",
+        "500 more steps: does val still improve after 2000?",
+    ),
+    "dropout": (
+        f"{CONSTANT} --learning_rate 2e-3 --max_iters 2000 --dropout 0.1",
+        "the lecture's regulariser, at half its rate",
+    ),
     "smaller": (
         f"{CONSTANT} --learning_rate 2e-3 --max_iters 2200 --n_embd 96 --n_head 3 --batch_size 48",
         "a smaller model, more characters",
@@ -68,7 +77,10 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "lr3e-3": (f"{CONSTANT} --learning_rate 3e-3 --max_iters 2000", "a larger constant rate"),
     "decay2e-3": ("--eval_interval 250 --learning_rate 2e-3 --max_iters 2000", "warm-up and cosine decay from 2e-3"),
     "decay5e-3": ("--learning_rate 5e-3", "the chosen schedule from a larger peak"),
-    "context128": ("--block_size 128 --batch_size 16", "the chosen schedule, twice the context, as many characters a step"),
+    "context128": (
+        "--block_size 128 --batch_size 16",
+        "the chosen schedule, twice the context, as many characters a step",
+    ),
     "depth3": ("--n_layer 3 --max_iters 2600", "the chosen schedule, a layer fewer and more steps"),
     "decay2300": ("--max_iters 2300 --eval_interval 300", "the chosen schedule, 300 more steps"),
     "decay2400": ("--max_iters 2400 --eval_interval 300", "the chosen schedule, 400 more steps"),
@@ -118,12 +130,14 @@ def full_runs(names: list[str], extra: list[str]) -> list[dict]:
 
 
 def throughput(steps: int) -> None:
-    stage = common.load_stage("10")
+    stage = harness.stages.load_stage("10")
     data = torch.randint(65, (200_000,))
     gen = torch.Generator().manual_seed(0)
     print(f"{'n_embd':>6} {'heads':>5} {'layers':>6} {'block':>5} {'batch':>5} {'params':>9} {'chars/s':>8}")
     for n_embd, n_head, n_layer, block, batch in SIZES:
-        cfg = stage.Config(n_embd=n_embd, n_head=n_head, n_layer=n_layer, block_size=block, batch_size=batch, dropout=0.0)
+        cfg = stage.Config(
+            n_embd=n_embd, n_head=n_head, n_layer=n_layer, block_size=block, batch_size=batch, dropout=0.0
+        )
         torch.manual_seed(0)
         model = stage.LanguageModel(65, cfg)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -144,10 +158,14 @@ def throughput(steps: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("what", nargs="*", help=f"'throughput', and/or candidates to run in full: {', '.join(CANDIDATES)}")
+    parser.add_argument(
+        "what", nargs="*", help=f"'throughput', and/or candidates to run in full: {', '.join(CANDIDATES)}"
+    )
     parser.add_argument("--list", action="store_true", help="list the candidates and exit")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per size in the throughput sweep")
-    parser.add_argument("--extra", default="", help="flags added to every full run, e.g. '--max_iters 20' for a smoke test")
+    parser.add_argument(
+        "--extra", default="", help="flags added to every full run, e.g. '--max_iters 20' for a smoke test"
+    )
     args = parser.parse_args()
     unknown = [w for w in args.what if w != "throughput" and w not in CANDIDATES]
     if unknown:
@@ -156,7 +174,7 @@ def main() -> int:
         for name, (flags, why) in CANDIDATES.items():
             print(f"{name:<10} {flags or '(no flags)':<84} {why}")
         return 0
-    print(f"machine: {common.machine_name()}, torch {torch.__version__}", flush=True)
+    print(f"machine: {harness.machine.machine_name()}, torch {torch.__version__}", flush=True)
     if "throughput" in args.what:
         throughput(args.steps)
     names = [w for w in args.what if w in CANDIDATES]

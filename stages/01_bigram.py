@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
-import common  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
+import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
 
 
 @dataclass
@@ -44,7 +46,7 @@ class LanguageModel(nn.Module):
         # each token directly reads off the logits for the next token from a lookup table
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         # idx and targets are both (B, T) tensors of integers
         logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
 
@@ -57,35 +59,40 @@ class LanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature=1.0, top_k=None) -> Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            # keep the last block_size tokens: a bigram reads only the last one, but from stage 02 on
-            # the position table has just block_size rows
+            # keep the last block_size tokens: a bigram reads only the last one, but from stage 02
+            # on the position table has just block_size rows
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
             logits, _ = self(idx_cond)  # (B, T', vocab_size)
-            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
-            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts the next
+            # temperature and top_k reshape the logits (safely, even at 0); then sample from them
+            logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
+            probs = F.softmax(logits, dim=-1)  # (B, vocab_size) the next token's probabilities
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    run = harness.start(__file__, Config, __doc__, argv)  # flags, device, data, checkpoint
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
-    model = run.accelerate(model)  # with --compile or --dtype bfloat16 (for GPUs); unchanged by default
+    trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
+    model = run.accelerate(model)  # --compile, --dtype bfloat16 (for GPUs); unchanged by default
 
-    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+    for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
             trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
 
-        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
+        # in each checkpoint, so that a resumed run draws the batches it would have drawn
+        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_stage(main))
+    sys.exit(harness.run_main(main))

@@ -1,13 +1,15 @@
 """Stage 02: token and position embeddings, with a linear head.
 
-The concept: indirection. Instead of reading logits straight off a vocab x vocab table, each token id
-looks up a vector of n_embd learned numbers, each position 0..block_size-1 looks up another, the two
-are added, and a linear layer (the language-model head) turns the sum into next-character logits.
+The concept: indirection. Instead of reading logits straight off a vocab x vocab table, each token
+id looks up a vector of n_embd learned numbers, each position 0..block_size-1 looks up another, the
+two are added, and a linear layer (the language-model head) turns the sum into next-character
+logits.
 New against stage 01: the n_embd hyperparameter, the position table and lm_head.
 No gain is expected yet: every position still sees only its own token (tokens don't talk to each
 other), so the model can do no better than the bigram; knowing *where* a token sits, alone, says
 little about the next character. The point is the plumbing the next stages build on.
-The position table has block_size rows, so generate's crop to the last block_size tokens now matters.
+The position table has block_size rows, so generate's crop to the last block_size tokens now
+matters.
 
 Run:     python stages/02_position_embedding.py            (--help lists every flag)
 Measured: val loss 2.5155, train 2.4845, after 3000 steps in 5 s
@@ -20,10 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
-import common  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
+import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
 
 
 @dataclass
@@ -48,9 +52,9 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, T = idx.shape
         # idx and targets are both (B, T) tensors of integers
         tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
@@ -67,34 +71,39 @@ class LanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature=1.0, top_k=None) -> Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
             # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
             logits, _ = self(idx_cond)  # (B, T', vocab_size)
-            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
-            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts the next
+            # temperature and top_k reshape the logits (safely, even at 0); then sample from them
+            logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
+            probs = F.softmax(logits, dim=-1)  # (B, vocab_size) the next token's probabilities
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    run = harness.start(__file__, Config, __doc__, argv)  # flags, device, data, checkpoint
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
-    model = run.accelerate(model)  # with --compile or --dtype bfloat16 (for GPUs); unchanged by default
+    trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
+    model = run.accelerate(model)  # --compile, --dtype bfloat16 (for GPUs); unchanged by default
 
-    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+    for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
             trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
 
-        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
+        # in each checkpoint, so that a resumed run draws the batches it would have drawn
+        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,4 +114,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_stage(main))
+    sys.exit(harness.run_main(main))

@@ -2,12 +2,13 @@
 
 The concept: data-dependent weights. In stage 03 every earlier position counted the same. Now each
 position emits a query ("what am I looking for?") and a key ("what do I contain?"), each computed by
-its own linear layer; the affinity of position t for an earlier position s is q_t . k_s. Masked to the
-past and softmaxed, these affinities weigh the values (a third linear layer: "what I will tell you if
-you find me interesting"). The affinities are scaled by head_size**-0.5: q . k sums head_size
-products, so if q and k had unit variance it would have variance head_size; the scaling brings that
-back to 1, so the softmax stays diffuse instead of collapsing onto one position as heads get wider
-(the lecture's code scales by n_embd, a known erratum; the two coincide here, where head_size = n_embd).
+its own linear layer; the affinity of position t for an earlier position s is q_t . k_s. Masked to
+the past and softmaxed, these affinities weigh the values (a third linear layer: "what I will tell
+you if you find me interesting"). The affinities are scaled by head_size**-0.5: q . k sums
+head_size products, so if q and k had unit variance it would have variance head_size; the scaling
+brings that back to 1, so the softmax stays diffuse instead of collapsing onto one position as
+heads get wider (the lecture's code scales by n_embd, a known erratum; the two coincide here, where
+head_size = n_embd).
 New against stage 03: Head (key, query and value layers) in place of CausalAverage; head_size 32.
 generate already crops the context to the last block_size tokens: position embeddings (stage 02)
 and the causal mask exist only for block_size positions.
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
-import common  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
+import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
 
 
 @dataclass
@@ -57,9 +60,9 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so that their variance does not grow with head_size
+        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
         v = self.value(x)  # (B, T, hs) what each position offers
         out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
@@ -76,9 +79,9 @@ class LanguageModel(nn.Module):
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
         self.sa_head = Head(config, head_size=config.n_embd)  # tokens talk, with learned weights
-        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, T = idx.shape
         # idx and targets are both (B, T) tensors of integers
         tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
@@ -96,34 +99,39 @@ class LanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature=1.0, top_k=None) -> Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
             # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
             logits, _ = self(idx_cond)  # (B, T', vocab_size)
-            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
-            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts the next
+            # temperature and top_k reshape the logits (safely, even at 0); then sample from them
+            logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
+            probs = F.softmax(logits, dim=-1)  # (B, vocab_size) the next token's probabilities
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    run = harness.start(__file__, Config, __doc__, argv)  # flags, device, data, checkpoint
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
-    model = run.accelerate(model)  # with --compile or --dtype bfloat16 (for GPUs); unchanged by default
+    trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
+    model = run.accelerate(model)  # --compile, --dtype bfloat16 (for GPUs); unchanged by default
 
-    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+    for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
             trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
 
-        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
+        # in each checkpoint, so that a resumed run draws the batches it would have drawn
+        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,4 +142,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_stage(main))
+    sys.exit(harness.run_main(main))

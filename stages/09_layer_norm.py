@@ -3,9 +3,10 @@
 The concept: layer normalisation. LayerNorm rescales each token's vector of n_embd numbers to zero
 mean and unit variance (then applies a learned gain and bias), which keeps each sublayer's input
 well scaled however deep the stack grows.
-Where it goes: "Attention Is All You Need" normalised *after* each sublayer and its residual addition,
-x = LayerNorm(x + sublayer(x)). Like GPT-2, the lecture normalises *before* each sublayer, inside the
-residual branch, x = x + sublayer(LayerNorm(x)), plus one final LayerNorm before the head. Pre-norm
+Where it goes: "Attention Is All You Need" normalised *after* each sublayer and its residual
+addition, x = LayerNorm(x + sublayer(x)). Like GPT-2, the lecture normalises *before* each sublayer,
+inside the residual branch, x = x + sublayer(LayerNorm(x)), plus one final LayerNorm before the
+head. Pre-norm
 leaves the residual stream itself untouched, an identity path from the embeddings to the head, so
 gradients flow through it cleanly and deep stacks train stably without a careful learning-rate
 warm-up; post-norm sends every gradient through every normalisation on the way down.
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
-import common  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
+import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
 
 
 @dataclass
@@ -58,9 +61,9 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so that their variance does not grow with head_size
+        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) the future is masked out
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
         v = self.value(x)  # (B, T, hs) what each position offers
         out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
@@ -101,7 +104,7 @@ class Block(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        head_size = config.n_embd // config.n_head  # n_head heads of head_size: n_embd wide once concatenated
+        head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
         self.sa = MultiHeadAttention(config, config.n_head, head_size)
         self.ffwd = FeedForward(config)
         self.ln1 = nn.LayerNorm(config.n_embd)
@@ -114,7 +117,7 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """Token plus position embeddings, n_layer pre-norm Transformer blocks, a final norm and a linear head."""
+    """Token + position embeddings, n_layer pre-norm blocks, a final norm, then a linear head."""
 
     def __init__(self, vocab_size: int, config: Config) -> None:
         super().__init__()
@@ -124,9 +127,9 @@ class LanguageModel(nn.Module):
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)  # final layer norm, before the head
-        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # from an embedding to next-character logits
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, T = idx.shape
         # idx and targets are both (B, T) tensors of integers
         tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
@@ -145,34 +148,39 @@ class LanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature=1.0, top_k=None) -> Tensor:
         """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
             # the position table has block_size rows: keep the last block_size tokens
             idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
             logits, _ = self(idx_cond)  # (B, T', vocab_size)
-            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts what comes next
-            idx_next = common.sample_next(logits, temperature, top_k)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts the next
+            # temperature and top_k reshape the logits (safely, even at 0); then sample from them
+            logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
+            probs = F.softmax(logits, dim=-1)  # (B, vocab_size) the next token's probabilities
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = common.start(__file__, Config, __doc__, argv)  # command line, device, seed, data, checkpoint
+    run = harness.start(__file__, Config, __doc__, argv)  # flags, device, data, checkpoint
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = common.Trainer(run, model, optimizer)  # restores --resume/--sample, saves, Ctrl-C, history
-    model = run.accelerate(model)  # with --compile or --dtype bfloat16 (for GPUs); unchanged by default
+    trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
+    model = run.accelerate(model)  # --compile, --dtype bfloat16 (for GPUs); unchanged by default
 
-    for step in trainer.steps():  # 0 (or the checkpoint's step) .. max_iters - 1; none with --sample
+    for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            losses = run.estimate_loss(model)  # {"train": mean loss, "val": mean loss}
+            losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
             trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
 
-        xb, yb = run.get_batch("train")  # (B, T) inputs, (B, T) targets: the inputs shifted by one
+        # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
+        # in each checkpoint, so that a resumed run draws the batches it would have drawn
+        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,4 +191,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_stage(main))
+    sys.exit(harness.run_main(main))

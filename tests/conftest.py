@@ -10,9 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import common  # noqa: E402
+import harness  # noqa: E402
+import harness.errors  # noqa: E402
+import harness.stages  # noqa: E402
 
-STAGE_FILES = common.stage_files()
+STAGE_FILES = harness.stages.stage_files()
 STAGE_IDS = [p.stem for p in STAGE_FILES]
 
 # "small for testing efficiency": every stage's model at a size that trains in a blink
@@ -27,7 +29,7 @@ SMALL_TEXT = (
 ) * 60
 
 
-def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common.EXIT_USER_ERROR) -> None:
+def one_line_error(code: int, err: str, *fragments: str, exit_code: int = harness.errors.EXIT_USER_ERROR) -> None:
     """The failure contract: the given exit status, one line on stderr, saying what is wrong."""
     assert code == exit_code, err
     assert "Traceback" not in err
@@ -37,7 +39,7 @@ def one_line_error(code: int, err: str, *fragments: str, exit_code: int = common
         assert fragment in lines[0], lines[0]
 
 
-load_stage = common.load_stage
+load_stage = harness.stages.load_stage
 
 
 def tiny_config(module: ModuleType, **overrides):
@@ -69,7 +71,7 @@ def small_text_file(tmp_path_factory) -> Path:
 def no_project_checkpoints(tmp_path, monkeypatch):
     """A test that forgets --checkpoint (or a check that regresses) trains into tmp_path, never into
     the project's checkpoints/ that the README's figures come from."""
-    monkeypatch.setattr(common, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", tmp_path / "checkpoints")
 
 
 @pytest.fixture
@@ -77,7 +79,7 @@ def run_cli(capsys):
     """Run a stage's main() in-process as the command line would: returns (exit code, stdout, stderr)."""
 
     def run(module: ModuleType, argv: list[str]) -> tuple[int, str, str]:
-        code = common.run_stage(module.main, argv)
+        code = harness.run_main(module.main, argv)
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -12,6 +12,12 @@ import pytest
 import torch
 
 import common
+import harness
+import harness.checkpoints
+import harness.errors
+import harness.history
+import harness.stages
+import harness.textfile
 from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
 BIGRAM = STAGE_IDS[0]
@@ -44,9 +50,15 @@ def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(common, "DATA_PATH", tmp_path / "data" / "input.txt")
-    monkeypatch.setattr(common, "DATA_URL", f"http://127.0.0.1:{port}/input.txt")
+    monkeypatch.setattr(harness.textfile, "DATA_URL", f"http://127.0.0.1:{port}/input.txt")
     code, _, err = run_cli(bigram, ["--max_iters", "5", "--checkpoint", str(tmp_path / "c.pt")])
-    one_line_error(code, err, "could not download", f"put a copy of tiny Shakespeare at {tmp_path / 'data' / 'input.txt'}", "--data")
+    one_line_error(
+        code,
+        err,
+        "could not download",
+        f"put a copy of tiny Shakespeare at {tmp_path / 'data' / 'input.txt'}",
+        "--data",
+    )
     assert not (tmp_path / "data" / "input.txt").exists()
 
 
@@ -58,7 +70,10 @@ def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
         (b"\xff\xfe\x00\x00h\x00\x00\x00", "is UTF-32 text; convert it to UTF-8 first (for example: iconv -f UTF-32"),
         ("Où est la café? ".encode("latin-1") * 100, "is not UTF-8 text (byte 0xf9 at offset 1)"),
         (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "binary"),
-        (b"To be, or not to be: that is the question.\n", "too short: its validation split (the last 10%) has 5 characters"),
+        (
+            b"To be, or not to be: that is the question.\n",
+            "too short: its validation split (the last 10%) has 5 characters",
+        ),
     ],
     ids=["empty", "utf16", "utf32", "latin1", "binary", "too-short"],
 )
@@ -73,16 +88,16 @@ def test_unusable_data_files(bigram, tmp_path, run_cli, content, message):
 def test_a_utf8_byte_order_mark_is_not_a_character(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + SMALL_TEXT.encode("utf-8"))  # what Notepad writes
-    assert common.read_text(path) == SMALL_TEXT
+    assert harness.textfile.read_text(path) == SMALL_TEXT
     path.write_bytes(b"\xef\xbb\xbf" + "café".encode("latin-1"))  # a bad byte after the mark ...
-    with pytest.raises(common.UserError, match="byte 0xe9 at offset 6"):  # ... is named where it is in the file
-        common.read_text(path)
+    with pytest.raises(harness.UserError, match="byte 0xe9 at offset 6"):  # ... is named where it is in the file
+        harness.textfile.read_text(path)
 
 
 def test_the_default_data_path_is_not_called_a_flag(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "DATA_PATH", tmp_path)  # a directory where the text should be
-    with pytest.raises(common.UserError, match=f"^{re.escape(str(tmp_path))} is a directory"):
-        common.load_text(None)
+    with pytest.raises(harness.UserError, match=f"^{re.escape(str(tmp_path))} is a directory"):
+        harness.textfile.load_text(None)
 
 
 def test_data_is_a_directory_or_missing(bigram, tmp_path, run_cli):
@@ -153,11 +168,15 @@ def test_n_embd_must_divide_into_heads(run_cli):
 def test_a_preset_value_in_an_error_says_where_it_came_from(run_cli, flags):
     code, out, err = run_cli(load_stage(STAGE_IDS[-1]), ["--device", "cpu", *flags])
     one_line_error(code, err, "n_embd (128, from preset cpu) must be divisible by n_head (6)")
-    assert "preset: cpu (chosen for cpu" in out and "it sets batch_size 32" in out and "n_head" not in out  # typed flags win
+    assert (
+        "preset: cpu (chosen for cpu" in out and "it sets batch_size 32" in out and "n_head" not in out
+    )  # typed flags win
 
 
 def test_block_size_larger_than_the_validation_split(bigram, small_text_file, tmp_path, run_cli):
-    code, _, err = run_cli(bigram, ["--data", str(small_text_file), "--block_size", "5000", "--checkpoint", str(tmp_path / "c.pt")])
+    code, _, err = run_cli(
+        bigram, ["--data", str(small_text_file), "--block_size", "5000", "--checkpoint", str(tmp_path / "c.pt")]
+    )
     one_line_error(code, err, "block_size 5000 needs at least 5001", "smaller --block_size")
 
 
@@ -207,7 +226,9 @@ def test_prompt_longer_than_block_size_is_cropped(small_text_file, tmp_path, run
 def test_tiny_temperature_is_greedy_not_nan(bigram, trained, run_cli):
     greedy = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--num_tokens", "30"])[1]
     for temperature in ("1e-45", "1e-300"):  # 1e-300 rounds to 0 in float32
-        code, out, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--temperature", temperature, "--num_tokens", "30"])
+        code, out, err = run_cli(
+            bigram, ["--sample", "--checkpoint", str(trained), "--temperature", temperature, "--num_tokens", "30"]
+        )
         assert code == 0, err
         assert out == greedy
 
@@ -218,7 +239,9 @@ def test_top_k_larger_than_the_vocabulary(bigram, trained, run_cli):
 
 
 def test_top_k_one_is_greedy_and_repeatable(bigram, trained, run_cli):
-    outs = [run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--seed", str(s)])[1] for s in (1, 2)]
+    outs = [
+        run_cli(bigram, ["--sample", "--checkpoint", str(trained), "--top_k", "1", "--seed", str(s)])[1] for s in (1, 2)
+    ]
     assert outs[0] == outs[1]
 
 
@@ -246,7 +269,9 @@ def test_checkpoint_from_another_stage(trained, run_cli):
 def test_resume_with_another_vocabulary(bigram, trained, tmp_path, run_cli):
     other = tmp_path / "other.txt"
     other.write_text("the quick brown fox jumps over the lazy dog\n" * 200, encoding="utf-8")
-    code, _, err = run_cli(bigram, ["--resume", "--checkpoint", str(trained), "--data", str(other), "--max_iters", "40"])
+    code, _, err = run_cli(
+        bigram, ["--resume", "--checkpoint", str(trained), "--data", str(other), "--max_iters", "40"]
+    )
     one_line_error(code, err, "another vocabulary", "same --data")
 
 
@@ -260,7 +285,7 @@ def test_checkpoint_of_another_size(trained, tmp_path, small_text_file, run_cli)
 
 def test_untrusted_pickle_is_refused(bigram, trained, run_cli):
     ckpt = torch.load(trained, weights_only=True)
-    ckpt["extra"] = common.Run  # any class: weights_only=True refuses to unpickle it
+    ckpt["extra"] = harness.Run  # any class: weights_only=True refuses to unpickle it
     torch.save(ckpt, trained)
     code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained)])
     one_line_error(code, err, "refusing to unpickle an untrusted file")
@@ -277,9 +302,17 @@ def test_unwritable_checkpoint_place_fails_before_training(bigram, small_text_fi
 # -- interruptions and numerical faults ---------------------------------------------------------
 
 
-def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "signum, stopped",
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGHUP, "stopped by SIGHUP")],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_ctrl_c_or_a_termination_signal_saves_and_resume_continues(
+    bigram, small_text_file, tmp_path, capsys, signum, stopped
+):
+    """A job scheduler's SIGTERM and a closed terminal's SIGHUP stop a run as Ctrl-C does: saved, resumable."""
     ckpt = tmp_path / "c.pt"
-    cmd = [sys.executable, "-u", str(common.STAGE_DIR / f"{BIGRAM}.py")]
+    cmd = [sys.executable, "-u", str(harness.stages.STAGE_DIR / f"{BIGRAM}.py")]
     cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -287,18 +320,19 @@ def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, ca
             if line.startswith("step 0:"):
                 break
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == common.EXIT_INTERRUPTED, err
-    assert "Traceback" not in err and "interrupted at step" in err and "--resume" in err
+    assert proc.returncode == 128 + signum, err  # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, 129 for SIGHUP
+    assert "Traceback" not in err and f"{stopped} at step" in err and "--resume" in err
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] > 0
 
     steps = saved["step"]
-    code = common.run_stage(
-        bigram.main, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", str(steps + 7)]
+    code = harness.run_main(
+        bigram.main,
+        ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", str(steps + 7)],
     )
     assert code == 0
     assert torch.load(ckpt, weights_only=True)["step"] == steps + 7
@@ -309,7 +343,9 @@ def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_p
     straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
     assert run_cli(bigram, train_flags(bigram, small_text_file, straight, max_iters=30))[0] == 0
     assert run_cli(bigram, train_flags(bigram, small_text_file, split, max_iters=12))[0] == 0
-    code, _, err = run_cli(bigram, ["--resume", "--checkpoint", str(split), "--data", str(small_text_file), "--max_iters", "30"])
+    code, _, err = run_cli(
+        bigram, ["--resume", "--checkpoint", str(split), "--data", str(small_text_file), "--max_iters", "30"]
+    )
     assert code == 0, err
     a, b = torch.load(straight, weights_only=True), torch.load(split, weights_only=True)
     assert a["step"] == b["step"] == 30
@@ -317,7 +353,9 @@ def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_p
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
     ckpt = tmp_path / "c.pt"
     forward = bigram.LanguageModel.forward
     calls = {"n": 0}
@@ -340,7 +378,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bigram, small_
 
 def test_resume_uses_the_learning_rate_given(bigram, trained, small_text_file, run_cli):
     code, _, err = run_cli(
-        bigram, ["--resume", "--checkpoint", str(trained), "--data", str(small_text_file), "--max_iters", "25", "--learning_rate", "1e-5"]
+        bigram,
+        [
+            "--resume",
+            "--checkpoint",
+            str(trained),
+            "--data",
+            str(small_text_file),
+            "--max_iters",
+            "25",
+            "--learning_rate",
+            "1e-5",
+        ],
     )
     assert code == 0, err
     saved = torch.load(trained, weights_only=True)
@@ -400,7 +449,7 @@ def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, r
 
     monkeypatch.setattr(bigram.LanguageModel, "forward", pressed_twice)
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
-    one_line_error(code, err, "stopped without saving", exit_code=common.EXIT_INTERRUPTED)
+    one_line_error(code, err, "stopped without saving", exit_code=harness.errors.EXIT_INTERRUPTED)
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the checkpoint saved at step 0, untouched
 
 
@@ -411,7 +460,7 @@ def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, t
     assert code == 0, err
     assert f"copied the earlier run's checkpoint to {tmp_path / 'c.prev.pt'}" in out
     assert torch.load(tmp_path / "c.prev.pt", weights_only=True)["step"] == 12  # the first run, whole
-    assert [r["step"] for r in common.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
+    assert [r["step"] for r in harness.history.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
     assert torch.load(ckpt, weights_only=True)["step"] == 5
 
 
@@ -424,9 +473,11 @@ def test_a_preset_with_a_checkpoint_is_ignored_out_loud(small_text_file, tmp_pat
     assert "--preset is ignored with --sample and --resume" in out
 
 
-def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
     ckpt = tmp_path / "c.pt"
-    real_save = common.save_checkpoint
+    real_save = harness.checkpoints.save_checkpoint
     calls = []
 
     def disk_full_on_the_second_save(path, payload):
@@ -435,20 +486,22 @@ def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(bigram, small_t
             raise OSError(28, "No space left on device", str(path))
         real_save(path, payload)
 
-    monkeypatch.setattr(common, "save_checkpoint", disk_full_on_the_second_save)
+    monkeypatch.setattr(harness.checkpoints, "save_checkpoint", disk_full_on_the_second_save)
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt))
     one_line_error(code, err, "could not save the checkpoint (No space left on device:", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the first save, whole
 
 
-def test_a_fresh_run_whose_first_save_fails_leaves_the_old_checkpoint_in_place(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_a_fresh_run_whose_first_save_fails_leaves_the_old_checkpoint_in_place(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
     ckpt = tmp_path / "c.pt"
     assert run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=12))[0] == 0
 
     def disk_full(path, payload):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(common, "save_checkpoint", disk_full)
+    monkeypatch.setattr(harness.checkpoints, "save_checkpoint", disk_full)
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
     one_line_error(code, err, "could not save the checkpoint", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 12  # still there, still whole: --resume finds it

@@ -7,6 +7,11 @@ import pytest
 import torch
 
 import common
+import harness
+import harness.cli
+import harness.errors
+import harness.history
+import harness.stages
 from conftest import STAGE_IDS, load_stage, tiny_config, tiny_flags
 
 VOCAB = 65  # tiny Shakespeare's vocabulary size
@@ -37,8 +42,8 @@ def test_import_reads_no_data_and_trains_nothing(stage, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("importing a stage must not read data or train")
 
-    monkeypatch.setattr(common, "load_text", forbidden)
-    monkeypatch.setattr(common, "start", forbidden)
+    monkeypatch.setattr(harness.textfile, "load_text", forbidden)
+    monkeypatch.setattr(harness, "start", forbidden)
     module = load_stage(stage)
     for name in ("Config", "LanguageModel", "main"):
         assert hasattr(module, name), f"{stage} has no {name}"
@@ -49,7 +54,7 @@ def test_import_reads_no_data_and_trains_nothing(stage, monkeypatch):
 
 def test_every_hyperparameter_is_a_flag_with_help(stage):
     module = load_stage(stage)
-    parser = common.build_parser(stage, module.__doc__, module.Config, getattr(module, "PRESETS", None))
+    parser = harness.cli.build_parser(stage, module.__doc__, module.Config, getattr(module, "PRESETS", None))
     actions = {a.dest: a for a in parser._actions}
     for name in module.Config.__dataclass_fields__:
         assert name in actions, f"--{name} is missing"
@@ -137,6 +142,27 @@ def test_generate_length_and_long_contexts(stage):
     assert out.shape == (2, block + 12)
     assert torch.equal(out[:, : block + 5], idx)  # the prompt is kept
     assert int(out.min()) >= 0 and int(out.max()) < VOCAB
+
+
+def test_generate_samples_from_the_softmax_at_temperature_and_top_k(stage):
+    """Each stage's own generate: softmax of the logits / temperature, only the top_k, one draw."""
+    module = load_stage(stage)
+    model = build(module).eval()
+    fixed = torch.full((VOCAB,), -1e4)  # all but the first four characters out of reach
+    fixed[:4] = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    model.forward = lambda idx, targets=None: (fixed.expand(*idx.shape, VOCAB), None)  # (B, T, vocab)
+    start = torch.zeros((4000, 1), dtype=torch.long)  # 4000 independent draws of the next token
+
+    def draw(**kwargs):
+        return model.generate(start, max_new_tokens=1, **kwargs)[:, -1]  # (4000,)
+
+    torch.manual_seed(0)
+    share = (draw() == 1).float().mean().item()
+    assert share == pytest.approx(torch.softmax(fixed, -1)[1].item(), abs=0.03)  # 0.644: the softmax's odds
+    assert set(draw(top_k=1).tolist()) == {1}
+    assert set(draw(top_k=2).tolist()) == {1, 3}  # both, and only those two
+    cold = draw(temperature=0.05)
+    assert (cold == 1).float().mean() > 0.99  # a low temperature is nearly greedy
 
 
 # -- stage-specific behaviour ----------------------------------------------------------------------
@@ -228,7 +254,12 @@ def test_stage_10_at_the_lecture_configuration_has_10_788_929_parameters(stage):
 def test_command_line_trains_saves_samples_and_resumes(stage, small_text_file, tmp_path, run_cli):
     module = load_stage(stage)
     ckpt = tmp_path / f"{stage}.pt"
-    flags = tiny_flags(module, max_iters=20, eval_interval=10) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+    flags = tiny_flags(module, max_iters=20, eval_interval=10) + [
+        "--data",
+        str(small_text_file),
+        "--checkpoint",
+        str(ckpt),
+    ]
 
     code, out, err = run_cli(module, flags)
     assert code == 0, err
@@ -237,7 +268,7 @@ def test_command_line_trains_saves_samples_and_resumes(stage, small_text_file, t
     assert saved["stage"] == stage and saved["step"] == 20
     assert [r["step"] for r in saved["history"]] == [0, 10, 19]
     assert ckpt.with_suffix(".sample.txt").read_text(encoding="utf-8").strip()
-    assert common.read_history(ckpt.with_suffix(".history.csv")) == saved["history"]
+    assert harness.history.read_history(ckpt.with_suffix(".history.csv")) == saved["history"]
 
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--prompt", "All:", "--num_tokens", "30"])
     assert code == 0, err
@@ -245,7 +276,8 @@ def test_command_line_trains_saves_samples_and_resumes(stage, small_text_file, t
     assert "step 0" not in out  # sampling does not train
 
     code, out, err = run_cli(
-        module, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", "30", "--device", "cpu"]
+        module,
+        ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file), "--max_iters", "30", "--device", "cpu"],
     )
     assert code == 0, err
     assert "resumed from" in out and "at step 20" in out
@@ -258,7 +290,17 @@ def test_help_lists_every_flag(stage, run_cli):
     module = load_stage(stage)
     code, out, _ = run_cli(module, ["--help"])
     assert code == 0
-    for flag in ["--device", "--seed", "--data", "--sample", "--resume", "--prompt", "--num_tokens", "--temperature", "--top_k"]:
+    for flag in [
+        "--device",
+        "--seed",
+        "--data",
+        "--sample",
+        "--resume",
+        "--prompt",
+        "--num_tokens",
+        "--temperature",
+        "--top_k",
+    ]:
         assert flag in out
     for name in module.Config.__dataclass_fields__:
         assert f"--{name}" in out
@@ -269,7 +311,11 @@ def test_stage_runs_as_a_script(tmp_path, small_text_file):
     import subprocess
 
     module = load_stage(STAGE_IDS[0])
-    cmd = [sys.executable, str(common.STAGE_DIR / f"{STAGE_IDS[0]}.py"), *tiny_flags(module, max_iters=5, eval_interval=5)]
+    cmd = [
+        sys.executable,
+        str(harness.stages.STAGE_DIR / f"{STAGE_IDS[0]}.py"),
+        *tiny_flags(module, max_iters=5, eval_interval=5),
+    ]
     cmd += ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "s.pt")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -282,7 +328,7 @@ def test_a_run_compares_its_loss_with_the_previous_stage(small_text_file, tmp_pa
         flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / f"{stage}.pt")]
         code, out, err = run_cli(module, flags)
         assert code == 0, err
-    previous = common.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
+    previous = harness.history.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
     assert f"{previous:.4f} at the end of {STAGE_IDS[0]}'s last run" in out
 
 
@@ -301,7 +347,15 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
     monkeypatch.setattr(torch, "compile", fake_compile)
     module = load_stage(stage)
     ckpt = tmp_path / "c.pt"
-    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--dtype", "bfloat16", "--compile"]
+    flags = tiny_flags(module) + [
+        "--data",
+        str(small_text_file),
+        "--checkpoint",
+        str(ckpt),
+        "--dtype",
+        "bfloat16",
+        "--compile",
+    ]
     code, out, err = run_cli(module, flags)
     assert code == 0, err
     assert len(compiled) == 1
@@ -324,7 +378,9 @@ def test_stage_10_learning_rate_is_constant_or_warms_up_then_decays_to_a_tenth(s
     assert all(a >= b for a, b in zip(rates[99:], rates[100:], strict=False))  # then only down ...
     assert rates[550] == pytest.approx(3e-3 * 0.55)  # ... half-way down the cosine at the midpoint ...
     assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
-    assert module.learning_rate_at(5, module.Config(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
+    assert (
+        module.learning_rate_at(5, module.Config(max_iters=3, lr_decay=True, warmup_iters=3)) > 0
+    )  # a run shorter than its warm-up
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
@@ -332,4 +388,4 @@ def test_stage_10_accepts_no_warm_up(stage, run_cli):
     module = load_stage(stage)
     assert module.learning_rate_at(0, module.Config(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)
     code, _, err = run_cli(module, ["--warmup_iters", "-1"])
-    assert code == common.EXIT_USER_ERROR and "'-1' must be 0 or more" in err
+    assert code == harness.errors.EXIT_USER_ERROR and "'-1' must be 0 or more" in err

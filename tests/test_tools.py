@@ -7,26 +7,40 @@ import sys
 
 import pytest
 
-import common
+import harness
+import harness.history
+import harness.machine
+import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
-
-sys.path.insert(0, str(ROOT / "tools"))
-import plot  # noqa: E402
-import run_all  # noqa: E402
+from tools import plot, run_all
 
 PNG_MAGIC = b"\x89PNG"
 START, END = run_all.RESULTS_MARKERS
 SAMPLES_START, SAMPLES_END = run_all.SAMPLES_MARKERS
 
 # tiny runs: flags every stage accepts (stage 01 has no --n_embd), given after `--` so they beat --quick's
-TINY_EXTRA = ["--max_iters", "20", "--eval_interval", "10", "--eval_iters", "2", "--batch_size", "4", "--block_size", "8"]
+TINY_EXTRA = [
+    "--max_iters",
+    "20",
+    "--eval_interval",
+    "10",
+    "--eval_iters",
+    "2",
+    "--batch_size",
+    "4",
+    "--block_size",
+    "8",
+]
 TINY_EXTRA += ["--num_tokens", "40", "--device", "cpu"]
 
 
 def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
     """A loss history as a training run would leave it beside its checkpoint."""
-    rows = [{"step": s, "train_loss": start - 0.05 * s, "val_loss": start - 0.04 * s, "elapsed_s": 0.1 * s} for s in (0, 10, 19)]
-    common.write_history(common.history_path(directory / f"{stage}.pt"), rows)
+    rows = [
+        {"step": s, "train_loss": start - 0.05 * s, "val_loss": start - 0.04 * s, "elapsed_s": 0.1 * s}
+        for s in (0, 10, 19)
+    ]
+    harness.history.write_history(harness.history.history_path(directory / f"{stage}.pt"), rows)
     return rows
 
 
@@ -35,13 +49,13 @@ def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["9", "09", "09_layer_norm", "layer_norm", "stages/09_layer_norm.py"])
 def test_a_stage_is_named_by_number_or_name(name):
-    assert plot.resolve_stage(name) == "09_layer_norm"
+    assert harness.stages.resolve_stage(name) == "09_layer_norm"
 
 
 @pytest.mark.parametrize("name", ["11", "0", "norm", "09_layer"])
 def test_an_unknown_stage_name_is_an_error(name):
-    with pytest.raises(common.UserError, match="no stage"):
-        plot.resolve_stage(name)
+    with pytest.raises(harness.UserError, match="no stage"):
+        harness.stages.resolve_stage(name)
 
 
 # -- plot ------------------------------------------------------------------------------------------
@@ -96,7 +110,9 @@ def test_plot_unknown_stage(tmp_path, capsys):
 def test_plot_stage_without_history(tmp_path, capsys):
     fake_history(tmp_path, "01_bigram")
     code = plot.main(["9", "--checkpoints", str(tmp_path)])
-    one_line_error(code, capsys.readouterr().err, "error: no loss history for 09_layer_norm", "python stages/09_layer_norm.py")
+    one_line_error(
+        code, capsys.readouterr().err, "error: no loss history for 09_layer_norm", "python stages/09_layer_norm.py"
+    )
 
     code = plot.main(["--checkpoints", str(tmp_path / "empty")])  # no STAGE, and no history at all
     one_line_error(code, capsys.readouterr().err, "error: no loss histories in")
@@ -115,7 +131,9 @@ def test_plot_to_an_unwritable_place(tmp_path, capsys):
 
 
 def test_the_preset_of_a_stage_with_presets(tmp_path):
-    chosen = run_all.collect("10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m")
+    chosen = run_all.collect(
+        "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m"
+    )
     assert (chosen.parameters, chosen.preset) == (1234, "cpu")
     assert "(preset: cpu)" in chosen.row()[1]
     assert run_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
@@ -149,7 +167,18 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
     data = tmp_path / "small.txt"
     data.write_text(SMALL_TEXT, encoding="utf-8")
     readme, outside = readme_with_markers(tmp_path)
-    argv = ["--quick", "--stages", "01,2", "--checkpoints", str(tmp_path), "--readme", str(readme), "--data", str(data), "--"]
+    argv = [
+        "--quick",
+        "--stages",
+        "01,2",
+        "--checkpoints",
+        str(tmp_path),
+        "--readme",
+        str(readme),
+        "--data",
+        str(data),
+        "--",
+    ]
 
     code = run_all.main(argv + TINY_EXTRA)
     out, err = capsys.readouterr()
@@ -178,7 +207,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
         module = load_stage(stage)
         model = module.LanguageModel(vocab, module.Config(batch_size=4, block_size=8))
         parameters = sum(p.numel() for p in model.parameters())
-        last = common.read_history(tmp_path / f"{stage}.history.csv")[-1]
+        last = harness.history.read_history(tmp_path / f"{stage}.history.csv")[-1]
         assert last["step"] == 19
         concept = module.__doc__.splitlines()[0].removeprefix(f"Stage {stage[:2]}: ").rstrip(".")
         assert row[1:6] == [
@@ -189,7 +218,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
             run_all.LECTURE_VAL[stage[:2]],
         ]
         assert row[6].endswith(" s") and float(row[6][:-2]) > 0
-        assert row[7] == common.machine_name()
+        assert row[7] == harness.machine.machine_name()
         assert result["stage"] == stage and result["parameters"] == parameters
         assert result["val_loss"] == pytest.approx(last["val_loss"]) and isinstance(result["wall_time_s"], float)
         sample = (tmp_path / f"{stage}.sample.txt").read_text(encoding="utf-8")
@@ -202,7 +231,9 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
 def test_run_all_without_markers_changes_nothing(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# A README without the results markers\n", encoding="utf-8")
-    code = run_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", *TINY_EXTRA])
+    code = run_all.main(
+        ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", *TINY_EXTRA]
+    )
     out, err = capsys.readouterr()
     one_line_error(code, err, "error:", START, END)
     assert readme.read_text(encoding="utf-8") == "# A README without the results markers\n"
@@ -218,7 +249,9 @@ def test_run_all_unknown_stage(tmp_path, capsys):
 def test_run_all_stops_at_a_failing_stage(tmp_path, capsys):
     readme, _ = readme_with_markers(tmp_path)
     unchanged = readme.read_text(encoding="utf-8")
-    code = run_all.main(["--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", "--max_iterz", "5"])
+    code = run_all.main(
+        ["--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", "--max_iterz", "5"]
+    )
     _, err = capsys.readouterr()
     assert code == 1
     lines = err.splitlines()
@@ -234,7 +267,9 @@ def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
     data.write_text(SMALL_TEXT, encoding="utf-8")
     readme = ROOT / "README.md"
     before = readme.read_bytes()
-    code = run_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA])
+    code = run_all.main(
+        ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "the README is unchanged" in out and "| 01 |" in out  # the table is printed instead
@@ -248,7 +283,11 @@ def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
 def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file):
     extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --num_tokens 5 --data {small_text_file}"
     done = subprocess.run(
-        [sys.executable, "benchmarks/tune_stage10.py", "chosen", "--extra", extra], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "benchmarks/tune_stage10.py", "chosen", "--extra", extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "chosen: python stages/10_gpt.py --preset cpu" in done.stdout
@@ -257,7 +296,9 @@ def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small
 
 
 def test_tune_stage10_refuses_an_unknown_candidate():
-    done = subprocess.run([sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 2 and "unknown: chosn; choose from throughput, constant" in done.stderr
 
 

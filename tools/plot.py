@@ -13,50 +13,23 @@ when a chart is drawn, and this module (and its stage-name helpers) imports with
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for common.py
-import common  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import harness  # noqa: E402
+import harness.checkpoints  # noqa: E402
+import harness.cli  # noqa: E402
+import harness.errors  # noqa: E402
+import harness.history  # noqa: E402
+import harness.stages  # noqa: E402
 
 MATPLOTLIB_HINT = "plotting needs matplotlib, an optional extra: pip install matplotlib"
 
 
-# ----------------------------------------------------------------------------------------------
-# stage names: shared with tools/run_all.py
-
-
-def stage_names() -> list[str]:
-    """Every stage, in order: "01_bigram", "02_position_embedding", ..."""
-    return [p.stem for p in common.stage_files()]
-
-
-def resolve_stage(name: str) -> str:
-    """ "9", "09", "09_layer_norm", "layer_norm" or "stages/09_layer_norm.py" -> "09_layer_norm"."""
-    names = stage_names()
-    text = Path(name.strip()).stem if name.strip().endswith(".py") else name.strip()
-    if text in names:
-        return text
-    if text.isdigit():
-        for stage in names:
-            if int(stage[:2]) == int(text):
-                return stage
-    by_topic = [stage for stage in names if stage[3:] == text]  # "layer_norm": the name without its number
-    if len(by_topic) == 1:
-        return by_topic[0]
-    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise common.UserError(
-        f"no stage {name!r}{hint}; give a number from {names[0][:2]} to {names[-1][:2]} or a name such as {names[0]}"
-        if names
-        else f"no stage {name!r}: {common.STAGE_DIR} holds no stage files"
-    )
-
-
 def history_file(checkpoint_dir: Path, stage: str) -> Path:
-    return common.history_path(checkpoint_dir / f"{stage}.pt")
+    return harness.history.history_path(checkpoint_dir / f"{stage}.pt")
 
 
 def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[dict[str, float]]]:
@@ -64,19 +37,20 @@ def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[di
     histories = {}
     for stage in stages:
         path = history_file(checkpoint_dir, stage)
-        rows = common.read_history(path)
+        rows = harness.history.read_history(path)
         if not rows:
             state = "is empty or not a loss history" if path.exists() else "does not exist"
-            raise common.UserError(
+            raise harness.UserError(
                 f"no loss history for {stage} in {checkpoint_dir} ({path} {state}); train it first with "
-                f"`python stages/{stage}.py --checkpoint {checkpoint_dir / (stage + '.pt')}`, or point --checkpoints at its folder"
+                f"`python stages/{stage}.py --checkpoint {checkpoint_dir / (stage + '.pt')}`, "
+                "or point --checkpoints at its folder"
             )
         histories[stage] = rows
     return histories
 
 
 def stages_with_history(checkpoint_dir: Path) -> list[str]:
-    return [s for s in stage_names() if common.read_history(history_file(checkpoint_dir, s))]
+    return [s for s in harness.stages.stage_names() if harness.history.read_history(history_file(checkpoint_dir, s))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,14 +63,14 @@ def import_matplotlib() -> Any:
         import matplotlib  # noqa: F401 (the package itself first: it is what a user lacks, and a None in sys.modules stops here)
         from matplotlib.figure import Figure
     except ImportError:
-        raise common.UserError(MATPLOTLIB_HINT) from None
+        raise harness.UserError(MATPLOTLIB_HINT) from None
     return Figure
 
 
 def have_matplotlib() -> bool:
     try:
         import_matplotlib()
-    except common.UserError:
+    except harness.UserError:
         return False
     return True
 
@@ -114,15 +88,27 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     from matplotlib.ticker import MaxNLocator
 
     if not histories:
-        raise common.UserError("no loss histories to plot")
+        raise harness.UserError("no loss histories to plot")
     fig = figure_cls(figsize=(10, 6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if len(histories) == 1:
         ((stage, rows),) = histories.items()
         steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["train_loss"] for r in rows], "--", color="tab:blue", label=f"train (last {rows[-1]['train_loss']:.4f})")
-        ax.plot(steps, [r["val_loss"] for r in rows], "-", color="tab:orange", label=f"val (last {rows[-1]['val_loss']:.4f})")
+        ax.plot(
+            steps,
+            [r["train_loss"] for r in rows],
+            "--",
+            color="tab:blue",
+            label=f"train (last {rows[-1]['train_loss']:.4f})",
+        )
+        ax.plot(
+            steps,
+            [r["val_loss"] for r in rows],
+            "-",
+            color="tab:orange",
+            label=f"val (last {rows[-1]['val_loss']:.4f})",
+        )
         ax.set_title(f"{stage}: loss during training")
         ax.legend(loc="upper right")
     else:
@@ -130,7 +116,14 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
         for i, (stage, rows) in enumerate(histories.items()):
             colour = colours[i % len(colours)]
             steps = [r["step"] for r in rows]
-            ax.plot(steps, [r["val_loss"] for r in rows], "-", color=colour, linewidth=1.8, label=f"{stage} ({rows[-1]['val_loss']:.3f})")
+            ax.plot(
+                steps,
+                [r["val_loss"] for r in rows],
+                "-",
+                color=colour,
+                linewidth=1.8,
+                label=f"{stage} ({rows[-1]['val_loss']:.3f})",
+            )
             ax.plot(steps, [r["train_loss"] for r in rows], "--", color=colour, linewidth=0.9)
         ax.set_title(f"loss during training, {len(histories)} stages")
         # the key to the line styles, then one entry per stage; outside the axes so no curve is hidden
@@ -148,16 +141,19 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     suffix = out.suffix.lower().lstrip(".")
     supported = fig.canvas.get_supported_filetypes()
     if suffix and suffix not in supported:
-        raise common.UserError(
-            f"--out {out}: matplotlib cannot write .{suffix} files; end the name in .png (or {', '.join('.' + s for s in sorted(supported))})"
+        raise harness.UserError(
+            f"--out {out}: matplotlib cannot write .{suffix} files; "
+            f"end the name in .png (or {', '.join('.' + s for s in sorted(supported))})"
         )
     if out.parent.exists() and not out.parent.is_dir():
-        raise common.UserError(f"cannot write {out}: {out.parent} is a file, not a folder; choose another place with --out")
+        raise harness.UserError(
+            f"cannot write {out}: {out.parent} is a file, not a folder; choose another place with --out"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, format=suffix or "png")
     except OSError as e:
-        raise common.UserError(f"cannot write {out} ({e.strerror or e}); choose another place with --out") from None
+        raise harness.UserError(f"cannot write {out} ({e.strerror or e}); choose another place with --out") from None
     return out
 
 
@@ -171,22 +167,24 @@ def plot_stages(stages: list[str], checkpoint_dir: Path, out: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.Parser(
+    parser = harness.cli.Parser(
         prog="python tools/plot.py",
-        description="Plot the train and val loss curves of one stage, or compare several stages on one chart. Needs matplotlib (pip install matplotlib).",
-        formatter_class=common.HelpFormatter,
+        description="Plot the train and val loss curves of one stage, or compare several stages on one chart. "
+        "Needs matplotlib (pip install matplotlib).",
+        formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
         "stages",
         nargs="*",
         metavar="STAGE",
-        help='a stage number ("9", "09") or name ("09_layer_norm", "layer_norm"); none: every stage that has a history in --checkpoints',
+        help='a stage number ("9", "09") or name ("09_layer_norm", "layer_norm"); '
+        "none: every stage that has a history in --checkpoints",
     )
     parser.add_argument(
         "--checkpoints",
         type=Path,
-        default=common.CHECKPOINT_DIR,
+        default=harness.checkpoints.CHECKPOINT_DIR,
         metavar="DIR",
         help="the folder with the <stage>.history.csv files",
     )
@@ -200,28 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plot_main(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.stages:
+        stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in args.stages))  # "9 09" is one stage
+    else:
+        stages = stages_with_history(args.checkpoints)
+        if not stages:
+            raise harness.UserError(
+                f"no loss histories in {args.checkpoints}; train a stage first (python stages/01_bigram.py) "
+                "or point --checkpoints at the folder with the <stage>.history.csv files"
+            )
+    histories = load_histories(stages, args.checkpoints)
+    out = args.out or args.checkpoints / (f"{stages[0]}.png" if len(stages) == 1 else "curves.png")
+    print(plot_histories(histories, out))
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as e:  # --help (0), or a command-line error argparse already printed
-        return e.code if isinstance(e.code, int) else common.EXIT_USER_ERROR
-    try:
-        if args.stages:
-            stages = list(dict.fromkeys(resolve_stage(s) for s in args.stages))  # "9 09" is one stage
-        else:
-            stages = stages_with_history(args.checkpoints)
-            if not stages:
-                raise common.UserError(
-                    f"no loss histories in {args.checkpoints}; train a stage first (python stages/01_bigram.py) "
-                    "or point --checkpoints at the folder with the <stage>.history.csv files"
-                )
-        histories = load_histories(stages, args.checkpoints)
-        out = args.out or args.checkpoints / (f"{stages[0]}.png" if len(stages) == 1 else "curves.png")
-        print(plot_histories(histories, out))
-    except common.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return harness.run_main(plot_main, argv)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,16 @@ import threading
 import time
 from pathlib import Path
 
-TOOLS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS_DIR.parent))  # the project root, for common.py
-if str(TOOLS_DIR) not in sys.path:  # a script's own folder is on the path; an import from elsewhere (a test) needs it
-    sys.path.insert(0, str(TOOLS_DIR))
-import plot  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402
+import harness  # noqa: E402
+import harness.checkpoints  # noqa: E402
+import harness.cli  # noqa: E402
+import harness.errors  # noqa: E402
+import harness.history  # noqa: E402
+import harness.machine  # noqa: E402
+import harness.stages  # noqa: E402
+from tools import plot  # noqa: E402
 
 README_PATH = common.ROOT / "README.md"
 RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
@@ -99,7 +102,7 @@ def _loss(value: float | None) -> str:
 
 def stage_facts(stage: str) -> tuple[str, bool]:
     """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run."""
-    tree = ast.parse((common.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
+    tree = ast.parse((harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").strip()
     first = doc.splitlines()[0] if doc else ""
     concept = re.sub(r"^Stage \d+:\s*", "", first).rstrip(".").strip() or stage[3:].replace("_", " ")
@@ -131,11 +134,12 @@ def marker_span(text: str, markers: tuple[str, str], readme: Path, required: boo
     if n_start == n_end == 0 and not required:
         return None
     if n_start == n_end == 0:
-        raise common.UserError(
-            f"{readme} has no {start} and {end} markers; put those two lines where the results table should go, then run again"
+        raise harness.UserError(
+            f"{readme} has no {start} and {end} markers; "
+            "put those two lines where the results table should go, then run again"
         )
     if n_start != 1 or n_end != 1 or text.index(end) < text.index(start):
-        raise common.UserError(
+        raise harness.UserError(
             f"{readme} should have one {start} line followed by one {end} line, but has {n_start} and {n_end}"
             + (" in the wrong order" if n_start == n_end == 1 else "")
             + "; fix the markers, then run again"
@@ -150,13 +154,15 @@ def read_readme(readme: Path) -> str:
         with open(readme, encoding="utf-8", newline="") as f:  # newline="": keep its line endings, \r\n included
             text = f.read()
     except FileNotFoundError:
-        raise common.UserError(f"--readme {readme}: no such file; give the README that holds the {RESULTS_MARKERS[0]} marker") from None
+        raise harness.UserError(
+            f"--readme {readme}: no such file; give the README that holds the {RESULTS_MARKERS[0]} marker"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise common.UserError(f"cannot read --readme {readme} ({getattr(e, 'strerror', None) or e})") from None
+        raise harness.UserError(f"cannot read --readme {readme} ({getattr(e, 'strerror', None) or e})") from None
     marker_span(text, RESULTS_MARKERS, readme, required=True)
     marker_span(text, SAMPLES_MARKERS, readme, required=False)
     if not (os.access(readme, os.W_OK) and os.access(readme.resolve().parent, os.W_OK)):
-        raise common.UserError(f"cannot write --readme {readme}; make it writable or give another with --readme")
+        raise harness.UserError(f"cannot write --readme {readme}; make it writable or give another with --readme")
     return text
 
 
@@ -188,7 +194,9 @@ def samples_section(results: list[Result], checkpoint_dir: Path) -> str:
         sample_path = (checkpoint_dir / f"{r.stage}.pt").with_suffix(".sample.txt")
         try:
             sample = sample_path.read_text(encoding="utf-8")[:SAMPLE_CHARS]
-            sample = "\n".join(line.rstrip() for line in sample.rstrip().splitlines())  # no trailing spaces in the README
+            sample = "\n".join(
+                line.rstrip() for line in sample.rstrip().splitlines()
+            )  # no trailing spaces in the README
         except (OSError, UnicodeDecodeError):
             sample = f"(no sample: {sample_path} could not be read)"
         parts.append(f"**{r.stage[:2]} {r.concept}** (val {_loss(r.val_loss)})\n\n{fenced(sample)}")
@@ -207,7 +215,9 @@ def run_process(cmd: list[str], indent: str = "    ") -> tuple[int, list[str], l
     # unbuffered: a stage's lines arrive as it prints them, not in 8 KB blocks; UTF-8: its samples
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env
+    )
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # both pipes drain: no deadlock
     reader.start()
@@ -228,11 +238,13 @@ def run_process(cmd: list[str], indent: str = "    ") -> tuple[int, list[str], l
             proc.wait()
     seconds = time.perf_counter() - t0
     reader.join()
-    code = common.EXIT_INTERRUPTED if interrupted else proc.returncode
+    code = harness.errors.EXIT_INTERRUPTED if interrupted else proc.returncode
     return code, out, [line.rstrip("\n") for line in err], seconds
 
 
-def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str) -> Result:
+def collect(
+    stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str
+) -> Result:
     """The stage's row, from its output and the files it wrote."""
     concept, has_presets = stage_facts(stage)
     parameters = None
@@ -244,7 +256,7 @@ def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float,
             preset = m.group(1)
     if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
         preset = flag_value(flags, "--preset") or "see flags"
-    rows = common.read_history(common.history_path(checkpoint_dir / f"{stage}.pt"))
+    rows = harness.history.read_history(harness.history.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
     return Result(
         stage=stage,
@@ -264,15 +276,17 @@ def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.Parser(
+    parser = harness.cli.Parser(
         prog="python tools/run_all.py",
-        usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--readme PATH] [--data PATH] [-- STAGE FLAGS ...]",
-        description="Train every stage (or the listed ones) one after another, then write the results table into the README, "
+        usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--readme PATH] [--data PATH] "
+        "[-- STAGE FLAGS ...]",
+        description="Train every stage (or the listed ones) one after another, "
+        "then write the results table into the README, "
         "the results to DIR/results.json and, with matplotlib installed, the loss curves to DIR/curves.png.",
         epilog="Flags after -- go to every stage and win over --quick's: "
         "python tools/run_all.py --quick -- --max_iters 200 --device cpu. "
         "A failed stage stops the run (exit status 1) and leaves the README as it was.",
-        formatter_class=common.HelpFormatter,
+        formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -281,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train every stage for fewer steps ({' '.join(QUICK_FLAGS)}) instead of its defaults; the table says so",
     )
     parser.add_argument(
-        "--stages", default=None, metavar="LIST", help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)'
+        "--stages",
+        default=None,
+        metavar="LIST",
+        help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)',
     )
     parser.add_argument(
         "--checkpoints",
@@ -299,29 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
         "with --quick, --stages or stage flags, only when given, so a partial run never replaces the measured table)",
     )
     parser.add_argument(
-        "--data", type=Path, default=None, metavar="PATH", help="train every stage on this UTF-8 text (default: tiny Shakespeare)"
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="train every stage on this UTF-8 text (default: tiny Shakespeare)",
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_all_main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = build_parser()
-    try:
-        args, unknown = parser.parse_known_args(own)
-    except SystemExit as e:  # --help (0), or a command-line error argparse already printed
-        return e.code if isinstance(e.code, int) else common.EXIT_USER_ERROR
-    try:
-        if unknown:  # most likely a stage's flag typed without the `--` before it
-            raise common.UserError(
-                f"unknown argument(s): {parser.suggest(unknown)}; flags for the stages go after --, "
-                "as in: python tools/run_all.py --quick -- --max_iters 200"
-            )
-        return run_all(args, argv, extra)
-    except common.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    args, unknown = parser.parse_known_args(own)
+    if unknown:  # most likely a stage's flag typed without the `--` before it
+        raise harness.UserError(
+            f"unknown argument(s): {parser.suggest(unknown)}; flags for the stages go after --, "
+            "as in: python tools/run_all.py --quick -- --max_iters 200"
+        )
+    return run_all(args, argv, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.run_main(run_all_main, argv)
 
 
 def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
@@ -329,33 +347,38 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     if args.stages is not None:
         names = [s for s in args.stages.split(",") if s.strip()]
         if not names:
-            raise common.UserError(f"--stages {args.stages!r} names no stage; give numbers or names such as 01,02")
-        stages = list(dict.fromkeys(plot.resolve_stage(s) for s in names))
+            raise harness.UserError(f"--stages {args.stages!r} names no stage; give numbers or names such as 01,02")
+        stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in names))
     else:
-        stages = plot.stage_names()
+        stages = harness.stages.stage_names()
     partial = args.quick or args.stages is not None or bool(extra)
     if args.readme is None and not partial:
         args.readme = README_PATH
     if args.checkpoints is None:  # a quick run keeps its checkpoints apart from the full runs'
-        args.checkpoints = common.CHECKPOINT_DIR / "quick" if args.quick else common.CHECKPOINT_DIR
+        args.checkpoints = (
+            harness.checkpoints.CHECKPOINT_DIR / "quick" if args.quick else harness.checkpoints.CHECKPOINT_DIR
+        )
     if args.readme is not None:
         read_readme(args.readme)
-    common.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
+    harness.checkpoints.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
-    machine = common.machine_name()
+    machine = harness.machine.machine_name()
     results = []
     for n, stage in enumerate(stages, 1):
         ckpt = args.checkpoints / f"{stage}.pt"
-        cmd = [sys.executable, str(common.STAGE_DIR / f"{stage}.py"), "--checkpoint", str(ckpt), *data, *flags]
+        cmd = [sys.executable, str(harness.stages.STAGE_DIR / f"{stage}.py"), "--checkpoint", str(ckpt), *data, *flags]
         print(f"[{n}/{len(stages)}] {stage}: {shlex.join(['python', f'stages/{stage}.py', *cmd[2:]])}", flush=True)
         code, stdout, stderr, seconds = run_process(cmd)
-        if code == common.EXIT_INTERRUPTED:
+        if code == harness.errors.EXIT_INTERRUPTED:
             for line in stderr[-STDERR_TAIL:]:  # the stage's own word on what it saved
                 print(f"    {line}", file=sys.stderr)
-            print(f"interrupted during {stage}: the stages after it did not run and the README is unchanged", file=sys.stderr)
-            return common.EXIT_INTERRUPTED
+            print(
+                f"interrupted during {stage}: the stages after it did not run and the README is unchanged",
+                file=sys.stderr,
+            )
+            return harness.errors.EXIT_INTERRUPTED
         if code != 0:
             tail = stderr[-STDERR_TAIL:]
             print(
@@ -373,7 +396,9 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
         print(f"[{n}/{len(stages)}] {stage}: done in {seconds:.1f} s, val loss {_loss(result.val_loss)}", flush=True)
 
     results_json = args.checkpoints / "results.json"
-    results_json.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    results_json.write_text(
+        json.dumps([dataclasses.asdict(r) for r in results], indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     print(f"results: {results_json}")
 
     command = shlex.join(["python", "tools/run_all.py", *argv])
@@ -385,7 +410,10 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
         made_by += f"; {iterations} iterations per stage (from the flags), not the stages' defaults"
     table = results_table(results, made_by + ".")
     if args.readme is None:
-        print(f"\n{table}\n\nthe README is unchanged: this was not a full run at the defaults (give --readme README.md to write it anyway)")
+        print(
+            f"\n{table}\n\nthe README is unchanged: this was not a full run at the defaults "
+            "(give --readme README.md to write it anyway)"
+        )
         draw_chart(results, args.checkpoints)
         return 0
     text = read_readme(args.readme)  # again: it may have been edited while the stages trained
@@ -393,9 +421,11 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     if marker_span(text, SAMPLES_MARKERS, args.readme, required=False) is not None:
         text = replace_section(text, SAMPLES_MARKERS, args.readme, samples_section(results, args.checkpoints))
     try:
-        common.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
+        harness.checkpoints.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
-        raise common.UserError(f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}") from None
+        raise harness.UserError(
+            f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}"
+        ) from None
     print(f"\n{table}\n\nwrote the table for {len(results)} stage(s) into {args.readme}")
     draw_chart(results, args.checkpoints)
     return 0
@@ -404,8 +434,10 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
 def draw_chart(results: list[Result], checkpoint_dir: Path) -> None:
     if plot.have_matplotlib():
         try:
-            print(f"chart: {plot.plot_stages([r.stage for r in results], checkpoint_dir, checkpoint_dir / 'curves.png')}")
-        except common.UserError as e:  # the table is written; a chart that cannot be drawn does not undo it
+            print(
+                f"chart: {plot.plot_stages([r.stage for r in results], checkpoint_dir, checkpoint_dir / 'curves.png')}"
+            )
+        except harness.UserError as e:  # the table is written; a chart that cannot be drawn does not undo it
             print(f"warning: the chart was not drawn: {e}", file=sys.stderr)
     else:
         print("chart skipped: matplotlib is not installed (an optional extra: pip install matplotlib)")

@@ -1,0 +1,29 @@
+"""The program around the lesson: what makes each stage a sturdy command-line tool.
+
+A stage's main() uses three names from here; the rest serves them, the tools and the tests.
+
+    start(...)    the command line, the device, the seed, the text, the checkpoint -> a Run
+    Trainer(...)  the steps, the progress bar, Ctrl-C, saving, the loss history, the sample
+    run_main(...) every failure a user can cause -> one line on stderr and an exit status
+
+Modules, one job each:
+    cli          the flags, built from a stage's Config, and presets
+    textfile     downloading tiny Shakespeare, checking a text file before it is read
+    run          start() and the Run it returns
+    accelerate   --compile and --dtype
+    training     the Trainer
+    signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
+    saving       writing checkpoint and history as training goes, keeping the last good one
+    snapshot     what a checkpoint holds, and restoring a run from one
+    checkpoints  checkpoint files: atomic writes, safe loading, checks
+    history      <stage>.history.csv
+    stages       finding and importing the stages by number or name
+    machine      this machine's name, for result tables
+    errors       UserError and run_main
+"""
+
+from harness.errors import UserError, run_main
+from harness.run import Run, start
+from harness.training import Trainer
+
+__all__ = ["Run", "Trainer", "UserError", "run_main", "start"]

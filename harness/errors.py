@@ -1,0 +1,63 @@
+"""Failures a user can cause, and the wrapper that turns them into one line and an exit status."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
+
+
+class UserError(Exception):
+    """A failure the user can fix: run_main prints its message as one line and exits non-zero."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class Interrupted(UserError):  # noqa: N818 (a stop the user asked for, not an error)
+    """Ctrl-C or a termination signal: training stopped cleanly, its checkpoint saved."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + the signal's number, as a shell reports it
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), at most 160 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr)
+    except OSError:  # the terminal is gone (SIGHUP): the exit status still tells
+        pass
+
+
+def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """Run main(argv): a UserError or Ctrl-C becomes one line on stderr and an exit status.
+
+    main returns None or an exit status; argparse's own exits (--help, a bad flag) pass through.
+    """
+    # the handlers that training installs for Ctrl-C, SIGTERM and SIGHUP are undone however main ends
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s}
+    try:
+        status = main(argv)
+        return status if isinstance(status, int) else 0
+    except Interrupted as e:
+        _say(str(e))
+        return e.exit_code
+    except UserError as e:
+        _say(f"error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _say("\ninterrupted: stopped without saving; any earlier checkpoint is unchanged")
+        return EXIT_INTERRUPTED
+    except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

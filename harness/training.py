@@ -1,0 +1,139 @@
+"""The bookkeeping around a stage's training loop, which the stage itself keeps in view.
+
+trainer = harness.Trainer(run, model, optimizer)   # restores --resume and --sample
+for step in trainer.steps():                       # a progress bar; Ctrl-C stops cleanly
+    ... the stage's own step ...
+    trainer.log(step, losses)                      # after a loss estimate: print, save
+    trainer.record(loss)                           # after each step: progress, nan check
+trainer.finish()                                   # save, compare, print a sample
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+from tqdm import tqdm
+
+from harness import snapshot
+from harness.errors import Interrupted, UserError
+from harness.history import history_path, read_history
+from harness.run import Run
+from harness.saving import Saver
+from harness.signals import StopSignals
+from harness.stages import previous_stage
+
+
+class Trainer:
+    """Steps, progress, stopping on a signal or a nan, saving, and the closing sample."""
+
+    def __init__(self, run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.run, self.model, self.optimizer = run, model, optimizer
+        self.step = 0  # optimizer steps completed
+        self.history: list[dict[str, float]] = []  # one row per loss estimate
+        self.elapsed = 0.0  # training seconds before this process (from the checkpoint)
+        self.trained = False
+        self.saver = Saver(run)
+        self._t0 = time.perf_counter()
+        self._bar: tqdm | None = None
+        self._signals = StopSignals()
+        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
+        ckpt = run.checkpoint
+        if ckpt is not None:
+            snapshot.restore_weights(run, model)
+            self.step, self.history, self.elapsed = ckpt["step"], list(ckpt["history"]), ckpt["elapsed"]
+            if run.args.resume:
+                snapshot.restore_training(run, optimizer)
+                print(f"resumed from {run.checkpoint_path} at step {self.step}")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[int]:
+        """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample.
+
+        A stop signal (Ctrl-C, SIGTERM, SIGHUP) is held until the current step ends, then the
+        checkpoint is saved and the run stops with a line that says how to resume it.
+        """
+        max_iters = self.run.config.max_iters
+        if self.run.sample_only:
+            return
+        if self.step >= max_iters:
+            print(f"the checkpoint is already at step {self.step}; raise --max_iters to train further")
+            return
+        self._bar = tqdm(
+            total=max_iters, initial=self.step, desc=self.run.stage, unit="step", dynamic_ncols=True, disable=None
+        )
+        with self._bar, self._signals as signals:
+            for step in range(self.step, max_iters):
+                yield step  # the stage's loop body runs here: one optimizer step
+                self.step = step + 1
+                self.trained = True
+                if signals.received is not None:
+                    self.save()
+                    raise Interrupted(
+                        f"{signals.stopped} at step {self.step}: saved {self.run.checkpoint_path}; "
+                        "continue with the same command plus --resume",
+                        signals.exit_code,
+                    )
+
+    def record(self, loss: torch.Tensor) -> None:
+        """After an optimizer step: show the loss; stop on nan or inf before a bad model is saved."""
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self.saver.non_finite(f"the training loss became {value} at step {self.step + 1}")
+        if self._bar is not None:
+            self._bar.update(1)
+            if self._bar.n % 10 == 0:
+                self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+
+    def log(self, step: int, losses: dict[str, float]) -> None:
+        """Print a loss estimate, add it to the history, and save a checkpoint."""
+        if not all(math.isfinite(v) for v in losses.values()):
+            what = f"the estimated loss became {losses['train']} (train), {losses['val']} (val) at step {step}"
+            raise self.saver.non_finite(what)
+        tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed_s": self.seconds()}
+        self.history = [r for r in self.history if r["step"] != step] + [
+            row
+        ]  # a resumed run re-evaluates its first step
+        self.save()
+
+    def seconds(self) -> float:
+        return self.elapsed + (time.perf_counter() - self._t0)
+
+    def save(self) -> None:
+        self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def finish(self) -> str:
+        """After training: save the final checkpoint, compare with the previous stage, print a sample."""
+        run = self.run
+        if self.trained:
+            self.save()
+            print(f"saved {run.checkpoint_path} (step {self.step}, {self.seconds():.1f} s of training)")
+            self._compare_with_previous_stage()
+        text = run.generate_text(self.model)
+        print(text)
+        if self.trained:
+            sample = run.checkpoint_path.with_suffix(".sample.txt")
+            try:
+                sample.write_text(text + "\n", encoding="utf-8")
+            except OSError as e:
+                raise UserError(
+                    f"could not write {sample} ({e.strerror or e}); the checkpoint is saved, and --sample prints more"
+                ) from None
+        return text
+
+    def _compare_with_previous_stage(self) -> None:
+        previous = previous_stage(self.run.stage)
+        if not self.history or previous is None:
+            return
+        rows = read_history(history_path(self.run.checkpoint_path.parent / f"{previous}.pt"))
+        if rows:
+            print(
+                f"val loss {self.history[-1]['val_loss']:.4f} here; "
+                f"{rows[-1]['val_loss']:.4f} at the end of {previous}'s last run"
+            )

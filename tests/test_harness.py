@@ -1,0 +1,283 @@
+"""The harness: the device flag, checking and downloading the text, checkpoint files, the loss
+history, stage files, --help."""
+
+import dataclasses
+import hashlib
+import http.server
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import harness
+import harness.checkpoints
+import harness.cli
+import harness.history
+import harness.machine
+import harness.run
+import harness.stages
+import harness.textfile
+from conftest import SMALL_TEXT
+
+# -- the device ---------------------------------------------------------------------------------
+
+
+def test_device_override():
+    assert harness.run.pick_device("cpu") == torch.device("cpu")
+    assert harness.run.pick_device("auto") == common.choose_device()
+    if not torch.cuda.is_available():
+        with pytest.raises(harness.UserError, match="--device cuda: no CUDA GPU"):
+            harness.run.pick_device("cuda")
+
+
+# -- the text: checking and downloading ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"caf\xe9 au lait", "is not UTF-8 text"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),
+    ],
+)
+def test_unusable_text_files(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(harness.UserError, match=message):
+        harness.textfile.read_text(path)
+
+
+def test_data_path_that_is_a_directory_or_missing(tmp_path):
+    with pytest.raises(harness.UserError, match="is a directory"):
+        harness.textfile.read_text(tmp_path)
+    with pytest.raises(harness.UserError, match="no such file"):
+        harness.textfile.read_text(tmp_path / "missing.txt")
+
+
+class _Server:
+    """A one-file HTTP server on 127.0.0.1, started and stopped by the test."""
+
+    def __init__(self, body: bytes, broken_chunk: bool = False) -> None:
+        body_ = body
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the name http.server calls)
+                self.send_response(200)
+                if broken_chunk:  # one chunk of a chunked reply, then the connection closes mid-reply
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(f"{len(body_) * 2:x}\r\n".encode() + body_)
+                    return
+                self.send_header("Content-Length", str(len(body_)))
+                self.end_headers()
+                self.wfile.write(body_)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/input.txt"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+BODY = SMALL_TEXT.encode()
+
+
+def test_download_saves_a_verified_file(tmp_path):
+    dest = tmp_path / "data" / "input.txt"
+    with _Server(BODY) as server:
+        harness.textfile.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+    assert dest.read_bytes() == BODY
+    assert list(dest.parent.iterdir()) == [dest]  # no temporary file left
+
+
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
+    dest = tmp_path / "input.txt"
+    with _Server(BODY) as server, pytest.raises(harness.UserError, match="not the expected file.*nothing was saved"):
+        harness.textfile.download(server.url, dest, size=len(BODY), md5="0" * 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_cut_short_leaves_nothing(tmp_path):
+    dest = tmp_path / "input.txt"
+    with _Server(BODY[:100]) as server, pytest.raises(harness.UserError, match="100 bytes"):
+        harness.textfile.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_that_breaks_off_mid_reply_is_one_error(tmp_path):
+    dest = tmp_path / "input.txt"
+    with (
+        _Server(BODY[:100], broken_chunk=True) as server,
+        pytest.raises(harness.UserError, match="could not download .*IncompleteRead"),
+    ):
+        harness.textfile.download(
+            server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest()
+        )  # http.client.IncompleteRead
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_unreachable_says_where_to_put_the_file(tmp_path):
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dest = tmp_path / "input.txt"
+    with pytest.raises(
+        harness.UserError, match=f"could not download.*put a copy of tiny Shakespeare at {re.escape(str(dest))}"
+    ):
+        harness.textfile.download(f"http://127.0.0.1:{port}/input.txt", dest)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_real_file_verifies_when_present(tmp_path):
+    if not common.DATA_PATH.exists():
+        pytest.skip("data/input.txt is not here")
+    body = common.DATA_PATH.read_bytes()
+    if hashlib.md5(body).hexdigest() != harness.textfile.DATA_MD5:
+        pytest.skip("data/input.txt is not the canonical tiny Shakespeare")
+    with _Server(body) as server:
+        harness.textfile.download(server.url, tmp_path / "input.txt")  # the project's own size and md5
+    assert (tmp_path / "input.txt").stat().st_size == harness.textfile.DATA_BYTES
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def _payload(stage="01_bigram", **extra):
+    return {"format": harness.checkpoints.CHECKPOINT_FORMAT, "stage": stage, "model": {"w": torch.randn(3, 4)}, **extra}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "ck" / "01_bigram.pt"
+    payload = _payload(step=7, vocab="abc", history=[{"step": 0, "val_loss": 4.1}])
+    harness.checkpoints.save_checkpoint(path, payload)
+    loaded = harness.checkpoints.load_checkpoint(path, "01_bigram")
+    assert torch.equal(loaded["model"]["w"], payload["model"]["w"])
+    assert (loaded["step"], loaded["vocab"], loaded["history"]) == (7, "abc", [{"step": 0, "val_loss": 4.1}])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["01_bigram.pt"]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "01_bigram.pt"
+    harness.checkpoints.save_checkpoint(path, _payload(step=1))
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        harness.checkpoints.save_checkpoint(path, _payload(step=2))
+    monkeypatch.undo()
+    assert harness.checkpoints.load_checkpoint(path, "01_bigram")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["01_bigram.pt"]
+
+
+def test_checkpoint_of_another_stage(tmp_path):
+    path = tmp_path / "x.pt"
+    harness.checkpoints.save_checkpoint(path, _payload(stage="02_position_embedding"))
+    with pytest.raises(harness.UserError, match="saved by stage 02_position_embedding, not 01_bigram"):
+        harness.checkpoints.load_checkpoint(path, "01_bigram")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "is damaged or not a checkpoint"),
+        ("garbage", "is damaged or not a checkpoint"),
+        ("not_a_checkpoint", "is not a checkpoint of this project"),
+    ],
+)
+def test_damaged_checkpoint(tmp_path, damage, message):
+    path = tmp_path / "01_bigram.pt"
+    harness.checkpoints.save_checkpoint(path, _payload())
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "garbage":
+        path.write_bytes(b"this is not a checkpoint at all")
+    else:
+        torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(harness.UserError, match=message):
+        harness.checkpoints.load_checkpoint(path, "01_bigram")
+
+
+class Untrusted:
+    """An arbitrary Python object: weights_only=True must refuse to unpickle it."""
+
+
+def test_untrusted_pickle_is_refused(tmp_path):
+    path = tmp_path / "01_bigram.pt"
+    torch.save(_payload(extra=Untrusted()), path)
+    with pytest.raises(harness.UserError, match="refusing to unpickle an untrusted file"):
+        harness.checkpoints.load_checkpoint(path, "01_bigram")
+
+
+def test_missing_checkpoint(tmp_path):
+    default = harness.checkpoints.CHECKPOINT_DIR / "01_bigram.pt"  # in tmp_path too (conftest)
+    with pytest.raises(harness.UserError, match="no checkpoint at .*train first with `python stages/01_bigram.py`$"):
+        harness.checkpoints.load_checkpoint(default, "01_bigram")
+    other = tmp_path / "mine.pt"  # the command that would write it names it
+    with pytest.raises(
+        harness.UserError, match=f"train first with `python stages/01_bigram.py --checkpoint {re.escape(str(other))}`$"
+    ):
+        harness.checkpoints.load_checkpoint(other, "01_bigram")
+
+
+def test_compiled_model_keys_are_saved_plain():
+    model = torch.nn.Linear(2, 3)
+    wrapper = torch.nn.Module()
+    wrapper._orig_mod = model  # what torch.compile's OptimizedModule looks like to state_dict
+    assert sorted(harness.checkpoints.plain_state_dict(wrapper)) == ["bias", "weight"]
+
+
+# -- history -------------------------------------------------------------------------------------
+
+
+def test_history_round_trip(tmp_path):
+    rows = [
+        {"step": 0, "train_loss": 4.2, "val_loss": 4.3, "elapsed_s": 0.5},
+        {"step": 10, "train_loss": 3.0, "val_loss": 3.1, "elapsed_s": 1.25},
+    ]
+    path = tmp_path / "s.history.csv"
+    harness.history.write_history(path, rows)
+    assert path.read_text().splitlines()[0] == "step,train_loss,val_loss,elapsed_s"
+    assert harness.history.read_history(path) == rows
+    assert harness.history.read_history(tmp_path / "absent.csv") == []
+
+
+def test_machine_name_names_the_cores():
+    assert harness.machine.machine_name().endswith("cores")
+
+
+def test_stage_files_are_numbered_in_order():
+    names = [p.stem for p in harness.stages.stage_files()]
+    assert names and names[0] == "01_bigram"
+    assert [int(n[:2]) for n in names] == list(range(1, len(names) + 1))
+    assert harness.stages.previous_stage(names[0]) is None
+    assert all(harness.stages.previous_stage(b) == a for a, b in zip(names, names[1:], strict=False))
+    assert isinstance(harness.stages.STAGE_DIR, Path)
+
+
+@dataclasses.dataclass
+class HelpConfig:
+    warmup_iters: int = 0  # steps of warm-up (10% of the run is typical)
+    decay: bool = False  # lower the rate as training goes on
+
+
+def test_help_shows_zero_defaults_and_percent_signs():
+    text = " ".join(harness.cli.build_parser("00_x", "A stage.", HelpConfig, None).format_help().split())
+    assert "steps of warm-up (10% of the run is typical) (default: 0)" in text
+    assert "--decay, --no-decay lower the rate as training goes on" in text
