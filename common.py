@@ -122,7 +122,8 @@ def get_batch(
     """
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,) starts
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1) the indices of each window
-    window = data[offsets.to(data.device)]  # (B, T+1) gathered in one indexing operation
+    # non_blocking: a GPU's queue of work goes on while these few indices travel to it
+    window = data[offsets.to(data.device, non_blocking=True)]  # (B, T+1) in one indexing operation
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # each (B, T)
 
 
@@ -143,24 +144,31 @@ def estimate_loss(
 
     One batch's loss is noisy; the mean over many says how the model really does. The model
     runs in eval mode (dropout off), and is put back into training mode at the end.
-
-    The eval_iters * batch_size sequences go through the model in a few large chunks rather
-    than eval_iters small batches: the same mean, in far fewer steps.
     """
-    n_seqs = config.eval_iters * config.batch_size  # sequences averaged for each split
-    chunk = max(config.batch_size, EVAL_CHUNK_TOKENS // config.block_size)  # sequences per pass
+    per_pass = batches_per_pass(config)  # batches that go through the model at once
+    passes = config.eval_iters // per_pass
     model.eval()
     out = {}
     for split, data in splits.items():
         total = 0.0
-        for start in range(0, n_seqs, chunk):
-            n = min(chunk, n_seqs - start)  # the last chunk may be smaller
-            x, y = get_batch(data, n, config.block_size, generator)  # (n, T) each
-            _, loss = model(x, y)  # the mean over the chunk's n * T predictions
-            total += loss.item() * n  # weighted by n: every sequence counts the same
-        out[split] = total / n_seqs
+        for _ in range(passes):
+            x, y = get_batch(data, per_pass * config.batch_size, config.block_size, generator)
+            _, loss = model(x, y)  # the mean loss over per_pass batches
+            total = total + loss  # a tensor: on a GPU it is read once, below, not every pass
+        out[split] = total.item() / passes
     model.train()
     return out
+
+
+def batches_per_pass(config) -> int:
+    """How many of the estimate's eval_iters batches to feed the model at once.
+
+    Many at once makes far fewer, larger steps than one batch at a time: as many as fit in
+    EVAL_CHUNK_TOKENS tokens, and a divisor of eval_iters, so that every pass has the same
+    shape (a compiled model would otherwise compile again for a smaller last pass).
+    """
+    fit = max(1, EVAL_CHUNK_TOKENS // (config.batch_size * config.block_size))
+    return max(d for d in range(1, min(fit, config.eval_iters) + 1) if config.eval_iters % d == 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harness.accelerate import FAST_DEFAULT
 from harness.errors import EXIT_USER_ERROR, UserError
 
 
@@ -167,6 +168,14 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         choices=["float32", "bfloat16"],
         default="float32",
         help="bfloat16: run the forward pass under autocast (fast on recent GPUs)",
+    )
+    run.add_argument(
+        "--fast",
+        choices=["auto", "on", "off"],
+        default=FAST_DEFAULT,
+        help="the fast path for CUDA GPUs: the step recorded as CUDA graphs (torch.compile), bfloat16 where the "
+        "GPU has it, TF32 matmuls; auto uses it where it can work and says why not otherwise, on forces it. "
+        "Not yet the default: it has not been measured on a GPU here",
     )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")

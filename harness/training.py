@@ -25,6 +25,15 @@ from harness.saving import Saver
 from harness.signals import StopSignals
 from harness.stages import previous_stage
 
+# Reading a loss on a GPU (loss.item()) makes the CPU wait until the GPU has run every kernel queued
+# so far, which empties the queue the GPU works from. There the losses stay on the GPU and are read
+# every LOSS_READ_INTERVAL steps, and before every save; on a CPU, every step (reading costs nothing).
+LOSS_READ_INTERVAL = 10
+
+
+def read_interval(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else LOSS_READ_INTERVAL
+
 
 class Trainer:
     """Steps, progress, stopping on a signal or a nan, saving, and the closing sample."""
@@ -39,6 +48,8 @@ class Trainer:
         self._t0 = time.perf_counter()
         self._bar: tqdm | None = None
         self._signals = StopSignals()
+        self._unread: list[tuple[int, torch.Tensor]] = []  # (step number, its loss) not yet read
+        self._read_interval = read_interval(run.device)
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
         ckpt = run.checkpoint
         if ckpt is not None:
@@ -79,17 +90,29 @@ class Trainer:
                     )
 
     def record(self, loss: torch.Tensor) -> None:
-        """After an optimizer step: show the loss; stop on nan or inf before a bad model is saved."""
-        value = loss.item()
-        if not math.isfinite(value):
-            raise self.saver.non_finite(f"the training loss became {value} at step {self.step + 1}")
+        """After an optimizer step: count it, show the loss; stop on nan or inf before a bad model is saved."""
+        # a copy: with CUDA graphs the next step's replay writes over the loss tensor itself
+        self._unread.append((self.step + 1, loss.detach().clone()))
         if self._bar is not None:
             self._bar.update(1)
-            if self._bar.n % 10 == 0:
-                self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if len(self._unread) >= self._read_interval:
+            self.read_losses()
+
+    def read_losses(self) -> None:
+        """Read the losses recorded since the last read, in one wait for the device; stop at the first nan."""
+        if not self._unread:
+            return
+        steps, losses = zip(*self._unread, strict=True)
+        self._unread = []
+        for step, value in zip(steps, torch.stack(losses).tolist(), strict=True):
+            if not math.isfinite(value):
+                raise self.saver.non_finite(f"the training loss became {value} at step {step}")
+        if self._bar is not None and self._bar.n % 10 < len(steps):  # the reads that pass a multiple of 10
+            self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
 
     def log(self, step: int, losses: dict[str, float]) -> None:
         """Print a loss estimate, add it to the history, and save a checkpoint."""
+        self.read_losses()  # a nan in training comes first: it is what made the estimate nan
         if not all(math.isfinite(v) for v in losses.values()):
             what = f"the estimated loss became {losses['train']} (train), {losses['val']} (val) at step {step}"
             raise self.saver.non_finite(what)
@@ -104,6 +127,7 @@ class Trainer:
         return self.elapsed + (time.perf_counter() - self._t0)
 
     def save(self) -> None:
+        self.read_losses()  # never save a model whose training went nan since the last read
         self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
 
     # -- the end ----------------------------------------------------------------------------

@@ -106,16 +106,28 @@ class FirstTokenLoss(torch.nn.Module):
         return None, x[:, 0].float().mean()
 
 
-def test_the_chunked_loss_estimate_weighs_every_sequence_alike(monkeypatch):
-    cfg = types.SimpleNamespace(eval_iters=4, batch_size=2, block_size=5)  # 8 sequences a split
-    monkeypatch.setattr(common, "EVAL_CHUNK_TOKENS", 3 * cfg.block_size)  # chunks of 3, 3 and 2: unequal
+def test_the_loss_estimate_feeds_equal_passes_and_weighs_every_sequence_alike(monkeypatch):
+    cfg = types.SimpleNamespace(eval_iters=6, batch_size=2, block_size=5)  # 12 sequences a split
+    monkeypatch.setattr(common, "EVAL_CHUNK_TOKENS", 8 * cfg.block_size)  # room for 8 sequences (4 batches) a pass
     data = torch.arange(1000)
     model = FirstTokenLoss()
     losses = common.estimate_loss(model, {"train": data, "val": data}, cfg, torch.Generator().manual_seed(0))
     seen = torch.cat(model.seen)
-    assert [len(b) for b in model.seen] == [3, 3, 2, 3, 3, 2]  # both splits
-    assert losses["train"] == pytest.approx(
-        seen[:8, 0].float().mean().item()
-    )  # the mean over all 8, not of the 3 chunk means
-    assert losses["val"] == pytest.approx(seen[8:, 0].float().mean().item())
+    # 8 sequences would fit, but 6 batches split evenly only into passes of 3 batches (6 sequences): every pass
+    # has the same shape, so a compiled model never compiles (or a CUDA graph records) again for a last one
+    assert [len(b) for b in model.seen] == [6, 6, 6, 6]  # both splits
+    assert losses["train"] == pytest.approx(seen[:12, 0].float().mean().item())  # the mean over all 12
+    assert losses["val"] == pytest.approx(seen[12:, 0].float().mean().item())
     assert model.training  # back in training mode
+
+
+@pytest.mark.parametrize(
+    "batch_size, block_size, eval_iters, expected",
+    [(32, 8, 200, 100), (32, 64, 20, 10), (64, 256, 200, 2), (2, 5, 7, 7), (64, 1024, 200, 1)],
+)
+def test_batches_per_pass_divide_eval_iters_within_the_token_budget(batch_size, block_size, eval_iters, expected):
+    cfg = types.SimpleNamespace(batch_size=batch_size, block_size=block_size, eval_iters=eval_iters)
+    per_pass = common.batches_per_pass(cfg)
+    assert per_pass == expected
+    assert eval_iters % per_pass == 0
+    assert per_pass == 1 or per_pass * batch_size * block_size <= common.EVAL_CHUNK_TOKENS

@@ -14,6 +14,7 @@ import torch
 
 import common
 import harness
+import harness.accelerate
 import harness.checkpoints
 import harness.cli
 import harness.history
@@ -21,7 +22,8 @@ import harness.machine
 import harness.run
 import harness.stages
 import harness.textfile
-from conftest import SMALL_TEXT
+import harness.training
+from conftest import SMALL_TEXT, one_line_error, tiny_flags
 
 # -- the device ---------------------------------------------------------------------------------
 
@@ -281,3 +283,129 @@ def test_help_shows_zero_defaults_and_percent_signs():
     text = " ".join(harness.cli.build_parser("00_x", "A stage.", HelpConfig, None).format_help().split())
     assert "steps of warm-up (10% of the run is typical) (default: 0)" in text
     assert "--decay, --no-decay lower the rate as training goes on" in text
+
+
+# -- the fast path on a GPU, and what of it runs on a CPU --------------------------------------------
+
+H100 = harness.accelerate.Gpu("NVIDIA H100 80GB HBM3", (9, 0), bf16=True, triton=True)
+
+
+def test_the_fast_path_on_a_recent_gpu_is_cuda_graphs_in_bfloat16_with_tf32():
+    plan = harness.accelerate.plan_fast_path("auto", "cuda", H100)
+    assert (plan.compile_mode, plan.dtype, plan.tf32) == ("reduce-overhead", torch.bfloat16, True)
+    assert "fast path: CUDA graphs" in plan.note and "--fast off" in plan.note
+    assert harness.accelerate.plan_fast_path("on", "cuda", H100).compile_mode == "reduce-overhead"
+
+
+@pytest.mark.parametrize(
+    "gpu, fast, message",
+    [
+        (dataclasses.replace(H100, triton=False), "auto", "fast path off: Triton is not installed"),
+        (harness.accelerate.Gpu("Tesla P100", (6, 0), bf16=False, triton=True), "auto", "(compute 6.0) is older than"),
+    ],
+    ids=["no-triton", "old-gpu"],
+)
+def test_the_fast_path_falls_back_in_one_line_that_says_how_to_force_it(gpu, fast, message):
+    plan = harness.accelerate.plan_fast_path(fast, "cuda", gpu)
+    assert plan.compile_mode is None and plan.dtype == torch.float32
+    assert message in plan.note and "--fast on tries anyway" in plan.note and "\n" not in plan.note
+    assert harness.accelerate.plan_fast_path("on", "cuda", gpu).compile_mode == "reduce-overhead"  # forced
+
+
+def test_a_gpu_without_bfloat16_gets_the_fast_path_in_float32_and_is_told():
+    t4 = harness.accelerate.Gpu("Tesla T4", (7, 5), bf16=False, triton=True)
+    plan = harness.accelerate.plan_fast_path("auto", "cuda", t4)
+    assert (plan.compile_mode, plan.dtype) == ("reduce-overhead", torch.float32)
+    assert "float32 (Tesla T4 has no bfloat16)" in plan.note
+
+
+def test_on_a_cpu_the_fast_path_changes_nothing():
+    assert harness.accelerate.plan_fast_path("auto", "cpu", None) == harness.accelerate.Plan()  # silently
+    forced = harness.accelerate.plan_fast_path("on", "cpu", None)
+    assert forced.compile_mode is None and "changes nothing" in forced.note
+    assert harness.accelerate.FAST_DEFAULT == "off"  # until measured on a GPU (issue 12)
+
+
+def fake_compile(fails: bool):
+    """Stands in for torch.compile (far too slow for a test on a CPU); the compiled model can fail at its first call."""
+
+    def compile(model, mode=None):
+        def compiled(*args, **kwargs):
+            if fails:
+                raise RuntimeError("Triton is not available\nsecond line of a long compiler error")
+            return model(*args, **kwargs)
+
+        compiled.modes = mode
+        return compiled
+
+    return compile
+
+
+def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
+    small_text_file, tmp_path, run_cli, monkeypatch
+):
+    monkeypatch.setattr(torch, "compile", fake_compile(fails=True))
+    module = harness.stages.load_stage("01")
+    ckpt = tmp_path / "c.pt"
+    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--compile"]
+    code, out, err = run_cli(module, flags)
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    assert out.count("torch.compile failed (Triton is not available); training without it") == 1
+    assert torch.load(ckpt, weights_only=True)["step"] == 20  # and it trained
+
+
+def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_path, run_cli, monkeypatch):
+    """The GPU plan (CUDA graphs, bf16) run on the CPU with a stand-in compile: plain float32 weights come out."""
+    monkeypatch.setattr(torch, "compile", fake_compile(fails=False))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)  # no CUDA graphs on a CPU
+    gpu_plan = harness.accelerate.plan_fast_path("on", "cuda", H100)
+    monkeypatch.setattr(harness.accelerate, "plan_for", lambda args, device: gpu_plan)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    module = harness.stages.load_stage("10")
+    ckpt = tmp_path / "fast.pt"
+    code, out, err = run_cli(module, tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])
+    assert code == 0, err
+    assert "fast path: CUDA graphs" in out
+    saved = torch.load(ckpt, weights_only=True)["model"]
+    assert all(t.dtype == torch.float32 for t in saved.values()) and not any(
+        k.startswith(("model.", "_orig")) for k in saved
+    )
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
+    assert code == 0, err
+
+
+def test_losses_read_every_few_steps_still_stop_a_nan_run_before_it_is_saved(
+    small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """As on a GPU: the loss is read every 10 steps, yet the nan at step 15 is named, and never saved."""
+    monkeypatch.setattr(harness.training, "read_interval", lambda device: 10)
+    reads = []
+    read_losses = harness.training.Trainer.read_losses
+    monkeypatch.setattr(
+        harness.training.Trainer, "read_losses", lambda self: reads.append(len(self._unread)) or read_losses(self)
+    )
+    module = harness.stages.load_stage("01")
+    forward, calls = module.LanguageModel.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 15:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(module.LanguageModel, "forward", poisoned)
+    ckpt = tmp_path / "c.pt"
+    flags = tiny_flags(module, max_iters=40, eval_interval=25) + [
+        "--data",
+        str(small_text_file),
+        "--checkpoint",
+        str(ckpt),
+    ]
+    code, _, err = run_cli(module, flags)
+    one_line_error(code, err, "the training loss became nan at step 15", "(step 0) is kept")
+    assert [n for n in reads if n] == [10, 10]  # read twice, 10 losses at a time: at steps 10 and 20
+    assert torch.load(ckpt, weights_only=True)["step"] == 0

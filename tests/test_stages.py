@@ -337,7 +337,7 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
     """--dtype bfloat16 runs under autocast (on the CPU here); --compile's wrapper never reaches the checkpoint."""
     compiled = []
 
-    def fake_compile(model):  # stands in for torch.compile, which takes far longer than a test may on a CPU
+    def fake_compile(model, mode=None):  # stands in for torch.compile, which takes far longer than a test may on a CPU
         wrapper = torch.nn.Module()
         wrapper._orig_mod = model  # what a real OptimizedModule holds
         wrapper.forward = lambda *a, **k: model(*a, **k)

@@ -135,7 +135,7 @@ def test_the_preset_of_a_stage_with_presets(tmp_path):
         "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m"
     )
     assert (chosen.parameters, chosen.preset) == (1234, "cpu")
-    assert "(preset: cpu)" in chosen.row()[1]
+    assert "(preset: cpu)" in chosen.row()[2]
     assert run_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
     assert run_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
     assert run_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
@@ -194,7 +194,8 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
     lines = [line for line in table.strip().splitlines() if line.strip()]
     assert "Made by `python tools/run_all.py --quick" in lines[0]
     assert "quick mode: 20 iterations per stage, not the stages' defaults" in lines[0]  # the flags after -- won
-    assert lines[1] == "| stage | concept | parameters | train loss | val loss | lecture val | wall time | machine |"
+    header = "| stage | file | concept | parameters | train loss | val loss | lecture val | wall time | machine |"
+    assert lines[1] == header
     rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[3:]]
     assert [r[0] for r in rows] == ["01", "02"]
 
@@ -210,15 +211,16 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
         last = harness.history.read_history(tmp_path / f"{stage}.history.csv")[-1]
         assert last["step"] == 19
         concept = module.__doc__.splitlines()[0].removeprefix(f"Stage {stage[:2]}: ").rstrip(".")
-        assert row[1:6] == [
+        assert row[1] == f"`stages/{stage}.py`"  # the name a learner copies to run it
+        assert row[2:7] == [
             concept,
             f"{parameters:,}",
             f"{last['train_loss']:.4f}",
             f"{last['val_loss']:.4f}",
             run_all.LECTURE_VAL[stage[:2]],
         ]
-        assert row[6].endswith(" s") and float(row[6][:-2]) > 0
-        assert row[7] == harness.machine.machine_name()
+        assert row[7].endswith(" s") and float(row[7][:-2]) > 0
+        assert row[8] == harness.machine.machine_name()
         assert result["stage"] == stage and result["parameters"] == parameters
         assert result["val_loss"] == pytest.approx(last["val_loss"]) and isinstance(result["wall_time_s"], float)
         sample = (tmp_path / f"{stage}.sample.txt").read_text(encoding="utf-8")
@@ -319,3 +321,16 @@ def test_bench_keeps_the_figures_a_run_with_only_did_not_measure(tmp_path):
     ]
     out.write_text("not json")
     assert bench.merged(out, [{"figure": "gflops", "v": 3}]) == [{"figure": "gflops", "v": 3}]
+
+
+def test_bench_gpu_figure_reads_its_times_from_the_stage_run(small_text_file):
+    """The GPU figure is run by hand on a rented GPU: a crash there wastes it, so it runs here, tiny, on the CPU."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    tiny = "--max_iters 6 --eval_interval 2 --eval_iters 1 --batch_size 2 --block_size 8 --n_embd 16 --n_head 2"
+    flags = (*tiny.split(), "--n_layer", "1", "--num_tokens", "5", "--data", str(small_text_file), "--fast", "on")
+    row = bench.bench_gpu(flags=flags, device="cpu")
+    assert {"figure", "device", "machine", "wall_s", "val"} <= set(row)  # the same form as the CPU row
+    assert row["device"] == "cpu" and row["wall_s"] > 0 and row["ms_per_step"] > 0
+    assert row["compile_s"] == row["compile_s"] and 0 < row["val"] < 10  # compile_s is a number, not nan

@@ -61,7 +61,17 @@ LECTURE_VAL = {
     "10": "≈ 1.48 (video preset, GPU)",
 }
 
-TABLE_HEADER = ("stage", "concept", "parameters", "train loss", "val loss", "lecture val", "wall time", "machine")
+TABLE_HEADER = (
+    "stage",
+    "file",
+    "concept",
+    "parameters",
+    "train loss",
+    "val loss",
+    "lecture val",
+    "wall time",
+    "machine",
+)
 
 
 @dataclasses.dataclass
@@ -82,6 +92,7 @@ class Result:
         concept = self.concept + (f" (preset: {self.preset})" if self.preset else "")
         return [
             self.stage[:2],
+            f"`stages/{self.stage}.py`",  # what a learner copies to run it
             concept,
             "—" if self.parameters is None else f"{self.parameters:,}",
             _loss(self.train_loss),
