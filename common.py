@@ -24,6 +24,7 @@ it is UTF-8, checkpoints, the progress bar, Ctrl-C) is in the `harness` package,
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -40,8 +41,9 @@ DATA_PATH = ROOT / "data" / "input.txt"  # tiny Shakespeare; the stages download
 def read_text(path: Path = DATA_PATH) -> str:
     """The whole training text as one string."""
     # always UTF-8: the platform's default encoding varies (Windows); "-sig" drops the
-    # byte-order mark that Notepad puts at the start of a file, which is no character
-    with open(path, encoding="utf-8-sig") as f:
+    # byte-order mark that Notepad puts at the start of a file, which is no character;
+    # newline="": every character as it is in the file, "\r\n" line ends included
+    with open(path, encoding="utf-8-sig", newline="") as f:
         return f.read()
 
 
@@ -65,7 +67,7 @@ class CharTokenizer:
         return len(self.chars)
 
     def encode(self, s: str) -> list[int]:
-        """ "hi" -> [46, 47]: one id per character."""
+        """One id per character: encode("hi") is [46, 47] for tiny Shakespeare."""
         unknown = sorted(set(s) - self.stoi.keys())
         if unknown:  # a clear message instead of a bare KeyError
             names = ", ".join(repr(ch) for ch in unknown)
@@ -73,7 +75,7 @@ class CharTokenizer:
         return [self.stoi[ch] for ch in s]
 
     def decode(self, ids: list[int]) -> str:
-        """[46, 47] -> "hi"."""
+        """The characters of the ids: decode([46, 47]) is "hi" for tiny Shakespeare."""
         return "".join(self.chars[i] for i in ids)
 
     def encode_text(self, text: str) -> torch.Tensor:
@@ -122,8 +124,8 @@ def get_batch(
     """
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,) starts
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1) the indices of each window
-    # non_blocking: a GPU's queue of work goes on while these few indices travel to it
-    window = data[offsets.to(data.device, non_blocking=True)]  # (B, T+1) in one indexing operation
+    # on an NVIDIA GPU the indices travel without waiting for the GPU's queue of work to empty
+    window = data[offsets.to(data.device, non_blocking=data.is_cuda)]  # (B, T+1) gathered at once
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # each (B, T)
 
 
@@ -146,7 +148,7 @@ def estimate_loss(
     runs in eval mode (dropout off), and is put back into training mode at the end.
     """
     per_pass = batches_per_pass(config)  # batches that go through the model at once
-    passes = config.eval_iters // per_pass
+    passes = math.ceil(config.eval_iters / per_pass)
     model.eval()
     out = {}
     for split, data in splits.items():
@@ -161,14 +163,16 @@ def estimate_loss(
 
 
 def batches_per_pass(config) -> int:
-    """How many of the estimate's eval_iters batches to feed the model at once.
+    """How many of the estimate's batches to feed the model at once.
 
-    Many at once makes far fewer, larger steps than one batch at a time: as many as fit in
-    EVAL_CHUNK_TOKENS tokens, and a divisor of eval_iters, so that every pass has the same
-    shape (a compiled model would otherwise compile again for a smaller last pass).
+    Many at once make far fewer, larger steps than one batch at a time: as many as fit in
+    EVAL_CHUNK_TOKENS tokens, evened out so that every pass has the same shape (a compiled model
+    would otherwise compile again for a smaller last pass). So the passes hold eval_iters batches,
+    or a few more when eval_iters does not split evenly: 199 makes two passes of 100.
     """
     fit = max(1, EVAL_CHUNK_TOKENS // (config.batch_size * config.block_size))
-    return max(d for d in range(1, min(fit, config.eval_iters) + 1) if config.eval_iters % d == 0)
+    passes = math.ceil(config.eval_iters / fit)
+    return math.ceil(config.eval_iters / passes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,9 +208,9 @@ def adjust_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     on Apple's mps backend has returned indices out of range.
     """
     logits = logits.float().cpu()
-    # subtracting each row's max first keeps (logits - max) / temperature finite for any
-    # temperature > 0: a tiny one then means "greedy" rather than inf - inf = nan. Below float32's
-    # smallest normal number (about 1e-38) the temperature would round to 0, and 0 / 0 is nan.
+    # subtracting each row's max first makes the largest logit 0, and 0 / temperature stays 0 for
+    # any temperature > 0: a tiny one sends the others to -inf, which is "greedy", never to
+    # inf - inf = nan. The floor keeps a temperature that float32 would round to 0 (0 / 0 = nan).
     temperature = max(temperature, torch.finfo(torch.float32).tiny)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None:

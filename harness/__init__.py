@@ -10,7 +10,7 @@ Modules, one job each:
     cli          the flags, built from a stage's Config, and presets
     textfile     downloading tiny Shakespeare, checking a text file before it is read
     run          start() and the Run it returns
-    accelerate   --compile and --dtype
+    accelerate   --fast (the GPU fast path), --compile and --dtype
     training     the Trainer
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
     saving       writing checkpoint and history as training goes, keeping the last good one

@@ -28,9 +28,8 @@ class Run:
     tokenizer: common.CharTokenizer
     checkpoint_path: Path
     checkpoint: dict | None  # the loaded checkpoint, with --sample or --resume
-    data: dict[str, torch.Tensor] = dataclasses.field(
-        default_factory=dict
-    )  # "train", "val": (N,) ids; none with --sample
+    # "train" and "val": (N,) token ids on the device; empty with --sample
+    data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
     eval_gen: torch.Generator | None = None  # draws the estimate's batches, apart so resuming stays exact
 
@@ -43,7 +42,9 @@ class Run:
         return bool(self.args.sample)
 
     def accelerate(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model to train with: compiled and/or under bf16 autocast when asked, else model itself."""
+        """The model to train with: on the fast path, compiled or in bf16 when asked, else model itself."""
+        if self.sample_only:  # nothing trains: generate() runs the model as it is
+            return model
         return accelerate.accelerate(model, self.args, self.device)
 
     def generate_text(self, model: torch.nn.Module, prompt: str | None = None, num_tokens: int | None = None) -> str:

@@ -30,6 +30,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:  # `nohup` ignores SIGHUP: it must stay ignored
+                continue
             self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 

@@ -118,9 +118,9 @@ class Trainer:
             raise self.saver.non_finite(what)
         tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed_s": self.seconds()}
-        self.history = [r for r in self.history if r["step"] != step] + [
-            row
-        ]  # a resumed run re-evaluates its first step
+        # a resumed run estimates its first step again: that row replaces the checkpoint's
+        self.history = [r for r in self.history if r["step"] != step]
+        self.history.append(row)
         self.save()
 
     def seconds(self) -> float:

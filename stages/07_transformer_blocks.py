@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
     trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
-    model = run.accelerate(model)  # --compile, --dtype bfloat16 (for GPUs); unchanged by default
+    model = run.accelerate(model)  # --fast, --compile, --dtype (for GPUs); as it is by default
 
     for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets

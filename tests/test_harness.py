@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._functorch.config
 
 import common
 import harness
@@ -329,7 +330,7 @@ def test_on_a_cpu_the_fast_path_changes_nothing():
 def fake_compile(fails: bool):
     """Stands in for torch.compile (far too slow for a test on a CPU); the compiled model can fail at its first call."""
 
-    def compile(model, mode=None):
+    def compile(model, mode=None, dynamic=None):
         def compiled(*args, **kwargs):
             if fails:
                 raise RuntimeError("Triton is not available\nsecond line of a long compiler error")
@@ -345,6 +346,7 @@ def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
     small_text_file, tmp_path, run_cli, monkeypatch
 ):
     monkeypatch.setattr(torch, "compile", fake_compile(fails=True))
+    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
     module = harness.stages.load_stage("01")
     ckpt = tmp_path / "c.pt"
     flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--compile"]
@@ -358,11 +360,11 @@ def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
 def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_path, run_cli, monkeypatch):
     """The GPU plan (CUDA graphs, bf16) run on the CPU with a stand-in compile: plain float32 weights come out."""
     monkeypatch.setattr(torch, "compile", fake_compile(fails=False))
+    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)  # no CUDA graphs on a CPU
     gpu_plan = harness.accelerate.plan_fast_path("on", "cuda", H100)
     monkeypatch.setattr(harness.accelerate, "plan_for", lambda args, device: gpu_plan)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # restored after the test
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda precision: None)  # TF32: for GPUs only
     module = harness.stages.load_stage("10")
     ckpt = tmp_path / "fast.pt"
     code, out, err = run_cli(module, tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])

@@ -339,6 +339,28 @@ def test_ctrl_c_or_a_termination_signal_saves_and_resume_continues(
     assert f"resumed from {ckpt} at step {steps}" in capsys.readouterr().out  # not a fresh run of steps + 7
 
 
+def test_nohup_keeps_ignoring_sighup(bigram, small_text_file, tmp_path):
+    """Under `nohup` SIGHUP is ignored: training must not install a handler that would stop the run."""
+    ckpt = tmp_path / "c.pt"
+    cmd = [sys.executable, "-u", str(harness.stages.STAGE_DIR / f"{BIGRAM}.py")]
+    cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
+    ignore_hangup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 (what nohup does)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hangup)
+    try:
+        for line in proc.stdout:  # wait until training has started
+            if line.startswith("step 0:"):
+                break
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "SIGHUP stopped a run started under nohup"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C still stops it, saved
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == harness.errors.EXIT_INTERRUPTED, err
+    assert "interrupted at step" in err
+
+
 def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_path, run_cli):
     straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
     assert run_cli(bigram, train_flags(bigram, small_text_file, straight, max_iters=30))[0] == 0

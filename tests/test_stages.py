@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch._functorch.config
 
 import common
 import harness
@@ -337,7 +338,9 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
     """--dtype bfloat16 runs under autocast (on the CPU here); --compile's wrapper never reaches the checkpoint."""
     compiled = []
 
-    def fake_compile(model, mode=None):  # stands in for torch.compile, which takes far longer than a test may on a CPU
+    def fake_compile(
+        model, mode=None, dynamic=None
+    ):  # stands in for torch.compile, which takes far longer than a test may on a CPU
         wrapper = torch.nn.Module()
         wrapper._orig_mod = model  # what a real OptimizedModule holds
         wrapper.forward = lambda *a, **k: model(*a, **k)
@@ -345,6 +348,7 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
         return wrapper
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
     module = load_stage(stage)
     ckpt = tmp_path / "c.pt"
     flags = tiny_flags(module) + [
