@@ -81,7 +81,10 @@ def test_each_stage_own_training_loop_lowers_the_training_loss(trained):
 
 def test_each_stage_logs_the_val_loss_of_the_validation_split(trained):
     stage, ckpt = trained
-    last = harness.history.read_history(ckpt.with_suffix(".history.csv"))[-1]
+    history = harness.history.read_history(ckpt.with_suffix(".history.csv"))
+    first, last = history[0], history[-1]
+    if last["train_loss"] > first["train_loss"] - MIN_DROP:  # a model that learned nothing predicts both alike
+        pytest.skip("the loop did not learn, so the splits cannot be told apart (the test above fails for it)")
     assert last["val_loss"] > last["train_loss"] + MIN_GAP, (
         f"{stage}: val loss {last['val_loss']:.3f} is close to train loss {last['train_loss']:.3f} on a text whose "
         "validation split uses letters the training split never does: it was not computed on the validation split"
