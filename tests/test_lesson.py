@@ -184,7 +184,7 @@ def test_the_feed_forward_layer_is_not_affine(stage):
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
-def test_dropout_is_random_in_training_and_off_in_eval(stage):
+def test_dropout_acts_in_training_at_the_configured_rate_and_not_in_eval(stage):
     module = load_stage(stage)
     idx = torch.randint(VOCAB, (4, 8), generator=torch.Generator().manual_seed(0))
     model = build(module, dropout=0.2)
