@@ -160,7 +160,8 @@ def test_the_position_of_a_token_changes_its_prediction_from_stage_02_on(stage):
     model = build(module).eval()
     block = tiny_config(module).block_size
     logits, _ = model(torch.full((1, block), 7))
-    varies = not torch.allclose(logits[0], logits[0, :1].expand(block, -1))
+    # a margin, not allclose: rounding alone moves logits near 0 by 1e-7, past allclose's relative tolerance
+    varies = (logits[0] - logits[0, :1]).abs().max().item() > 1e-3  # real differences are about 1
     assert varies == (number(stage) >= 2), (
         f"{stage}: one character at every position, {'different' if varies else 'the same'} logits"
     )
