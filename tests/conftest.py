@@ -6,6 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,13 +50,39 @@ def tiny_config(module: ModuleType, **overrides):
     return module.Config(**values)
 
 
-def tiny_flags(module: ModuleType, max_iters: int = 20, eval_interval: int = 10) -> list[str]:
-    """Command-line flags for a tiny, seconds-long run of a stage."""
+VOCAB = 65  # tiny Shakespeare's vocabulary size
+
+
+def number(stage: str) -> int:
+    return int(stage[:2])
+
+
+def stages_from(first: int) -> list[str]:
+    return [s for s in STAGE_IDS if number(s) >= first]
+
+
+def build(module: ModuleType, seed: int = 0, **overrides):
+    """The stage's model at the TINY size, its weights drawn from a fixed seed."""
+    torch.manual_seed(seed)
+    return module.LanguageModel(VOCAB, tiny_config(module, **overrides))
+
+
+def heads(model) -> list:
+    """Every attention head in a model: the modules with key, query and value layers."""
+    return [m for m in model.modules() if all(hasattr(m, n) for n in ("key", "query", "value"))]
+
+
+def tiny_flags(module: ModuleType, max_iters: int = 20, eval_interval: int = 10, **overrides) -> list[str]:
+    """Command-line flags for a tiny, seconds-long run of a stage; overrides only where its Config has the field."""
     names = {f.name for f in dataclasses.fields(module.Config)}
-    values = {**TINY, "max_iters": max_iters, "eval_interval": eval_interval}
+    values = {**TINY, "max_iters": max_iters, "eval_interval": eval_interval, **overrides}
     flags = []
     for k, v in values.items():
-        if k in names:
+        if k not in names:
+            continue
+        if isinstance(v, bool):  # a switch: --lr_decay or --no-lr_decay
+            flags.append(f"--{k}" if v else f"--no-{k}")
+        else:
             flags += [f"--{k}", str(v)]
     return flags + ["--num_tokens", "40", "--device", "cpu"]
 

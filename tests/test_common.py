@@ -106,9 +106,11 @@ class FirstTokenLoss(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[torch.Tensor] = []
+        self.modes: list[tuple[bool, bool]] = []  # (training, gradients on) at each call
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.seen.append(x)
+        self.modes.append((self.training, torch.is_grad_enabled()))
         return None, x[:, 0].float().mean()
 
 
@@ -138,3 +140,19 @@ def test_batches_per_pass_are_equal_within_the_token_budget(batch_size, block_si
     assert per_pass == expected
     assert eval_iters <= passes * per_pass < eval_iters + passes  # eval_iters batches, or fewer than a pass more
     assert per_pass == 1 or per_pass * batch_size * block_size <= common.EVAL_CHUNK_TOKENS
+
+
+def test_the_loss_estimate_reads_the_split_it_names():
+    """Each split made of its own token: the estimate under each name is that split's, not another's."""
+    cfg = types.SimpleNamespace(eval_iters=2, batch_size=2, block_size=5)
+    splits = {"train": torch.full((100,), 3), "val": torch.full((100,), 7)}
+    losses = common.estimate_loss(FirstTokenLoss(), splits, cfg, torch.Generator().manual_seed(0))
+    assert losses == {"train": 3.0, "val": 7.0}
+
+
+def test_the_loss_estimate_runs_the_model_in_eval_mode_without_gradients():
+    """Dropout off, so the estimate measures the model itself; no graph kept, so it costs no memory."""
+    cfg = types.SimpleNamespace(eval_iters=2, batch_size=2, block_size=5)
+    model = FirstTokenLoss()
+    common.estimate_loss(model, {"train": torch.arange(100), "val": torch.arange(100)}, cfg)
+    assert model.modes and set(model.modes) == {(False, False)}, f"(training, gradients on) at each call: {model.modes}"

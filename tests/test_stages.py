@@ -13,27 +13,12 @@ import harness.cli
 import harness.errors
 import harness.history
 import harness.stages
-from conftest import STAGE_IDS, load_stage, tiny_config, tiny_flags
-
-VOCAB = 65  # tiny Shakespeare's vocabulary size
-
-
-def number(stage: str) -> int:
-    return int(stage[:2])
-
-
-def stages_from(first: int) -> list[str]:
-    return [s for s in STAGE_IDS if number(s) >= first]
+from conftest import STAGE_IDS, VOCAB, build, heads, load_stage, number, stages_from, tiny_config, tiny_flags
 
 
 @pytest.fixture(params=STAGE_IDS)
 def stage(request):
     return request.param
-
-
-def build(module, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    return module.LanguageModel(VOCAB, tiny_config(module, **overrides))
 
 
 # -- names and import ------------------------------------------------------------------------------
@@ -180,10 +165,6 @@ def test_three_forms_of_the_causal_average_agree(stage):
     torch.testing.assert_close(loop[:, -1], x.mean(dim=1))  # the last averages everything
     model = build(module, n_embd=5)
     torch.testing.assert_close(model.average(x), loop)  # and the module the model uses computes the same
-
-
-def heads(model):
-    return [m for m in model.modules() if all(hasattr(m, n) for n in ("key", "query", "value"))]
 
 
 @pytest.mark.parametrize("stage", stages_from(4))
