@@ -219,7 +219,7 @@ def format_odds(
     possible = int((probs > 0).sum())  # characters that can still be drawn
     if possible > len(shown):
         rest = 1.0 - sum(p for _, p in shown)
-        lines.append(f"  the other {possible - len(shown)}: {max(rest, 0.0):.3f} in all")
+        lines.append(f"  the other {possible - len(shown)}: {probability(max(rest, 0.0))} in all")
     if possible < tokenizer.vocab_size:
         # top_k leaves k (more on a tie); fewer means the rest underflowed to 0 at a low temperature
         cut = f"top_k {top_k}" if top_k and possible >= top_k else "the low temperature"
