@@ -137,7 +137,12 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     ax.set_xlabel("step")
     ax.set_ylabel("loss (cross-entropy, nats per character)")
     ax.grid(True, alpha=0.3)
+    return save_figure(fig, out)
 
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write a matplotlib Figure to out, in the format its suffix names (PNG without one); a name
+    matplotlib cannot write, a file where its folder should be, or a failed write is one clear error."""
     suffix = out.suffix.lower().lstrip(".")
     supported = fig.canvas.get_supported_filetypes()
     if suffix and suffix not in supported:
