@@ -302,30 +302,24 @@ def test_unwritable_checkpoint_place_fails_before_training(bigram, small_text_fi
 # -- interruptions and numerical faults ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "signum, stopped",
-    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGHUP, "stopped by SIGHUP")],
-    ids=["ctrl-c", "sigterm", "sighup"],
-)
-def test_ctrl_c_or_a_termination_signal_saves_and_resume_continues(
-    bigram, small_text_file, tmp_path, capsys, signum, stopped
-):
-    """A job scheduler's SIGTERM and a closed terminal's SIGHUP stop a run as Ctrl-C does: saved, resumable."""
+def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, capsys):
+    """A real Ctrl-C to a real process; SIGTERM and SIGHUP are checked in-process below."""
     ckpt = tmp_path / "c.pt"
     cmd = [sys.executable, "-u", str(harness.stages.STAGE_DIR / f"{BIGRAM}.py")]
     cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    default_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (even if this runner ignores it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
     try:
         for line in proc.stdout:  # wait until training has started
             if line.startswith("step 0:"):
                 break
         time.sleep(0.5)
-        proc.send_signal(signum)
+        proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signum, err  # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, 129 for SIGHUP
-    assert "Traceback" not in err and f"{stopped} at step" in err and "--resume" in err
+    assert proc.returncode == harness.errors.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "interrupted at step" in err and "--resume" in err
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] > 0
 
@@ -339,26 +333,57 @@ def test_ctrl_c_or_a_termination_signal_saves_and_resume_continues(
     assert f"resumed from {ckpt} at step {steps}" in capsys.readouterr().out  # not a fresh run of steps + 7
 
 
-def test_nohup_keeps_ignoring_sighup(bigram, small_text_file, tmp_path):
-    """Under `nohup` SIGHUP is ignored: training must not install a handler that would stop the run."""
+def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
+    """Send this process signum during the step-th training forward pass (1-based), as a user or a scheduler would."""
+    forward = module.LanguageModel.forward
+    calls = {"n": 0}
+
+    def signalled(self, idx, targets=None):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                os.kill(os.getpid(), signum)
+        return forward(self, idx, targets)
+
+    monkeypatch.setattr(module.LanguageModel, "forward", signalled)
+
+
+@pytest.mark.parametrize(
+    "signum, stopped",
+    [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGHUP, "stopped by SIGHUP")],
+    ids=["sigterm", "sighup"],
+)
+def test_a_termination_signal_stops_like_ctrl_c_saved_and_resumable(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch, signum, stopped
+):
+    """A scheduler's SIGTERM, a closed terminal's SIGHUP: the step ends, the checkpoint is saved, --resume goes on."""
     ckpt = tmp_path / "c.pt"
-    cmd = [sys.executable, "-u", str(harness.stages.STAGE_DIR / f"{BIGRAM}.py")]
-    cmd += train_flags(bigram, small_text_file, ckpt, max_iters=10_000_000, eval_interval=1_000_000)
-    ignore_hangup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 (what nohup does)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hangup)
+    previous = signal.signal(signum, signal.SIG_DFL)  # as in a terminal, whatever this test runner inherited
     try:
-        for line in proc.stdout:  # wait until training has started
-            if line.startswith("step 0:"):
-                break
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
-        assert proc.poll() is None, "SIGHUP stopped a run started under nohup"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C still stops it, saved
-        _, err = proc.communicate(timeout=60)
+        signal_at_step(bigram, monkeypatch, step=7, signum=signum)
+        code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+        assert signal.getsignal(signum) is signal.SIG_DFL  # the run's handler is gone with the run
     finally:
-        proc.kill()
-    assert proc.returncode == harness.errors.EXIT_INTERRUPTED, err
-    assert "interrupted at step" in err
+        signal.signal(signum, previous)
+    one_line_error(code, err, f"{stopped} at step 7: saved {ckpt}", "--resume", exit_code=128 + signum)  # 143, 129
+    assert torch.load(ckpt, weights_only=True)["step"] == 7  # not the step-0 checkpoint: nothing is lost
+    monkeypatch.undo()
+    code, out, err = run_cli(bigram, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file)])
+    assert code == 0, err
+    assert f"resumed from {ckpt} at step 7" in out and torch.load(ckpt, weights_only=True)["step"] == 30
+
+
+def test_nohup_keeps_ignoring_sighup(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+    """Under `nohup` SIGHUP is ignored: training must not install a handler that would stop the run."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    try:
+        signal_at_step(bigram, monkeypatch, step=5, signum=signal.SIGHUP)
+        code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, tmp_path / "c.pt", max_iters=12))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # still ignored after the run
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert code == 0, err  # trained to the end
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 12
 
 
 def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_path, run_cli):
