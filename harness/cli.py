@@ -84,7 +84,7 @@ def _checked(kind: type, ok: Callable[[Any], bool], requirement: str) -> Callabl
     return parse
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def positive(kind: type) -> Callable[[str], Any]:
     return _checked(kind, lambda v: v > 0 and math.isfinite(v), "must be greater than 0")  # nan fails v > 0
 
 
@@ -112,7 +112,7 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
                 f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name)
             )
             continue
-        parse = _fraction if f.name == "dropout" else _count if f.name in MAY_BE_ZERO else _positive(type(f.default))
+        parse = _fraction if f.name == "dropout" else _count if f.name in MAY_BE_ZERO else positive(type(f.default))
         hp.add_argument(
             f"--{f.name}",
             type=parse,
@@ -183,18 +183,18 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     gen = parser.add_argument_group("sampling")
     gen.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: start from a newline)")
     gen.add_argument(
-        "--num_tokens", type=_positive(int), default=500, metavar="INT", help="how many characters to generate"
+        "--num_tokens", type=positive(int), default=500, metavar="INT", help="how many characters to generate"
     )
     gen.add_argument(
         "--temperature",
-        type=_positive(float),
+        type=positive(float),
         default=1.0,
         metavar="FLOAT",
         help="below 1: safer text, above 1: wilder",
     )
     gen.add_argument(
         "--top_k",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         metavar="INT",
         help="sample only among the k likeliest characters (default: all)",

@@ -28,7 +28,6 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -310,22 +309,6 @@ def draw_maps(text: str, layers: list[list[HeadAttention]], title: str, out: Pat
 # the command line
 
 
-def positive(kind: type) -> Callable[[str], Any]:
-    """An argparse type: a number of this kind, greater than 0 (the stages' rule for these flags)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n int' if kind is int else ' number'}") from None
-        if not (value > 0 and math.isfinite(value)):  # nan fails value > 0
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = harness.cli.Parser(
         prog="python tools/attention.py",
@@ -371,21 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--odds",
-        type=positive(int),
+        type=harness.cli.positive(int),
         default=10,
         metavar="INT",
         help="how many of the likeliest next characters to list",
     )
     parser.add_argument(
         "--temperature",
-        type=positive(float),
+        type=harness.cli.positive(float),
         default=1.0,
         metavar="FLOAT",
         help="as in the stages: below 1 sharpens the odds, above 1 flattens them",
     )
     parser.add_argument(
         "--top_k",
-        type=positive(int),
+        type=harness.cli.positive(int),
         default=None,
         metavar="INT",
         help="as in the stages: only the k likeliest characters keep a probability (default: all)",
