@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from harness.checkpoints import CHECKPOINT_FORMAT, load_weights, plain_state_dict
+from harness.checkpoints import CHECKPOINT_FORMAT, plain_state_dict
 
 
 def take(
@@ -36,10 +36,6 @@ def take(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... and on GPUs
         },
     }
-
-
-def restore_weights(run: Any, model: torch.nn.Module) -> None:
-    load_weights(model, run.checkpoint, run.checkpoint_path)
 
 
 def restore_training(run: Any, optimizer: torch.optim.Optimizer) -> None:

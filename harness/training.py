@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from harness import snapshot
+from harness.checkpoints import load_weights
 from harness.errors import Interrupted, UserError
 from harness.history import history_path, read_history
 from harness.run import Run
@@ -53,7 +54,7 @@ class Trainer:
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
         ckpt = run.checkpoint
         if ckpt is not None:
-            snapshot.restore_weights(run, model)
+            load_weights(model, ckpt, run.checkpoint_path)  # one clear error for a model of another size
             self.step, self.history, self.elapsed = ckpt["step"], list(ckpt["history"]), ckpt["elapsed"]
             if run.args.resume:
                 snapshot.restore_training(run, optimizer)

@@ -6,10 +6,9 @@ well scaled however deep the stack grows.
 Where it goes: "Attention Is All You Need" normalised *after* each sublayer and its residual
 addition, x = LayerNorm(x + sublayer(x)). Like GPT-2, the lecture normalises *before* each sublayer,
 inside the residual branch, x = x + sublayer(LayerNorm(x)), plus one final LayerNorm before the
-head. Pre-norm
-leaves the residual stream itself untouched, an identity path from the embeddings to the head, so
-gradients flow through it cleanly and deep stacks train stably without a careful learning-rate
-warm-up; post-norm sends every gradient through every normalisation on the way down.
+head. Pre-norm leaves the residual stream itself untouched, an identity path from the embeddings
+to the head, so gradients flow through it cleanly and deep stacks train stably without a careful
+learning-rate warm-up; post-norm sends every gradient through every normalisation on the way down.
 New against stage 08: ln1 and ln2 in Block, and ln_f before lm_head.
 
 Run:     python stages/09_layer_norm.py            (--help lists every flag)

@@ -18,6 +18,7 @@ import harness.errors
 import harness.history
 import harness.stages
 import harness.textfile
+import harness.training
 from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
 BIGRAM = STAGE_IDS[0]
@@ -400,27 +401,50 @@ def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_p
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
-    bigram, small_text_file, tmp_path, run_cli, monkeypatch
-):
-    ckpt = tmp_path / "c.pt"
-    forward = bigram.LanguageModel.forward
+def nan_loss_at(module, monkeypatch, step: int) -> None:
+    """Make the training loss nan at the step-th training forward pass (1-based); the weights stay finite."""
+    forward = module.LanguageModel.forward
     calls = {"n": 0}
 
     def poisoned(self, idx, targets=None):
         logits, loss = forward(self, idx, targets)
         if self.training:
             calls["n"] += 1
-            if calls["n"] == 15:  # the 15th training step: after the checkpoint saved at step 10
+            if calls["n"] == step:
                 loss = loss * float("nan")
         return logits, loss
 
-    monkeypatch.setattr(bigram.LanguageModel, "forward", poisoned)
+    monkeypatch.setattr(module.LanguageModel, "forward", poisoned)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    ckpt = tmp_path / "c.pt"
+    nan_loss_at(bigram, monkeypatch, step=15)  # the 15th training step: after the checkpoint saved at step 10
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
     one_line_error(code, err, "the training loss became nan at step 15", "(step 10) is kept", "Lower --learning_rate")
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] == 10
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_losses_read_every_few_steps_still_stop_a_nan_run_before_it_is_saved(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """As on a GPU: the loss is read every 10 steps, yet the nan at step 15 is named, and never saved."""
+    monkeypatch.setattr(harness.training, "read_interval", lambda device: 10)
+    reads = []
+    read_losses = harness.training.Trainer.read_losses
+    monkeypatch.setattr(
+        harness.training.Trainer, "read_losses", lambda self: reads.append(len(self._unread)) or read_losses(self)
+    )
+    nan_loss_at(bigram, monkeypatch, step=15)
+    ckpt = tmp_path / "c.pt"
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=40, eval_interval=25))
+    one_line_error(code, err, "the training loss became nan at step 15", "(step 0) is kept")
+    assert [n for n in reads if n] == [10, 10]  # read twice, 10 losses at a time: at steps 10 and 20
+    assert torch.load(ckpt, weights_only=True)["step"] == 0
 
 
 def test_resume_uses_the_learning_rate_given(bigram, trained, small_text_file, run_cli):
