@@ -15,17 +15,18 @@ accelerated run loads anywhere, a CPU included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 
 import torch
-import torch._functorch.config  # not imported by `import torch`; compile_backward_with_forward sets it
+import torch._functorch.config  # not imported by `import torch`; backward_compiled_with_forward patches it
 from tqdm import tqdm
 
 from harness.errors import first_line
 
-# What `python stages/NN.py` does without --fast. "auto" (the fast path on a CUDA GPU that can run it)
-# once it has been measured on a GPU: until then the fast path waits behind --fast (issue 12)
+# What `python stages/NN.py` does without --fast: off, because the fast path has not been measured on
+# a GPU; "auto" would use it on every CUDA GPU that can run it
 FAST_DEFAULT = "off"
 TRITON_MIN_CAPABILITY = (7, 0)  # torch.compile's GPU kernels are written in Triton, which needs a Volta or newer
 COMPILING_CALLS = 3  # the first calls in each mode compile, then warm up and record the CUDA graphs
@@ -103,7 +104,6 @@ class Accelerated(torch.nn.Module):
         self.model = model
         self.compiled = None
         if plan.compile_mode:
-            compile_backward_with_forward()
             # dynamic=False: one graph for the training batch's shape, one for the estimate's
             self.compiled = torch.compile(model, mode=plan.compile_mode, dynamic=False)
         self.cuda_graphs = plan.compile_mode == "reduce-overhead"
@@ -119,7 +119,8 @@ class Accelerated(torch.nn.Module):
             if self.cuda_graphs:  # outputs of the last replay may be overwritten from here on: a new step
                 torch.compiler.cudagraph_mark_step_begin()
             try:
-                out = self.compiled(idx, targets)
+                with backward_compiled_with_forward():
+                    out = self.compiled(idx, targets)
             except torch.OutOfMemoryError:
                 raise  # too big for the GPU, compiled or not: the model as it is would fail too
             except Exception as e:  # noqa: BLE001 (any compiler failure: the model as it is still works)
@@ -132,23 +133,35 @@ class Accelerated(torch.nn.Module):
             return out
 
 
-def compile_backward_with_forward() -> None:
+def backward_compiled_with_forward() -> contextlib.AbstractContextManager:
     """torch.compile compiles the backward pass lazily, at the first loss.backward() in the stage's
-    loop, where a compiler failure would be a traceback. This moves it into the first forward call,
-    where Accelerated catches it. (Older versions of torch lack the setting: then it stays lazy.)"""
+    loop, where a compiler failure would be a traceback. Within this, it compiles the backward pass
+    in the forward call, where Accelerated catches a failure. Torch's setting is patched for the call
+    alone, so nothing else in the process sees it. (Older versions of torch lack the setting: there
+    the backward pass stays lazy.)"""
+    config = torch._functorch.config
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(plan: Plan):
+    """Within this, fp32 matmuls use TensorFloat-32 where the plan says (10 mantissa bits instead of
+    23, on a GPU's tensor cores); after it, torch's precision is what it was before."""
+    before = torch.get_float32_matmul_precision()
+    if plan.tf32:
+        torch.set_float32_matmul_precision("high")
     try:
-        torch._functorch.config.force_non_lazy_backward_lowering = True
-    except AttributeError:
-        pass
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
-def accelerate(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    """The model to train with: model itself, or model wrapped as the plan for this run says."""
-    plan = plan_for(args, device)
+def wrap(model: torch.nn.Module, plan: Plan, device: torch.device) -> torch.nn.Module:
+    """The model to train with: model itself, or model wrapped as the plan says."""
     if plan.note:
         print(plan.note)
-    if plan.tf32:  # TensorFloat-32: fp32 matmuls on tensor cores, 10 mantissa bits instead of 23
-        torch.set_float32_matmul_precision("high")
     if plan.compile_mode is None and plan.dtype == torch.float32:
         return model
     return Accelerated(model, plan, device.type)

@@ -32,6 +32,8 @@ class Run:
     data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
     eval_gen: torch.Generator | None = None  # draws the estimate's batches, apart so resuming stays exact
+    # how the model trains (--fast, --compile, --dtype), set by accelerate(); the Trainer applies its TF32
+    plan: accelerate.Plan = dataclasses.field(default_factory=accelerate.Plan)
 
     @property
     def vocab_size(self) -> int:
@@ -45,7 +47,8 @@ class Run:
         """The model to train with: on the fast path, compiled or in bf16 when asked, else model itself."""
         if self.sample_only:  # nothing trains: generate() runs the model as it is
             return model
-        return accelerate.accelerate(model, self.args, self.device)
+        self.plan = accelerate.plan_for(self.args, self.device)
+        return accelerate.wrap(model, self.plan, self.device)
 
     def generate_text(self, model: torch.nn.Module, prompt: str | None = None, num_tokens: int | None = None) -> str:
         """The prompt and num_tokens characters sampled by the stage's generate() after it."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from harness import snapshot
+from harness import accelerate, snapshot
 from harness.checkpoints import load_weights
 from harness.errors import Interrupted, UserError
 from harness.history import history_path, read_history
@@ -66,7 +66,8 @@ class Trainer:
         """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample.
 
         A stop signal (Ctrl-C, SIGTERM, SIGHUP) is held until the current step ends, then the
-        checkpoint is saved and the run stops with a line that says how to resume it.
+        checkpoint is saved and the run stops with a line that says how to resume it. The plan's
+        matmul precision holds for the loop alone: torch's setting is restored after it.
         """
         max_iters = self.run.config.max_iters
         if self.run.sample_only:
@@ -77,7 +78,8 @@ class Trainer:
         self._bar = tqdm(
             total=max_iters, initial=self.step, desc=self.run.stage, unit="step", dynamic_ncols=True, disable=None
         )
-        with self._bar, self._signals as signals:
+        precision = accelerate.float32_matmul_precision(self.run.plan)
+        with self._bar, self._signals as signals, precision:
             for step in range(self.step, max_iters):
                 yield step  # the stage's loop body runs here: one optimizer step
                 self.step = step + 1

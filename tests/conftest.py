@@ -7,6 +7,7 @@ from types import ModuleType
 
 import pytest
 import torch
+import torch._functorch.config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,6 +100,23 @@ def no_project_checkpoints(tmp_path, monkeypatch):
     """A test that forgets --checkpoint (or a check that regresses) trains into tmp_path, never into
     the project's checkpoints/ that the README's figures come from."""
     monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+
+
+def torch_global_settings() -> dict:
+    """Process-wide settings of torch that a run may change (the fast path does, for its loop alone)."""
+    return {
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "functorch config": torch._functorch.config.save_config_portable(),
+        "grad enabled": torch.is_grad_enabled(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def torch_left_as_found():
+    """No test leaves torch's global configuration changed for the tests after it."""
+    before = torch_global_settings()
+    yield
+    assert torch_global_settings() == before, "this test changed torch's global settings"
 
 
 @pytest.fixture

@@ -319,18 +319,36 @@ def test_a_gpu_without_bfloat16_gets_the_fast_path_in_float32_and_is_told():
     assert "float32 (Tesla T4 has no bfloat16)" in plan.note
 
 
+def test_the_matmul_precision_is_restored_even_when_training_fails():
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(RuntimeError), harness.accelerate.float32_matmul_precision(harness.accelerate.Plan(tf32=True)):
+        assert torch.get_float32_matmul_precision() == "high"
+        raise RuntimeError("the loop failed")
+    assert torch.get_float32_matmul_precision() == before
+
+
 def test_on_a_cpu_the_fast_path_changes_nothing():
     assert harness.accelerate.plan_fast_path("auto", "cpu", None) == harness.accelerate.Plan()  # silently
     forced = harness.accelerate.plan_fast_path("on", "cpu", None)
     assert forced.compile_mode is None and "changes nothing" in forced.note
-    assert harness.accelerate.FAST_DEFAULT == "off"  # until measured on a GPU (issue 12)
+    assert harness.accelerate.FAST_DEFAULT == "off"  # until measured on a GPU
 
 
-def fake_compile(fails: bool):
-    """Stands in for torch.compile (far too slow for a test on a CPU); the compiled model can fail at its first call."""
+def torch_settings() -> tuple[bool, str]:
+    """The process-wide settings of torch that the fast path changes while it runs."""
+    return torch._functorch.config.force_non_lazy_backward_lowering, torch.get_float32_matmul_precision()
+
+
+def fake_compile(fails: bool, seen: list | None = None):
+    """Stands in for torch.compile (far too slow for a test on a CPU); the compiled model can fail at its first call.
+
+    Each call of the compiled model appends torch_settings() during it to seen.
+    """
 
     def compile(model, mode=None, dynamic=None):
         def compiled(*args, **kwargs):
+            if seen is not None:
+                seen.append(torch_settings())
             if fails:
                 raise RuntimeError("Triton is not available\nsecond line of a long compiler error")
             return model(*args, **kwargs)
@@ -344,8 +362,8 @@ def fake_compile(fails: bool):
 def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
     small_text_file, tmp_path, run_cli, monkeypatch
 ):
+    before = torch_settings()
     monkeypatch.setattr(torch, "compile", fake_compile(fails=True))
-    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
     module = harness.stages.load_stage("01")
     ckpt = tmp_path / "c.pt"
     flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--compile"]
@@ -354,21 +372,25 @@ def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
     assert "Traceback" not in out + err
     assert out.count("torch.compile failed (Triton is not available); training without it") == 1
     assert torch.load(ckpt, weights_only=True)["step"] == 20  # and it trained
+    assert torch_settings() == before  # a failed compile leaves torch as it found it
 
 
 def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_path, run_cli, monkeypatch):
     """The GPU plan (CUDA graphs, bf16) run on the CPU with a stand-in compile: plain float32 weights come out."""
-    monkeypatch.setattr(torch, "compile", fake_compile(fails=False))
-    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
+    before = torch_settings()
+    seen = []
+    monkeypatch.setattr(torch, "compile", fake_compile(fails=False, seen=seen))
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)  # no CUDA graphs on a CPU
     gpu_plan = harness.accelerate.plan_fast_path("on", "cuda", H100)
     monkeypatch.setattr(harness.accelerate, "plan_for", lambda args, device: gpu_plan)
-    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda precision: None)  # TF32: for GPUs only
     module = harness.stages.load_stage("10")
     ckpt = tmp_path / "fast.pt"
     code, out, err = run_cli(module, tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])
     assert code == 0, err
     assert "fast path: CUDA graphs" in out
+    # while compiled, the backward pass compiles with the forward one, and matmuls use TF32 ...
+    assert seen and set(seen) == {(True, "high")}
+    assert torch_settings() == before  # ... and after the run, torch is as it was
     saved = torch.load(ckpt, weights_only=True)["model"]
     assert all(t.dtype == torch.float32 for t in saved.values()) and not any(
         k.startswith(("model.", "_orig")) for k in saved

@@ -1,6 +1,5 @@
 """Every failure a user can cause: one clear line, a non-zero exit, no traceback, nothing lost."""
 
-import os
 import re
 import signal
 import socket
@@ -335,7 +334,11 @@ def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, ca
 
 
 def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
-    """Send this process signum during the step-th training forward pass (1-based), as a user or a scheduler would."""
+    """Send this process signum during the step-th training forward pass (1-based), as a user or a scheduler would.
+
+    signal.raise_signal, not os.kill: kill() may hand the signal to another of torch's threads, so that
+    this thread sees it a step or more later, by chance; raise_signal delivers it here before it returns.
+    """
     forward = module.LanguageModel.forward
     calls = {"n": 0}
 
@@ -343,7 +346,7 @@ def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
         if self.training:
             calls["n"] += 1
             if calls["n"] == step:
-                os.kill(os.getpid(), signum)
+                signal.raise_signal(signum)
         return forward(self, idx, targets)
 
     monkeypatch.setattr(module.LanguageModel, "forward", signalled)
@@ -498,7 +501,7 @@ def test_a_nan_estimate_stops_before_it_is_saved(bigram, small_text_file, tmp_pa
 
 def test_ctrl_c_never_saves_nan_weights(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
     ckpt = tmp_path / "c.pt"
-    poison_weights_at(bigram, monkeypatch, call=15, also=lambda: os.kill(os.getpid(), signal.SIGINT))
+    poison_weights_at(bigram, monkeypatch, call=15, also=lambda: signal.raise_signal(signal.SIGINT))
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
     one_line_error(code, err, "the weights hold nan or inf at step 15", "(step 10) is kept")
     assert torch.load(ckpt, weights_only=True)["step"] == 10
@@ -514,8 +517,8 @@ def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, r
         if self.training:
             calls["n"] += 1
             if calls["n"] == 5:
-                os.kill(os.getpid(), signal.SIGINT)  # the first asks to stop after this step ...
-                os.kill(os.getpid(), signal.SIGINT)  # ... the second insists
+                signal.raise_signal(signal.SIGINT)  # the first asks to stop after this step ...
+                signal.raise_signal(signal.SIGINT)  # ... the second insists
         return forward(self, idx, targets)
 
     monkeypatch.setattr(bigram.LanguageModel, "forward", pressed_twice)

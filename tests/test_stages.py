@@ -329,7 +329,7 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
         return wrapper
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(torch._functorch.config, "force_non_lazy_backward_lowering", False)  # restored after
+    before = torch._functorch.config.force_non_lazy_backward_lowering
     module = load_stage(stage)
     ckpt = tmp_path / "c.pt"
     flags = tiny_flags(module) + [
@@ -344,6 +344,7 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
     code, out, err = run_cli(module, flags)
     assert code == 0, err
     assert len(compiled) == 1
+    assert torch._functorch.config.force_non_lazy_backward_lowering == before  # torch as the run found it
     saved = torch.load(ckpt, weights_only=True)["model"]
     assert not any(k.startswith("_orig_mod") or k.startswith("inner.") for k in saved)
     assert all(t.dtype == torch.float32 for t in saved.values())
