@@ -3,6 +3,15 @@
 Besides the hyperparameters: --device, --seed, --data, --checkpoint, --sample/--resume, the
 sampling flags, --compile/--dtype and, for a stage with presets, --preset. Each bad value is one
 line that names the rule it breaks; an unknown flag suggests the closest known one.
+
+What a Config field accepts follows from the field itself, so a new field needs nothing here:
+  bool    a switch: --name and --no-name
+  int     a count or a size (steps, characters, layers): 1 or more
+  float   a rate or a weight: a finite number, 0 or more
+A field's metadata can move the bounds: field(default=100, metadata={"min": 0}) lets an int be 0,
+metadata={"below": 1} keeps a number below 1. Relations between fields (n_embd divisible by
+n_head, say) are the Config's own: its __post_init__ raises ValueError, which becomes one line
+naming each field it mentions, its value and where that came from.
 """
 
 from __future__ import annotations
@@ -22,16 +31,18 @@ from harness.errors import EXIT_USER_ERROR, UserError
 
 
 def _field_help(config_cls: type) -> dict[str, str]:
-    """The comment after each field of a stage's Config is that flag's --help text."""
-    try:
-        source = inspect.getsource(config_cls)
-    except (OSError, TypeError):  # no source to read (a frozen or generated class): flags without help
-        return {}
+    """The comment after each field of a stage's Config (or of a class it builds on) is that flag's
+    --help text."""
     helps = {}
-    for line in source.splitlines():
-        m = re.match(r"\s*(\w+)\s*:\s*[\w\[\], |]+=\s*[^#]*#\s*(.*)$", line)
-        if m:
-            helps[m.group(1)] = m.group(2).replace("%", "%%")  # argparse formats help text with %
+    for cls in reversed(config_cls.__mro__):  # a field redefined in a subclass takes the subclass's comment
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # no source to read (object, a generated class): flags without help
+            continue
+        for line in source.splitlines():
+            m = re.match(r"\s*(\w+)\s*:\s*[\w\[\], |]+=\s*[^#]*#\s*(.*)$", line)
+            if m:
+                helps[m.group(1)] = m.group(2).replace("%", "%%")  # argparse formats help text with %
     return helps
 
 
@@ -89,9 +100,35 @@ def positive(kind: type) -> Callable[[str], Any]:
 
 
 _seed = _checked(int, lambda v: 0 <= v < 2**32, f"must be from 0 to {2**32 - 1}")  # numpy's seeds are 32-bit
-_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
-_count = _checked(int, lambda v: v >= 0, "must be 0 or more")
-MAY_BE_ZERO = {"warmup_iters"}  # counts where 0 means "none"; every other number must be positive
+
+
+def field_check(f: dataclasses.Field) -> Callable[[str], Any]:
+    """The argparse type of a number field: its kind, and the bounds its kind and metadata set."""
+    kind = type(f.default)
+    low = f.metadata.get("min", 1 if kind is int else 0)
+    below = f.metadata.get("below")
+    if below is not None:
+        requirement = f"must be at least {low} and below {below}"
+    elif low == 1 and kind is int:
+        requirement = "must be greater than 0"
+    elif low == 0:
+        requirement = "must be 0 or more"
+    else:
+        requirement = f"must be at least {low}"
+    check = _checked(kind, lambda v: v >= low and (below is None or v < below), requirement)
+    if kind is int:
+        return check
+
+    def finite(text: str) -> Any:  # nan and inf are no rates: "nan >= 0" is False, but say what is wrong
+        try:
+            if not math.isfinite(float(text)):
+                raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        except ValueError:
+            pass  # not a number at all: check says so
+        return check(text)
+
+    finite.__name__ = kind.__name__
+    return finite
 
 
 def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[str, dict] | None) -> Parser:
@@ -106,16 +143,16 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?$", re.IGNORECASE)
     hp = parser.add_argument_group("hyperparameters (the stage's Config)")
     helps = _field_help(config_cls)
-    for f in dataclasses.fields(config_cls):
+    own = config_cls.__dict__.get("__annotations__", {})  # the stage's own fields first, then those it builds on
+    for f in sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own):
         if f.type in (bool, "bool"):
             hp.add_argument(
                 f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name)
             )
             continue
-        parse = _fraction if f.name == "dropout" else _count if f.name in MAY_BE_ZERO else positive(type(f.default))
         hp.add_argument(
             f"--{f.name}",
-            type=parse,
+            type=field_check(f),
             default=f.default,
             metavar=type(f.default).__name__.upper(),
             help=helps.get(f.name),
@@ -126,9 +163,9 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
             "--preset",
             choices=["auto", *presets],
             default="auto",
-            help="a named set of hyperparameters; auto picks video with cuda or mps, cpu otherwise; "
-            "flags given explicitly "
-            "still win. The defaults listed here are video's; "
+            help=f"a named set of hyperparameters; auto picks the one named after the device if there is one, "
+            f"else {next(iter(presets))}; flags given explicitly still win. The defaults listed here are the "
+            "Config's; "
             + "; ".join(
                 f"{name} sets {', '.join(f'{k}={v}' for k, v in values.items())}"
                 for name, values in presets.items()
@@ -175,7 +212,7 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         default=FAST_DEFAULT,
         help="the fast path for CUDA GPUs: the step recorded as CUDA graphs (torch.compile), bfloat16 where the "
         "GPU has it, TF32 matmuls; auto uses it where it can work and says why not otherwise, on forces it. "
-        "Not yet the default: it has not been measured on a GPU here",
+        "Off by default: it has not been measured on a GPU",
     )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
@@ -215,19 +252,19 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     return given
 
 
-def check_config(cfg: Any, origin: dict[str, str] | None = None) -> None:
-    """Relations between hyperparameters that no single flag's type can check. origin says where a
-    value the user did not type came from ("preset cpu", "the checkpoint"), so the message can say so."""
-    origin = origin or {}
+def config_error(message: str, values: dict[str, Any], origin: dict[str, str]) -> UserError:
+    """A Config's own ValueError as one line: the first mention of each field gets its value and, for
+    a value not typed on this command line, where it came from: "n_embd (128, from preset cpu)"."""
+    for name, value in values.items():
+        where = f", from {origin[name]}" if name in origin else ""
+        named = f"{name} ({value}{where})".replace("\\", "\\\\")  # a replacement text: backslashes escaped
+        message = re.sub(rf"\b{re.escape(name)}\b", named, message, count=1)
+    return UserError(message)
 
-    def named(name: str) -> str:
-        return f"{name} ({getattr(cfg, name)}{', from ' + origin[name] if name in origin else ''})"
 
-    n_embd, n_head = getattr(cfg, "n_embd", None), getattr(cfg, "n_head", None)
-    if n_embd is not None and n_head is not None and n_embd % n_head:
-        raise UserError(
-            f"{named('n_embd')} must be divisible by {named('n_head')}: each head gets n_embd // n_head channels"
-        )
+def preset_for(presets: dict[str, dict], device_type: str) -> str:
+    """--preset auto: the preset named after the device ("cpu"), else the first one."""
+    return device_type if device_type in presets else next(iter(presets))
 
 
 def resolve_config(
@@ -248,8 +285,9 @@ def resolve_config(
     elif presets:
         preset, why = args.preset, "asked for with --preset"
         if preset == "auto":
-            preset = "video" if device.type in ("cuda", "mps") else "cpu"
-            why = f"chosen for {device.type}; --preset {'cpu' if preset == 'video' else 'video'} forces the other"
+            preset = preset_for(presets, device.type)
+            others = " or ".join(f"--preset {name}" for name in presets if name != preset)
+            why = f"chosen for {device.type}; {others} forces {'the other' if len(presets) == 2 else 'another'}"
         changed = {name: value for name, value in presets[preset].items() if name not in given}
         print(f"preset: {preset} ({why})")
         if changed:
@@ -261,6 +299,7 @@ def resolve_config(
             if name not in given and name in ckpt["config"]:
                 values[name] = ckpt["config"][name]
                 origin[name] = "the checkpoint"
-    config = config_cls(**values)
-    check_config(config, origin)
-    return config
+    try:
+        return config_cls(**values)
+    except ValueError as e:  # the Config's own check of how its fields fit together (__post_init__)
+        raise config_error(str(e), values, origin) from None

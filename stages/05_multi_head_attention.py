@@ -4,7 +4,8 @@ The concept: several heads in parallel. One head learns one kind of affinity; fo
 of size n_embd // n_head = 8, can look for four different things at once (a vowel before me, the
 start of the word, ...). Their outputs are concatenated back to n_embd channels: like grouped
 convolutions, several small independent channels of communication instead of one wide one.
-New against stage 04: MultiHeadAttention, and the n_head hyperparameter (4 heads of 8).
+New against stage 04: MultiHeadAttention, and the n_head hyperparameter (4 heads of 8), which
+must divide n_embd (Config checks it).
 The parameter count does not change (7,553): four heads of 8 hold exactly the weights of one head
 of 32. The gain comes from splitting them into independent attention patterns, not from size.
 From here on head_size (8) differs from n_embd (32): the scores are scaled by 8**-0.5, where the
@@ -42,6 +43,10 @@ class Config:
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
     n_head: int = 4  # attention heads, each of size n_embd // n_head
+
+    def __post_init__(self) -> None:  # checked before anything is built or trained
+        if self.n_embd % self.n_head:  # the heads' outputs, concatenated, must be n_embd wide
+            raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
 
 
 class Head(nn.Module):

@@ -45,6 +45,10 @@ class Config:
     n_head: int = 4  # attention heads, each of size n_embd // n_head
     n_layer: int = 3  # Transformer blocks stacked one after another
 
+    def __post_init__(self) -> None:  # checked before anything is built or trained
+        if self.n_embd % self.n_head:  # the heads' outputs, concatenated, must be n_embd wide
+            raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
+
 
 class Head(nn.Module):
     """One head of self-attention."""

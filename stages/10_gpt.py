@@ -7,13 +7,14 @@ sits after the attention softmax (randomly cutting some communication), and afte
 projections back into the residual stream (attention's, and the feed-forward network's last layer).
 New against stage 09: dropout, and the lecture's final sizes: n_embd 384, 6 heads of 64, 6 layers,
 block 256, batch 64, learning rate 3e-4 (a bigger network wants smaller steps), dropout 0.2, which
-make 10,788,929 parameters; and a learning-rate schedule (lr_decay) for short runs.
+make 10,788,929 parameters.
 
 That configuration (preset "video") is meant for a GPU: a 2-core CPU takes 9 to 15 s a step, 12 to
 21 hours for 5000 steps. Without cuda or mps the default is the preset "cpu", the same architecture
-at 0.8 million parameters, without dropout and with lr_decay, which trains in about four minutes
-(the README's Performance section says how it was chosen). The run prints which preset it uses and
-what that sets; --preset forces one, and flags typed on the command line win over both.
+at 0.8 million parameters, without dropout and with a learning rate that warms up, then decays
+(lr_decay), which trains in about four minutes. Both live in stages/short_run.py, apart from the
+lesson. The run prints which preset it uses and what that sets; --preset forces one, and flags
+typed on the command line win over both.
 
 The weights start from PyTorch's default initialisation, as in the video. The lecture's repository
 later added a normal N(0, 0.02) initialisation, as in GPT-2, that the video did not have. Measured
@@ -25,9 +26,8 @@ Measured: val loss 1.5777, train 1.3831, after 2000 steps (preset cpu) in 245 s
           on an AMD EPYC, 2 cores (lecture: about 1.48 at the video preset on a GPU).
 """
 
-import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,10 +38,11 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
 import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
+from stages.short_run import PRESETS, Schedule, learning_rate_at  # noqa: E402  a short CPU run
 
 
 @dataclass
-class Config:
+class Config(Schedule):  # Schedule: lr_decay and warmup_iters, for the cpu preset (short_run.py)
     """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
 
     batch_size: int = 64  # independent sequences processed in parallel in each step
@@ -49,33 +50,15 @@ class Config:
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
     learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
-    lr_decay: bool = False  # warm up, then decay along a cosine to a tenth at max_iters
-    warmup_iters: int = 100  # steps of linear warm-up, with --lr_decay
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 384  # width of the token and position embeddings
     n_head: int = 6  # attention heads, each of size n_embd // n_head
     n_layer: int = 6  # Transformer blocks stacked one after another
-    dropout: float = 0.2  # fraction of activations zeroed at random in training (regularisation)
+    dropout: float = field(default=0.2, metadata={"below": 1})  # the fraction zeroed in training
 
-
-# Config above is the lecture's ("video"); "cpu" keeps the architecture and shrinks it to minutes on
-# 2 cores (chosen by measurement: benchmarks/tune_stage10.py)
-PRESETS = {
-    "video": {},
-    "cpu": dict(
-        batch_size=32,
-        block_size=64,
-        max_iters=2000,
-        eval_interval=250,
-        learning_rate=3e-3,
-        lr_decay=True,
-        eval_iters=20,
-        n_embd=128,
-        n_head=4,
-        n_layer=4,
-        dropout=0.0,
-    ),
-}
+    def __post_init__(self) -> None:  # checked before anything is built or trained
+        if self.n_embd % self.n_head:  # the heads' outputs, concatenated, must be n_embd wide
+            raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
 
 
 class Head(nn.Module):
@@ -197,19 +180,6 @@ class LanguageModel(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
             idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
-
-
-def learning_rate_at(step: int, cfg: Config) -> float:
-    """The step size for this step: the lecture's constant one or, with lr_decay (the cpu
-    preset), a linear warm-up over warmup_iters steps, then a cosine from learning_rate down to
-    a tenth of it."""
-    if not cfg.lr_decay:
-        return cfg.learning_rate
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    decay_steps = max(1, cfg.max_iters - cfg.warmup_iters)
-    progress = min(1.0, (step - cfg.warmup_iters) / decay_steps)  # 0 -> 1 over the rest
-    return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Every failure a user can cause: one clear line, a non-zero exit, no traceback, nothing lost."""
 
+import importlib.util
 import re
 import signal
 import socket
@@ -122,8 +123,9 @@ def test_unknown_flag_suggests_the_closest(bigram, run_cli):
         (["--learning_rate", "fast"], "'fast' is not a number"),
         (["--batch_size", "0"], "'0' must be greater than 0"),
         (["--block_size", "-8"], "'-8' must be greater than 0"),
-        (["--learning_rate", "-1e-3"], "'-1e-3' must be greater than 0"),
-        (["--learning_rate", "nan"], "'nan' must be greater than 0"),
+        (["--learning_rate", "-1e-3"], "'-1e-3' must be 0 or more"),
+        (["--learning_rate", "nan"], "'nan' is not a finite number"),
+        (["--learning_rate", "inf"], "'inf' is not a finite number"),
         (["--max_iters", "0"], "'0' must be greater than 0"),
         (["--eval_iters", "0"], "'0' must be greater than 0"),
         (["--eval_interval", "-1"], "'-1' must be greater than 0"),
@@ -137,6 +139,50 @@ def test_unknown_flag_suggests_the_closest(bigram, run_cli):
 def test_bad_values(bigram, run_cli, flags, message):
     code, _, err = run_cli(bigram, flags)
     one_line_error(code, err, message)
+
+
+def stage_with_a_new_field(tmp_path, monkeypatch, line: str):
+    """Stage 01 as a learner may change it: one more field in its Config (line), nothing else."""
+    source = (harness.stages.STAGE_DIR / f"{STAGE_IDS[0]}.py").read_text(encoding="utf-8")
+    anchor = "    eval_iters: int = 200"
+    assert anchor in source
+    path = tmp_path / f"{STAGE_IDS[0]}.py"
+    path.write_text(source.replace(anchor, f"{line}\n{anchor}"), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("stage_with_a_new_field", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses looks the module up here; gone after the test
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "line, ok, refused",
+    [
+        (
+            "    weight_decay: float = 0.1",
+            ["0", "0.25"],
+            {"-0.1": "must be 0 or more", "inf": "is not a finite number"},
+        ),
+        ("    grad_accum: int = 1", ["3"], {"0": "must be greater than 0"}),
+    ],
+    ids=["float", "int"],
+)
+def test_a_new_config_field_is_checked_by_its_type_alone(
+    line, ok, refused, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """A float field takes 0 (weight decay 0 is no decay), an int is a count (at least 1): nothing in the harness
+    names the field."""
+    module = stage_with_a_new_field(tmp_path, monkeypatch, line)
+    name = line.split(":")[0].strip()
+    for value in ok:
+        ckpt = tmp_path / f"ok-{value}.pt"
+        flags = tiny_flags(module, max_iters=2) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+        code, _, err = run_cli(module, flags + [f"--{name}", value])
+        assert code == 0, err
+        assert torch.load(ckpt, weights_only=True)["config"][name] == float(value)
+    for value, message in refused.items():
+        code, _, err = run_cli(module, [f"--{name}", value])
+        one_line_error(code, err, f"argument --{name}: '{value}' {message}")
 
 
 def test_dropout_must_be_a_fraction(run_cli):

@@ -370,6 +370,29 @@ def test_stage_10_learning_rate_is_constant_or_warms_up_then_decays_to_a_tenth(s
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
+def test_stage_10_trains_each_step_at_the_rate_its_schedule_gives(
+    stage, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """The schedule is what the optimizer uses, step by step: not only what learning_rate_at computes."""
+    module = load_stage(stage)
+    used = []  # the rate of each optimizer step, in order
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    schedule = dict(max_iters=12, learning_rate=1e-2, lr_decay=True, warmup_iters=4)
+    flags = tiny_flags(module, **schedule) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")]
+    code, _, err = run_cli(module, flags)
+    assert code == 0, err
+    cfg = module.Config(**schedule)
+    assert used == pytest.approx([module.learning_rate_at(s, cfg) for s in range(12)])
+    assert used[0] < used[3] > used[-1]  # up through the warm-up, then down
+
+
+@pytest.mark.parametrize("stage", stages_from(10))
 def test_stage_10_accepts_no_warm_up(stage, run_cli):
     module = load_stage(stage)
     assert module.learning_rate_at(0, module.Config(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)

@@ -112,14 +112,16 @@ def _loss(value: float | None) -> str:
 
 
 def stage_facts(stage: str) -> tuple[str, bool]:
-    """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run."""
+    """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
+    A stage has presets when it defines PRESETS or imports it (stage 10 from stages/short_run.py)."""
     tree = ast.parse((harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").strip()
     first = doc.splitlines()[0] if doc else ""
     concept = re.sub(r"^Stage \d+:\s*", "", first).rstrip(".").strip() or stage[3:].replace("_", " ")
     targets = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
     targets += [node.target for node in tree.body if isinstance(node, ast.AnnAssign)]
-    has_presets = any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
+    imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names]
+    has_presets = "PRESETS" in imported or any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
     return concept, has_presets
 
 
