@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
-import harness.history  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 
@@ -131,7 +130,7 @@ def bench_gpu(flags: tuple[str, ...] = ("--preset", "video", "--fast", "on"), de
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
         cmd = [sys.executable, "stages/10_gpt.py", "--device", device, *flags, "--checkpoint", f"{tmp}/10.pt"]
         wall, out = run(cmd, env=env)
-        rows = harness.history.read_history(Path(tmp) / "10.history.csv")
+        rows = harness.checkpoints.read_history(Path(tmp) / "10.history.csv")
     train, val = final_losses(out)
     steps = [r["step"] for r in rows]
     times = [r["elapsed_s"] for r in rows]

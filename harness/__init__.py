@@ -13,10 +13,8 @@ Modules, one job each:
     accelerate   --fast (the GPU fast path), --compile and --dtype
     training     the Trainer
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
-    saving       writing checkpoint and history as training goes, keeping the last good one
-    snapshot     what a checkpoint holds, and restoring a run from one
-    checkpoints  checkpoint files: atomic writes, safe loading, checks
-    history      <stage>.history.csv
+    checkpoints  the Checkpoint (what one holds), its file and the loss history beside it, and
+                 saving as training goes, keeping the last good one
     stages       finding and importing the stages by number or name
     machine      this machine's name, for result tables
     errors       UserError and run_main

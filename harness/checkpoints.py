@@ -1,25 +1,142 @@
-"""Checkpoint files: written whole or not at all, loaded without running code, checked on load."""
+"""Checkpoints: what one holds, its file, and saving a run as it trains.
+
+In memory a checkpoint is a Checkpoint, which the harness and the tools ask (ckpt.step, ckpt.vocab).
+On disk it is a plain dict of tensors and plain values, since torch.load(..., weights_only=True),
+which runs no code from the file, refuses anything else:
+
+    format     "nano-gpt-stages/1"            stage    "01_bigram"
+    config     the hyperparameters, a dict    vocab    the characters, in id order
+    step       optimizer steps done           model    the weights (a state_dict)
+    optimizer  AdamW's state                  history  one row per loss estimate
+    elapsed    seconds of training so far     rng      every random-number generator's state
+
+Files are written to a temporary file and renamed, so a crash mid-save keeps the previous one. Beside
+each checkpoint goes <stage>.history.csv, its loss history, for plotting without torch.
+"""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import os
 import pickle
+import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from tqdm import tqdm
 
 import common
 from harness.errors import UserError, first_line
 
 CHECKPOINT_DIR = common.ROOT / "checkpoints"
 CHECKPOINT_FORMAT = "nano-gpt-stages/1"
+HISTORY_FIELDS = ("step", "train_loss", "val_loss", "elapsed_s")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A run at one step: everything --sample needs, and everything --resume needs to go on exactly."""
+
+    stage: str
+    config: dict[str, Any]  # the Config's fields by name
+    vocab: str  # the tokenizer's characters, sorted: id i is vocab[i]
+    step: int
+    model: dict[str, torch.Tensor]  # plain weights: no torch.compile prefix
+    optimizer: dict[str, Any]
+    history: list[dict[str, float]]
+    elapsed: float
+    rng: dict[str, Any]  # "batches", "eval", "torch", "cuda": the generators' states
+
+    def to_file(self) -> dict[str, Any]:
+        """The dict written to disk (a shallow one: the tensors are not copied)."""
+        return {"format": CHECKPOINT_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_file(cls, saved: dict[str, Any], path: Path) -> Checkpoint:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in saved]
+        if missing:
+            raise UserError(
+                f"{path} lacks {', '.join(missing)}: it is damaged, or was written by another version of "
+                "this project; delete it and train again"
+            )
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
 
 
 def default_path(stage: str) -> Path:
     return CHECKPOINT_DIR / f"{stage}.pt"
+
+
+def history_path(checkpoint_path: Path) -> Path:
+    return checkpoint_path.with_suffix(".history.csv")
+
+
+# -- a run, to a checkpoint and back -------------------------------------------------------------
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, without the `_orig_mod.` prefix that torch.compile adds to every key."""
+    model = getattr(model, "_orig_mod", model)
+    return {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
+
+
+def take(
+    run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list, elapsed: float
+) -> Checkpoint:
+    """The checkpoint of a run at this step."""
+    return Checkpoint(
+        stage=run.stage,
+        config=dataclasses.asdict(run.config),
+        vocab=run.tokenizer.chars,
+        step=step,
+        model=plain_state_dict(model),
+        optimizer=optimizer.state_dict(),
+        history=history,
+        elapsed=elapsed,
+        rng={
+            "batches": run.train_gen.get_state(),
+            "eval": run.eval_gen.get_state(),
+            "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... and on GPUs
+        },
+    )
+
+
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any = None) -> None:
+    """Put a checkpoint's weights into model; a model of another size is one clear error, naming the
+    hyperparameters that differ between the checkpoint and config (this run's)."""
+    own, theirs = plain_state_dict(model), ckpt.model
+    mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    mismatched += [k for k in theirs if k not in own]
+    if mismatched:
+        here = dataclasses.asdict(config) if config is not None else {}
+        differ = [f"{k} {v} there, {here[k]} here" for k, v in ckpt.config.items() if k in here and here[k] != v]
+        raise UserError(
+            f"{path} holds a model of another size ({', '.join(differ) or 'other layers'}; first difference: "
+            f"{mismatched[0]}); drop the flags that change it to use the checkpoint's, or train afresh"
+        )
+    getattr(model, "_orig_mod", model).load_state_dict(theirs)
+
+
+def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimizer) -> None:
+    """--resume: the optimizer's state and every random-number generator, as they were saved."""
+    optimizer.load_state_dict(ckpt.optimizer)
+    for group in optimizer.param_groups:  # the optimizer state brings the old rate back:
+        group["lr"] = run.config.learning_rate  # --learning_rate (or the checkpoint's) wins
+    run.train_gen.set_state(ckpt.rng["batches"])
+    run.eval_gen.set_state(ckpt.rng["eval"])
+    torch.set_rng_state(ckpt.rng["torch"])
+    cuda_states = ckpt.rng.get("cuda", [])
+    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+# -- files -------------------------------------------------------------------------------------
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -38,59 +155,48 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         Path(tmp_name).unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    write_atomically(path, lambda f: torch.save(payload, f))
+def write_file(path: Path, saved: dict) -> None:
+    """The on-disk dict, written atomically."""
+    write_atomically(path, lambda f: torch.save(saved, f))
 
 
-def load_checkpoint(path: Path, stage: str) -> dict:
-    """Load and check a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
+def read_file(path: Path, stage: str) -> dict:
+    """The on-disk dict, loaded with weights_only=True (tensors and plain data, never arbitrary
+    code) and checked to be this project's, written by this stage."""
     if path.is_dir():
         raise UserError(f"--checkpoint {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
         custom = "" if path == default_path(stage) else f" --checkpoint {path}"
         raise UserError(f"no checkpoint at {path}: train first with `python stages/{stage}.py{custom}`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:  # the file is there but cannot be read: it may be fine, so never say "delete it"
         raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
+    except Exception as e:  # a damaged file can make the unpickler fail in any way (IndexError, EOFError, ...)
+        # torch.save writes a zip archive: one whose pickle holds more than plain data is refused as such
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower() and zipfile.is_zipfile(path):
             raise UserError(
                 f"{path} holds Python objects beyond tensors and plain data; refusing to unpickle "
                 "an untrusted file. Delete it and train again"
             ) from None
         raise UserError(f"{path} is damaged or not a checkpoint ({first_line(e)}); delete it and train again") from None
-    except Exception as e:  # a damaged file can make the unpickler fail in any way (IndexError, EOFError, ...)
-        raise UserError(f"{path} is damaged or not a checkpoint ({first_line(e)}); delete it and train again") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another --checkpoint")
-    if ckpt.get("stage") != stage:
+    if saved.get("stage") != stage:
         raise UserError(
-            f"{path} was saved by stage {ckpt.get('stage')}, not {stage}; "
-            f"run stages/{ckpt.get('stage')}.py with it, or give this stage its own --checkpoint"
+            f"{path} was saved by stage {saved.get('stage')}, not {stage}; "
+            f"run stages/{saved.get('stage')}.py with it, or give this stage its own --checkpoint"
         )
-    return ckpt
+    return saved
 
 
-def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights, without the `_orig_mod.` prefix that torch.compile adds to every key."""
-    model = getattr(model, "_orig_mod", model)
-    return {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
+def load(path: Path, stage: str) -> Checkpoint:
+    """The checkpoint at path, written by stage; every way it can be wrong is one clear error."""
+    return Checkpoint.from_file(read_file(path, stage), path)
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict, path: Path) -> None:
-    """Put a checkpoint's weights into model; a model of another size is one clear error."""
-    own, theirs = plain_state_dict(model), ckpt["model"]
-    mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
-    mismatched += [k for k in theirs if k not in own]
-    if mismatched:
-        sizes = ("n_embd", "n_head", "n_layer", "block_size")
-        cfg = {k: v for k, v in ckpt["config"].items() if k in sizes}
-        raise UserError(
-            f"{path} holds a model of another size ({cfg or 'other layers'}; first difference: "
-            f"{mismatched[0]}); drop the size flags to use the checkpoint's, or train afresh"
-        )
-    getattr(model, "_orig_mod", model).load_state_dict(theirs)
+def save(path: Path, ckpt: Checkpoint) -> None:
+    write_file(path, ckpt.to_file())
 
 
 def check_writable(path: Path) -> None:
@@ -108,3 +214,75 @@ def check_writable_dir(directory: Path, what: str, flag: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot write {what} ({e.strerror or e}); choose another place with {flag}") from None
+
+
+# -- the loss history beside it ------------------------------------------------------------------
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """The loss history as CSV (step, train_loss, val_loss, elapsed_s), written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in HISTORY_FIELDS})  # str(float) round-trips exactly
+    write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The rows write_history wrote; an absent or unreadable file reads as no rows."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{"step": int(r["step"]), **{k: float(r[k]) for k in HISTORY_FIELDS[1:]}} for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return []
+
+
+# -- saving as training goes -----------------------------------------------------------------------
+
+
+class Saver:
+    """Writes a run's checkpoint and history; knows which step the file on disk holds."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, written by this run
+
+    def non_finite(self, what: str) -> UserError:
+        """The error for a nan or inf: says which checkpoint is kept, and what to do."""
+        path = self.run.checkpoint_path
+        kept = f"{path} (step {self.saved_step}) is kept" if self.saved_step is not None else "nothing was saved"
+        return UserError(f"{what}; training stopped and {kept}. Lower --learning_rate and train again")
+
+    def save(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list, elapsed: float
+    ) -> None:
+        run = self.run
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good file with nan
+            raise self.non_finite(f"the weights hold nan or inf at step {step}")
+        ckpt = take(run, model, optimizer, step, history, elapsed)
+        try:
+            if self.saved_step is None and not run.args.resume and run.checkpoint_path.exists():
+                self._keep_previous()
+            save(run.checkpoint_path, ckpt)
+            write_history(history_path(run.checkpoint_path), history)
+        except OSError as e:  # disk full, permissions changed mid-run: write_atomically never leaves half a file
+            raise UserError(
+                f"could not save the checkpoint ({e.strerror or e}: {e.filename or run.checkpoint_path}); "
+                "what is on disk is the last one written whole. Free some space or pass another --checkpoint"
+            ) from None
+        self.saved_step = step
+
+    def _keep_previous(self) -> None:
+        """A fresh run is about to replace a checkpoint from an earlier run: copy it (and its history) aside.
+
+        A copy, not a move: until the new checkpoint is written whole, the old one stays where it was.
+        """
+        path = self.run.checkpoint_path
+        prev = path.with_name(f"{path.stem}.prev{path.suffix}")
+        shutil.copy2(path, prev)
+        if history_path(path).exists():
+            shutil.copy2(history_path(path), history_path(prev))
+        tqdm.write(
+            f"copied the earlier run's checkpoint to {prev} before replacing it (--resume continues a run instead)"
+        )

@@ -296,8 +296,8 @@ def resolve_config(
         origin.update({name: f"preset {preset}" for name in changed})
     if ckpt is not None:
         for name in values:
-            if name not in given and name in ckpt["config"]:
-                values[name] = ckpt["config"][name]
+            if name not in given and name in ckpt.config:
+                values[name] = ckpt.config[name]
                 origin[name] = "the checkpoint"
     try:
         return config_cls(**values)

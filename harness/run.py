@@ -27,7 +27,7 @@ class Run:
     device: torch.device
     tokenizer: common.CharTokenizer
     checkpoint_path: Path
-    checkpoint: dict | None  # the loaded checkpoint, with --sample or --resume
+    checkpoint: checkpoints.Checkpoint | None  # the loaded checkpoint, with --sample or --resume
     # "train" and "val": (N,) token ids on the device; empty with --sample
     data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
@@ -108,20 +108,20 @@ def start(
     common.seed_everything(args.seed)
 
     checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
-    ckpt = checkpoints.load_checkpoint(checkpoint_path, stage) if args.sample or args.resume else None
+    ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
     config = cli.resolve_config(config_cls, args, given, presets, device, ckpt)
     print(f"device: {device}")
 
     if args.sample:
-        tokenizer = common.CharTokenizer(ckpt["vocab"])
+        tokenizer = common.CharTokenizer(ckpt.vocab)
         check_sampling_flags(args, tokenizer)
         return Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt)
 
     text, source = textfile.load_text(args.data)
     tokenizer = common.CharTokenizer.from_text(text)
-    if ckpt is not None and ckpt["vocab"] != tokenizer.chars:
+    if ckpt is not None and ckpt.vocab != tokenizer.chars:
         raise UserError(
-            f"{checkpoint_path} was trained on a text with another vocabulary ({len(ckpt['vocab'])} characters, "
+            f"{checkpoint_path} was trained on a text with another vocabulary ({len(ckpt.vocab)} characters, "
             f"here {tokenizer.vocab_size} in {source}); resume with the same --data, or train afresh without --resume"
         )
     check_sampling_flags(args, tokenizer)

@@ -17,12 +17,10 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from harness import accelerate, snapshot
-from harness.checkpoints import load_weights
+from harness import accelerate
+from harness.checkpoints import Saver, history_path, load_weights, read_history, restore_training
 from harness.errors import Interrupted, UserError
-from harness.history import history_path, read_history
 from harness.run import Run
-from harness.saving import Saver
 from harness.signals import StopSignals
 from harness.stages import previous_stage
 
@@ -54,10 +52,10 @@ class Trainer:
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
         ckpt = run.checkpoint
         if ckpt is not None:
-            load_weights(model, ckpt, run.checkpoint_path)  # one clear error for a model of another size
-            self.step, self.history, self.elapsed = ckpt["step"], list(ckpt["history"]), ckpt["elapsed"]
+            load_weights(model, ckpt, run.checkpoint_path, run.config)  # one clear error for another size
+            self.step, self.history, self.elapsed = ckpt.step, list(ckpt.history), ckpt.elapsed
             if run.args.resume:
-                snapshot.restore_training(run, optimizer)
+                restore_training(ckpt, run, optimizer)
                 print(f"resumed from {run.checkpoint_path} at step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------

@@ -20,20 +20,23 @@ BLOCK = tiny_config(load_stage("10_gpt")).block_size  # 8
 
 
 def save_tiny_checkpoint(stage: str, path, seed: int = 0, **overrides):
-    """A checkpoint of the stage's model at TINY sizes, with random weights, as the Trainer writes one."""
+    """A checkpoint of the stage's model at TINY sizes, with random weights, in the Trainer's format."""
     module = load_stage(stage)
     config = tiny_config(module, **overrides)
     torch.manual_seed(seed)
     model = module.LanguageModel(TOKENIZER.vocab_size, config)
-    payload = {
-        "format": harness.checkpoints.CHECKPOINT_FORMAT,
-        "stage": stage,
-        "config": dataclasses.asdict(config),
-        "vocab": TOKENIZER.chars,
-        "step": 0,
-        "model": model.state_dict(),
-    }
-    harness.checkpoints.save_checkpoint(path, payload)
+    ckpt = harness.checkpoints.Checkpoint(
+        stage=stage,
+        config=dataclasses.asdict(config),
+        vocab=TOKENIZER.chars,
+        step=0,
+        model=model.state_dict(),
+        optimizer={},  # the tool never reads what only --resume needs
+        history=[],
+        elapsed=0.0,
+        rng={},
+    )
+    harness.checkpoints.save(path, ckpt)
     return path
 
 

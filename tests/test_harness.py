@@ -18,7 +18,6 @@ import harness
 import harness.accelerate
 import harness.checkpoints
 import harness.cli
-import harness.history
 import harness.machine
 import harness.run
 import harness.stages
@@ -165,16 +164,41 @@ def _payload(stage="01_bigram", **extra):
 def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ck" / "01_bigram.pt"
     payload = _payload(step=7, vocab="abc", history=[{"step": 0, "val_loss": 4.1}])
-    harness.checkpoints.save_checkpoint(path, payload)
-    loaded = harness.checkpoints.load_checkpoint(path, "01_bigram")
+    harness.checkpoints.write_file(path, payload)
+    loaded = harness.checkpoints.read_file(path, "01_bigram")
     assert torch.equal(loaded["model"]["w"], payload["model"]["w"])
     assert (loaded["step"], loaded["vocab"], loaded["history"]) == (7, "abc", [{"step": 0, "val_loss": 4.1}])
     assert sorted(p.name for p in path.parent.iterdir()) == ["01_bigram.pt"]
 
 
+def test_a_checkpoint_file_as_written_before_loads_as_a_checkpoint(tmp_path):
+    """The file format is a plain dict with these keys, as every checkpoint written so far has them."""
+    path = tmp_path / "01_bigram.pt"
+    on_disk = {
+        "format": "nano-gpt-stages/1",
+        "stage": "01_bigram",
+        "config": {"batch_size": 4, "block_size": 8},
+        "vocab": "abc",
+        "step": 7,
+        "model": {"w": torch.randn(3, 4)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "history": [{"step": 0, "train_loss": 4.2, "val_loss": 4.1, "elapsed_s": 0.5}],
+        "elapsed": 1.5,
+        "rng": {"batches": torch.Generator().get_state(), "eval": torch.Generator().get_state()},
+    }
+    torch.save(on_disk, path)
+    ckpt = harness.checkpoints.load(path, "01_bigram")
+    assert (ckpt.stage, ckpt.config, ckpt.vocab, ckpt.step) == ("01_bigram", on_disk["config"], "abc", 7)
+    assert (ckpt.history, ckpt.elapsed) == (on_disk["history"], 1.5)
+    assert torch.equal(ckpt.model["w"], on_disk["model"]["w"])
+    harness.checkpoints.save(path, ckpt)  # and it is written back as it was read
+    again = torch.load(path, weights_only=True)
+    assert sorted(again) == sorted(on_disk) and again["step"] == 7
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "01_bigram.pt"
-    harness.checkpoints.save_checkpoint(path, _payload(step=1))
+    harness.checkpoints.write_file(path, _payload(step=1))
 
     def dies_half_way(obj, f):
         f.write(b"PK\x03\x04 half a zip")
@@ -182,17 +206,17 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
-        harness.checkpoints.save_checkpoint(path, _payload(step=2))
+        harness.checkpoints.write_file(path, _payload(step=2))
     monkeypatch.undo()
-    assert harness.checkpoints.load_checkpoint(path, "01_bigram")["step"] == 1
+    assert harness.checkpoints.read_file(path, "01_bigram")["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["01_bigram.pt"]
 
 
 def test_checkpoint_of_another_stage(tmp_path):
     path = tmp_path / "x.pt"
-    harness.checkpoints.save_checkpoint(path, _payload(stage="02_position_embedding"))
+    harness.checkpoints.write_file(path, _payload(stage="02_position_embedding"))
     with pytest.raises(harness.UserError, match="saved by stage 02_position_embedding, not 01_bigram"):
-        harness.checkpoints.load_checkpoint(path, "01_bigram")
+        harness.checkpoints.read_file(path, "01_bigram")
 
 
 @pytest.mark.parametrize(
@@ -205,7 +229,7 @@ def test_checkpoint_of_another_stage(tmp_path):
 )
 def test_damaged_checkpoint(tmp_path, damage, message):
     path = tmp_path / "01_bigram.pt"
-    harness.checkpoints.save_checkpoint(path, _payload())
+    harness.checkpoints.write_file(path, _payload())
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "garbage":
@@ -213,7 +237,7 @@ def test_damaged_checkpoint(tmp_path, damage, message):
     else:
         torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(harness.UserError, match=message):
-        harness.checkpoints.load_checkpoint(path, "01_bigram")
+        harness.checkpoints.read_file(path, "01_bigram")
 
 
 class Untrusted:
@@ -224,18 +248,18 @@ def test_untrusted_pickle_is_refused(tmp_path):
     path = tmp_path / "01_bigram.pt"
     torch.save(_payload(extra=Untrusted()), path)
     with pytest.raises(harness.UserError, match="refusing to unpickle an untrusted file"):
-        harness.checkpoints.load_checkpoint(path, "01_bigram")
+        harness.checkpoints.read_file(path, "01_bigram")
 
 
 def test_missing_checkpoint(tmp_path):
     default = harness.checkpoints.CHECKPOINT_DIR / "01_bigram.pt"  # in tmp_path too (conftest)
     with pytest.raises(harness.UserError, match="no checkpoint at .*train first with `python stages/01_bigram.py`$"):
-        harness.checkpoints.load_checkpoint(default, "01_bigram")
+        harness.checkpoints.read_file(default, "01_bigram")
     other = tmp_path / "mine.pt"  # the command that would write it names it
     with pytest.raises(
         harness.UserError, match=f"train first with `python stages/01_bigram.py --checkpoint {re.escape(str(other))}`$"
     ):
-        harness.checkpoints.load_checkpoint(other, "01_bigram")
+        harness.checkpoints.read_file(other, "01_bigram")
 
 
 def test_compiled_model_keys_are_saved_plain():
@@ -254,10 +278,10 @@ def test_history_round_trip(tmp_path):
         {"step": 10, "train_loss": 3.0, "val_loss": 3.1, "elapsed_s": 1.25},
     ]
     path = tmp_path / "s.history.csv"
-    harness.history.write_history(path, rows)
+    harness.checkpoints.write_history(path, rows)
     assert path.read_text().splitlines()[0] == "step,train_loss,val_loss,elapsed_s"
-    assert harness.history.read_history(path) == rows
-    assert harness.history.read_history(tmp_path / "absent.csv") == []
+    assert harness.checkpoints.read_history(path) == rows
+    assert harness.checkpoints.read_history(tmp_path / "absent.csv") == []
 
 
 def test_machine_name_names_the_cores():

@@ -15,7 +15,7 @@ import torch
 
 import common
 import harness
-import harness.history
+import harness.checkpoints
 from conftest import (
     SMALL_TEXT,
     STAGE_IDS,
@@ -74,14 +74,14 @@ def trained(request, two_kinds_file, tmp_path_factory):
 
 def test_each_stage_own_training_loop_lowers_the_training_loss(trained):
     stage, ckpt = trained
-    history = harness.history.read_history(ckpt.with_suffix(".history.csv"))
+    history = harness.checkpoints.read_history(ckpt.with_suffix(".history.csv"))
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     assert last < first - MIN_DROP, f"{stage}'s own loop: train loss {first:.3f} -> {last:.3f} in 30 steps"
 
 
 def test_each_stage_logs_the_val_loss_of_the_validation_split(trained):
     stage, ckpt = trained
-    history = harness.history.read_history(ckpt.with_suffix(".history.csv"))
+    history = harness.checkpoints.read_history(ckpt.with_suffix(".history.csv"))
     first, last = history[0], history[-1]
     if last["train_loss"] > first["train_loss"] - MIN_DROP:  # a model that learned nothing predicts both alike
         pytest.skip("the loop did not learn, so the splits cannot be told apart (the test above fails for it)")

@@ -15,7 +15,6 @@ import common
 import harness
 import harness.checkpoints
 import harness.errors
-import harness.history
 import harness.stages
 import harness.textfile
 import harness.training
@@ -326,7 +325,21 @@ def test_checkpoint_of_another_size(trained, tmp_path, small_text_file, run_cli)
     ckpt = tmp_path / "s2.pt"
     assert run_cli(module, train_flags(module, small_text_file, ckpt))[0] == 0
     code, _, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--n_embd", "24"])
-    one_line_error(code, err, "holds a model of another size", "n_embd")
+    one_line_error(code, err, "holds a model of another size", "n_embd 16 there, 24 here")
+
+
+def test_a_checkpoint_that_lacks_a_part_is_one_line(trained, bigram, run_cli):
+    saved = torch.load(trained, weights_only=True)
+    del saved["rng"], saved["history"]
+    torch.save(saved, trained)
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained)])
+    one_line_error(code, err, "lacks history, rng", "delete it and train again")
+
+
+def test_random_bytes_are_not_a_checkpoint_rather_than_an_untrusted_one(trained, bigram, run_cli):
+    trained.write_bytes(bytes(range(256)) * 40)
+    code, _, err = run_cli(bigram, ["--sample", "--checkpoint", str(trained)])
+    one_line_error(code, err, "is damaged or not a checkpoint")
 
 
 def test_untrusted_pickle_is_refused(bigram, trained, run_cli):
@@ -580,7 +593,7 @@ def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, t
     assert code == 0, err
     assert f"copied the earlier run's checkpoint to {tmp_path / 'c.prev.pt'}" in out
     assert torch.load(tmp_path / "c.prev.pt", weights_only=True)["step"] == 12  # the first run, whole
-    assert [r["step"] for r in harness.history.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
+    assert [r["step"] for r in harness.checkpoints.read_history(tmp_path / "c.prev.history.csv")] == [0, 10, 11]
     assert torch.load(ckpt, weights_only=True)["step"] == 5
 
 
@@ -597,7 +610,7 @@ def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(
     bigram, small_text_file, tmp_path, run_cli, monkeypatch
 ):
     ckpt = tmp_path / "c.pt"
-    real_save = harness.checkpoints.save_checkpoint
+    real_save = harness.checkpoints.write_file
     calls = []
 
     def disk_full_on_the_second_save(path, payload):
@@ -606,7 +619,7 @@ def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(
             raise OSError(28, "No space left on device", str(path))
         real_save(path, payload)
 
-    monkeypatch.setattr(harness.checkpoints, "save_checkpoint", disk_full_on_the_second_save)
+    monkeypatch.setattr(harness.checkpoints, "write_file", disk_full_on_the_second_save)
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt))
     one_line_error(code, err, "could not save the checkpoint (No space left on device:", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the first save, whole
@@ -621,7 +634,7 @@ def test_a_fresh_run_whose_first_save_fails_leaves_the_old_checkpoint_in_place(
     def disk_full(path, payload):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(harness.checkpoints, "save_checkpoint", disk_full)
+    monkeypatch.setattr(harness.checkpoints, "write_file", disk_full)
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
     one_line_error(code, err, "could not save the checkpoint", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 12  # still there, still whole: --resume finds it

@@ -9,9 +9,9 @@ import torch._functorch.config
 
 import common
 import harness
+import harness.checkpoints
 import harness.cli
 import harness.errors
-import harness.history
 import harness.stages
 from conftest import STAGE_IDS, VOCAB, build, heads, load_stage, number, stages_from, tiny_config, tiny_flags
 
@@ -250,7 +250,7 @@ def test_command_line_trains_saves_samples_and_resumes(stage, small_text_file, t
     assert saved["stage"] == stage and saved["step"] == 20
     assert [r["step"] for r in saved["history"]] == [0, 10, 19]
     assert ckpt.with_suffix(".sample.txt").read_text(encoding="utf-8").strip()
-    assert harness.history.read_history(ckpt.with_suffix(".history.csv")) == saved["history"]
+    assert harness.checkpoints.read_history(ckpt.with_suffix(".history.csv")) == saved["history"]
 
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--prompt", "All:", "--num_tokens", "30"])
     assert code == 0, err
@@ -310,7 +310,7 @@ def test_a_run_compares_its_loss_with_the_previous_stage(small_text_file, tmp_pa
         flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / f"{stage}.pt")]
         code, out, err = run_cli(module, flags)
         assert code == 0, err
-    previous = harness.history.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
+    previous = harness.checkpoints.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
     assert f"{previous:.4f} at the end of {STAGE_IDS[0]}'s last run" in out
 
 

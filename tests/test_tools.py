@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import harness
-import harness.history
+import harness.checkpoints
 import harness.machine
 import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
@@ -40,7 +40,7 @@ def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
         {"step": s, "train_loss": start - 0.05 * s, "val_loss": start - 0.04 * s, "elapsed_s": 0.1 * s}
         for s in (0, 10, 19)
     ]
-    harness.history.write_history(harness.history.history_path(directory / f"{stage}.pt"), rows)
+    harness.checkpoints.write_history(harness.checkpoints.history_path(directory / f"{stage}.pt"), rows)
     return rows
 
 
@@ -208,7 +208,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
         module = load_stage(stage)
         model = module.LanguageModel(vocab, module.Config(batch_size=4, block_size=8))
         parameters = sum(p.numel() for p in model.parameters())
-        last = harness.history.read_history(tmp_path / f"{stage}.history.csv")[-1]
+        last = harness.checkpoints.read_history(tmp_path / f"{stage}.history.csv")[-1]
         assert last["step"] == 19
         concept = module.__doc__.splitlines()[0].removeprefix(f"Stage {stage[:2]}: ").rstrip(".")
         assert row[1] == f"`stages/{stage}.py`"  # the name a learner copies to run it

@@ -72,14 +72,14 @@ class Trained:
 
 def load_trained(stage: str, path: Path) -> Trained:
     """The stage's model from the checkpoint at path; a missing, damaged or foreign file is one clear error."""
-    ckpt = harness.checkpoints.load_checkpoint(path, stage)
+    ckpt = harness.checkpoints.load(path, stage)
     module = harness.stages.load_stage(stage)
     fields = {f.name for f in dataclasses.fields(module.Config)}
-    config = module.Config(**{k: v for k, v in ckpt["config"].items() if k in fields})
-    model = module.LanguageModel(len(ckpt["vocab"]), config)
-    harness.checkpoints.load_weights(model, ckpt, path)
+    config = module.Config(**{k: v for k, v in ckpt.config.items() if k in fields})
+    model = module.LanguageModel(len(ckpt.vocab), config)
+    harness.checkpoints.load_weights(model, ckpt, path, config)
     model.eval()  # no dropout, as when generating
-    return Trained(stage, path, model, config.block_size, common.CharTokenizer(ckpt["vocab"]), ckpt["step"])
+    return Trained(stage, path, model, config.block_size, common.CharTokenizer(ckpt.vocab), ckpt.step)
 
 
 def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:

@@ -22,14 +22,13 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
-import harness.history  # noqa: E402
 import harness.stages  # noqa: E402
 
 MATPLOTLIB_HINT = "plotting needs matplotlib, an optional extra: pip install matplotlib"
 
 
 def history_file(checkpoint_dir: Path, stage: str) -> Path:
-    return harness.history.history_path(checkpoint_dir / f"{stage}.pt")
+    return harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt")
 
 
 def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[dict[str, float]]]:
@@ -37,7 +36,7 @@ def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[di
     histories = {}
     for stage in stages:
         path = history_file(checkpoint_dir, stage)
-        rows = harness.history.read_history(path)
+        rows = harness.checkpoints.read_history(path)
         if not rows:
             state = "is empty or not a loss history" if path.exists() else "does not exist"
             raise harness.UserError(
@@ -50,7 +49,8 @@ def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[di
 
 
 def stages_with_history(checkpoint_dir: Path) -> list[str]:
-    return [s for s in harness.stages.stage_names() if harness.history.read_history(history_file(checkpoint_dir, s))]
+    stages = harness.stages.stage_names()
+    return [s for s in stages if harness.checkpoints.read_history(history_file(checkpoint_dir, s))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
-import harness.history  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 from tools import plot  # noqa: E402
@@ -269,7 +268,7 @@ def collect(
             preset = m.group(1)
     if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
         preset = flag_value(flags, "--preset") or "see flags"
-    rows = harness.history.read_history(harness.history.history_path(checkpoint_dir / f"{stage}.pt"))
+    rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
     return Result(
         stage=stage,
