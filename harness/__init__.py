@@ -15,6 +15,7 @@ Modules, one job each:
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
     checkpoints  the Checkpoint (what one holds), its file and the loss history beside it, and
                  saving as training goes, keeping the last good one
+    files        writing a file whole or not at all; checking a folder is writable
     stages       finding and importing the stages by number or name
     machine      this machine's name, for result tables
     errors       UserError and run_main

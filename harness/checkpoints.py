@@ -19,20 +19,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import pickle
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 import common
 from harness.errors import UserError, first_line
+from harness.files import check_writable_dir, write_atomically
 
 CHECKPOINT_DIR = common.ROOT / "checkpoints"
 CHECKPOINT_FORMAT = "nano-gpt-stages/1"
@@ -139,22 +137,6 @@ def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimize
 # -- files -------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """write(f) into a temporary file beside path, flushed to disk, then renamed onto path: a crash
-    or a kill mid-write leaves the previous file whole, never half of the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes files private (0600); these are ordinary files
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
 def write_file(path: Path, saved: dict) -> None:
     """The on-disk dict, written atomically."""
     write_atomically(path, lambda f: torch.save(saved, f))
@@ -204,16 +186,6 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"--checkpoint {path} is a directory; give a file name such as {path / 'model.pt'}")
     check_writable_dir(path.parent, f"the checkpoint {path}", "--checkpoint")
-
-
-def check_writable_dir(directory: Path, what: str, flag: str) -> None:
-    """Create directory if needed and prove a file can be written in it; else one clear error."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write {what} ({e.strerror or e}); choose another place with {flag}") from None
 
 
 # -- the loss history beside it ------------------------------------------------------------------

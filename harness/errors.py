@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from harness.signals import STOP_SIGNALS, StopNow
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
 
@@ -43,7 +45,7 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     main returns None or an exit status; argparse's own exits (--help, a bad flag) pass through.
     """
     # the handlers that training installs for Ctrl-C, SIGTERM and SIGHUP are undone however main ends
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s}
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0
@@ -52,6 +54,9 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         return e.exit_code
     except UserError as e:
         _say(f"error: {e}")
+        return e.exit_code
+    except StopNow as e:  # a second stop signal
+        _say(f"\n{e}")
         return e.exit_code
     except KeyboardInterrupt:
         _say("\ninterrupted: stopped without saving; any earlier checkpoint is unchanged")

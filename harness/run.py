@@ -50,19 +50,23 @@ class Run:
         self.plan = accelerate.plan_for(self.args, self.device)
         return accelerate.wrap(model, self.plan, self.device)
 
-    def generate_text(self, model: torch.nn.Module, prompt: str | None = None, num_tokens: int | None = None) -> str:
-        """The prompt and num_tokens characters sampled by the stage's generate() after it."""
+    def generate_text(self, model: torch.nn.Module) -> str:
+        """--prompt and --num_tokens characters sampled by the stage's generate() after it."""
         args = self.args
-        prompt = args.prompt if prompt is None else prompt
-        if prompt:
-            idx = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)  # (1, T)
-        else:  # start from a newline (or id 0), which is not part of the text returned
-            idx = torch.tensor([[self.tokenizer.stoi.get("\n", 0)]], device=self.device)  # (1, 1)
+        if args.prompt:
+            idx = torch.tensor([self.tokenizer.encode(args.prompt)], device=self.device)  # (1, T)
+        else:  # the newline is not part of the text returned
+            idx = torch.tensor([[empty_prompt_start(self.tokenizer)]], device=self.device)  # (1, 1)
         model.eval()
-        out = model.generate(idx, num_tokens or args.num_tokens, temperature=args.temperature, top_k=args.top_k)
+        out = model.generate(idx, args.num_tokens, temperature=args.temperature, top_k=args.top_k)
         model.train()
         text = self.tokenizer.decode(out[0].tolist())
-        return text if prompt else text[1:]
+        return text if args.prompt else text[1:]
+
+
+def empty_prompt_start(tokenizer: common.CharTokenizer) -> int:
+    """The id an empty prompt starts from: a newline, where the text's lines start (0 if it has none)."""
+    return tokenizer.stoi.get("\n", 0)
 
 
 def pick_device(requested: str) -> torch.device:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import codecs
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 import common
 from harness.errors import UserError
+from harness.files import write_atomically
 
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DATA_BYTES = 1_115_394  # tiny Shakespeare: 65 distinct characters, 1,003,854 train / 111,540 val
@@ -25,22 +25,15 @@ DOWNLOAD_TIMEOUT_S = 30
 def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) -> None:
     """Download url to dest, verify its size and md5, and only then move it into place.
 
-    The bytes go to a temporary file beside dest and are renamed onto it at the end, so an
-    interrupted or failed download never leaves a half-written dest behind.
+    write_atomically puts the bytes in a temporary file beside dest and renames it onto dest only
+    once the download is verified, so an interrupted or failed one never leaves half a dest behind.
     """
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    except OSError as e:
-        raise UserError(
-            f"cannot write into {dest.parent} ({e.strerror or e}); put the text there yourself, or use --data PATH"
-        ) from None
-    tmp = Path(tmp_name)
-    try:
+
+    def fetch_and_verify(out: BinaryIO) -> None:
         digest = hashlib.md5()
         got = 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 bar = tqdm(
                     total=size, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False, disable=None
                 )
@@ -61,10 +54,13 @@ def download(url: str, dest: Path, size: int = DATA_BYTES, md5: str = DATA_MD5) 
                 f"the download from {url} is not the expected file ({got:,} bytes, md5 {digest.hexdigest()}; "
                 f"expected {size:,} bytes, md5 {md5}); nothing was saved. Try again, or put the file at {dest}"
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        write_atomically(dest, fetch_and_verify)
+    except OSError as e:  # the download's own errors are UserErrors by now: this is the folder
+        raise UserError(
+            f"cannot write into {dest.parent} ({e.strerror or e}); put the text there yourself, or use --data PATH"
+        ) from None
 
 
 _WIDE_ENCODINGS = (  # UTF-32's marks first: UTF-32 LE's begins with UTF-16 LE's

@@ -129,11 +129,12 @@ class Trainer:
 
     def save(self) -> None:
         self.read_losses()  # never save a model whose training went nan since the last read
-        self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
+        with self._signals.saving():  # a second Ctrl-C waits for the checkpoint and its history
+            self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
 
     # -- the end ----------------------------------------------------------------------------
 
-    def finish(self) -> str:
+    def finish(self) -> None:
         """After training: save the final checkpoint, compare with the previous stage, print a sample."""
         run = self.run
         if self.trained:
@@ -150,7 +151,6 @@ class Trainer:
                 raise UserError(
                     f"could not write {sample} ({e.strerror or e}); the checkpoint is saved, and --sample prints more"
                 ) from None
-        return text
 
     def _compare_with_previous_stage(self) -> None:
         previous = previous_stage(self.run.stage)

@@ -167,13 +167,13 @@ class LanguageModel(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = harness.start(__file__, Config, __doc__, argv)  # flags, device, data, checkpoint
+    run = harness.start(__file__, Config, __doc__, argv)
     cfg = run.config
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = harness.Trainer(run, model, optimizer)  # --resume, --sample, saving, Ctrl-C, history
-    model = run.accelerate(model)  # --fast, --compile, --dtype (for GPUs); as it is by default
+    trainer = harness.Trainer(run, model, optimizer)
+    model = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
 
     for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets

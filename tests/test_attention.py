@@ -243,3 +243,13 @@ def test_a_missing_foreign_or_unknown_checkpoint_or_stage_is_one_line(tmp_path, 
     damaged.write_bytes(b"not a checkpoint")
     code, _, err = run_tool(capsys, "4", "--checkpoint", damaged)
     one_line_error(code, err, f"error: {damaged}")
+
+
+def test_a_stage_after_positions_is_told_what_happened(tmp_path, capsys):
+    """--positions takes every number after it, the stage's too: the error says so, and how to write it."""
+    code, _, err = run_tool(capsys, "--positions", "0", "-1", "10")
+    one_line_error(
+        code, err, "no stage given: --positions took every number after it (0 -1 10)", "tools/attention.py 10"
+    )
+    code, _, err = run_tool(capsys, "--prompt", "All:")
+    one_line_error(code, err, "no stage given;")

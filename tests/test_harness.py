@@ -244,14 +244,14 @@ class Untrusted:
     """An arbitrary Python object: weights_only=True must refuse to unpickle it."""
 
 
-def test_untrusted_pickle_is_refused(tmp_path):
+def test_read_file_refuses_an_untrusted_pickle(tmp_path):
     path = tmp_path / "01_bigram.pt"
     torch.save(_payload(extra=Untrusted()), path)
     with pytest.raises(harness.UserError, match="refusing to unpickle an untrusted file"):
         harness.checkpoints.read_file(path, "01_bigram")
 
 
-def test_missing_checkpoint(tmp_path):
+def test_read_file_names_the_command_that_writes_a_missing_checkpoint(tmp_path):
     default = harness.checkpoints.CHECKPOINT_DIR / "01_bigram.pt"  # in tmp_path too (conftest)
     with pytest.raises(harness.UserError, match="no checkpoint at .*train first with `python stages/01_bigram.py`$"):
         harness.checkpoints.read_file(default, "01_bigram")

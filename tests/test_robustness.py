@@ -294,7 +294,7 @@ def test_top_k_one_is_greedy_and_repeatable(bigram, trained, run_cli):
 
 
 @pytest.mark.parametrize("mode", ["--sample", "--resume"])
-def test_missing_checkpoint(bigram, small_text_file, tmp_path, run_cli, mode):
+def test_a_missing_checkpoint_on_the_command_line_is_one_line(bigram, small_text_file, tmp_path, run_cli, mode):
     code, _, err = run_cli(bigram, [mode, "--checkpoint", str(tmp_path / "none.pt"), "--data", str(small_text_file)])
     one_line_error(code, err, "no checkpoint at", f"python stages/{BIGRAM}.py")
 
@@ -342,7 +342,7 @@ def test_random_bytes_are_not_a_checkpoint_rather_than_an_untrusted_one(trained,
     one_line_error(code, err, "is damaged or not a checkpoint")
 
 
-def test_untrusted_pickle_is_refused(bigram, trained, run_cli):
+def test_an_untrusted_pickle_on_the_command_line_is_one_line(bigram, trained, run_cli):
     ckpt = torch.load(trained, weights_only=True)
     ckpt["extra"] = harness.Run  # any class: weights_only=True refuses to unpickle it
     torch.save(ckpt, trained)
@@ -584,6 +584,31 @@ def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, r
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
     one_line_error(code, err, "stopped without saving", exit_code=harness.errors.EXIT_INTERRUPTED)
     assert torch.load(ckpt, weights_only=True)["step"] == 0  # the checkpoint saved at step 0, untouched
+
+
+def test_a_second_sigterm_during_a_save_waits_for_the_checkpoint_and_its_history(
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """Two SIGTERMs while the estimate at step 10 is saved, between the checkpoint and its history:
+    both files are finished, they agree, and the exit status is SIGTERM's, not Ctrl-C's."""
+    ckpt = tmp_path / "c.pt"
+    write_history = harness.checkpoints.write_history
+    calls = {"n": 0}
+
+    def terminated_twice_while_writing(path, rows):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the save after the estimate at step 10 (the first was step 0's)
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+        write_history(path, rows)
+
+    monkeypatch.setattr(harness.checkpoints, "write_history", terminated_twice_while_writing)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "SIGTERM: stopped once the checkpoint being written was whole", exit_code=143)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 10
+    assert harness.checkpoints.read_history(harness.checkpoints.history_path(ckpt)) == saved["history"]
+    assert [r["step"] for r in saved["history"]] == [0, 10]
 
 
 def test_a_fresh_run_keeps_the_checkpoint_it_replaces(bigram, small_text_file, tmp_path, run_cli):

@@ -89,7 +89,7 @@ def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
     block_size is cropped to its last block_size characters (the position table has no more rows).
     """
     if not prompt:
-        start = trained.tokenizer.chars[trained.tokenizer.stoi.get("\n", 0)]  # id 0 if the text had no newline
+        start = trained.tokenizer.chars[harness.run.empty_prompt_start(trained.tokenizer)]
         return start, "the prompt is empty: the model reads a newline, where the stages' generate starts"
     if len(prompt) > trained.block_size:
         return prompt[-trained.block_size :], (
@@ -317,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("stage", metavar="STAGE", help='a stage number ("10", "04") or name ("10_gpt", "gpt")')
+    # optional to argparse, so that a stage missing after --positions (which takes every number after
+    # it) is told what happened, not only that it is missing
+    parser.add_argument(
+        "stage", metavar="STAGE", nargs="?", help='a stage number ("10", "04") or name ("10_gpt", "gpt")'
+    )
     parser.add_argument(
         "--prompt",
         default="",
@@ -378,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def attention_main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
+    if args.stage is None:
+        took = (
+            f": --positions took every number after it ({' '.join(map(str, args.positions))})" if args.positions else ""
+        )
+        raise harness.UserError(
+            f"no stage given{took}; name the stage first, as in python tools/attention.py 10 --positions 0 -1"
+        )
     if isinstance(sys.stdout, io.TextIOWrapper):  # ⏎, ␣ and █ on a terminal that cannot show them: escapes, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     stage = harness.stages.resolve_stage(args.stage)

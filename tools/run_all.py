@@ -35,6 +35,7 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
+import harness.files  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 from tools import plot  # noqa: E402
@@ -372,7 +373,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
         )
     if args.readme is not None:
         read_readme(args.readme)
-    harness.checkpoints.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
+    harness.files.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
@@ -433,7 +434,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     if marker_span(text, SAMPLES_MARKERS, args.readme, required=False) is not None:
         text = replace_section(text, SAMPLES_MARKERS, args.readme, samples_section(results, args.checkpoints))
     try:
-        harness.checkpoints.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
+        harness.files.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise harness.UserError(
             f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}"
