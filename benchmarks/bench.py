@@ -42,7 +42,7 @@ import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 
 FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
-NANOGPT_REFERENCE = "nanoGPT config/train_shakespeare_char.py: 175 s, best val 1.4581 (one H100, 2026-11-22, issue 12)"
+NANOGPT_REFERENCE = "nanoGPT config/train_shakespeare_char.py: 175 s, best val 1.4581 (one H100, 2026-11-22)"
 
 
 def run(cmd: list[str], timeout: float = 3600, env: dict | None = None) -> tuple[float, str]:

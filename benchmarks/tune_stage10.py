@@ -31,7 +31,7 @@ this shared machine's speed varies by a quarter from hour to hour):
   decay2400   1.5606 (other work ran beside it, so its 466 s are not comparable)
 
 So the preset is the schedule from 3e-3 over 2000 steps, the longest run that stays well inside five
-minutes here. None reached 1.55 within five minutes (issue 4's target for this machine); the last
+minutes here. None reached 1.55 within five minutes (the target set for this machine); the last
 hundred steps bought 0.001 (2300 against 2400), so more steps alone will not get there either.
 """
 

@@ -7,8 +7,9 @@ the past and softmaxed, these affinities weigh the values (a third linear layer:
 you if you find me interesting"). The affinities are scaled by head_size**-0.5: q . k sums
 head_size products, so if q and k had unit variance it would have variance head_size; the scaling
 brings that back to 1, so the softmax stays diffuse instead of collapsing onto one position as
-heads get wider (the lecture's code scales by n_embd, a known erratum; the two coincide here, where
-head_size = n_embd).
+heads get wider. The code written in the video scales by C = n_embd instead; the lecture's
+repository scales by head_size, as here (its commit "scale by head size"). The two coincide in
+this stage, where head_size = n_embd.
 New against stage 03: Head (key, query and value layers) in place of CausalAverage; head_size 32.
 generate already crops the context to the last block_size tokens: position embeddings (stage 02)
 and the causal mask exist only for block_size positions.

@@ -8,9 +8,9 @@ New against stage 04: MultiHeadAttention, and the n_head hyperparameter (4 heads
 must divide n_embd (Config checks it).
 The parameter count does not change (7,553): four heads of 8 hold exactly the weights of one head
 of 32. The gain comes from splitting them into independent attention patterns, not from size.
-From here on head_size (8) differs from n_embd (32): the scores are scaled by 8**-0.5, where the
-lecture's code scales by 32**-0.5 (the erratum stage 04 describes), so its figures come from
-slightly flatter attention than these.
+From here on head_size (8) differs from n_embd (32): the scores are scaled by 8**-0.5, as in the
+lecture's repository, where the code written in the video scales by 32**-0.5 (stage 04 says
+more), so the video's figures come from slightly flatter attention than these.
 
 Run:     python stages/05_multi_head_attention.py            (--help lists every flag)
 Measured: val loss 2.2678, train 2.2439, after 5000 steps in 19 s
