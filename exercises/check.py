@@ -1,0 +1,125 @@
+"""Check an exercise: python exercises/check.py N [--file PATH]
+
+Loads exercise N's file (exercises/exN_<name>.py, or the copy --file names) and runs its checks in
+order. Each prints one line: passed, or what is wrong in words to act on; a check that needs an
+earlier one says it could not run. A syntax error or an exception in the exercise's code is
+reported with its file and line, never as a traceback of the checker. Exit status 0 only when
+every check passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import harness  # noqa: E402
+import harness.cli  # noqa: E402
+from exercises.checks import Check, Failed, ex1  # noqa: E402
+
+EXERCISES = {1: ex1}  # number -> its checks module: NAME (the file's name) and checks()
+EXERCISE_DIR = ROOT / "exercises"
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str  # "passed", "FAILED" or "not run"
+    message: str = ""
+
+    def line(self) -> str:
+        return f"{self.status:>7}  {self.name}" + (f": {self.message}" if self.message else "")
+
+
+def raised(e: BaseException, path: Path) -> str:
+    """What e is and where: in the learner's file at path if it passed through it ("your code raised
+    ZeroDivisionError at ex1.py line 57: division by zero"), else the last place it passed."""
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == path.resolve():
+        return f"a syntax error at {path.name} line {e.lineno}: {e.msg}"
+    frames = traceback.extract_tb(e.__traceback__)
+    theirs = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    message = harness.errors.first_line(e)
+    if theirs:
+        return f"your code raised {type(e).__name__} at {path.name} line {theirs[-1].lineno}: {message}"
+    where = f" at {Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__} was raised{where}, outside your file: {message}"
+
+
+def load_learner_file(path: Path) -> ModuleType:
+    """Import the learner's file by path; one clear error if it cannot be."""
+    if not path.is_file():
+        raise harness.UserError(f"no exercise file at {path}: give the path of your copy with --file")
+    spec = importlib.util.spec_from_file_location(f"learner_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` would: dataclasses and pickling look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 (whatever the learner's file raises, say where)
+        raise harness.UserError(f"{path} cannot be imported: {raised(e, path)}") from None
+    return module
+
+
+def run_checks(
+    checks: list[Check], module: ModuleType, path: Path, report: Callable[[Outcome], None] = lambda o: None
+) -> list[Outcome]:
+    """Run each check on the learner's module, in order; report(outcome) as each one ends."""
+    outcomes: dict[str, Outcome] = {}
+    for check in checks:
+        blocked = [n for n in check.needs if outcomes[n].status != "passed"]
+        if blocked:
+            outcomes[check.name] = Outcome(check.name, "not run", f"needs {', '.join(blocked)} to pass first")
+            report(outcomes[check.name])
+            continue
+        try:
+            figures = check.run(module)
+            outcomes[check.name] = Outcome(check.name, "passed", figures or "")
+        except Failed as e:
+            outcomes[check.name] = Outcome(check.name, "FAILED", str(e))
+        except NotImplementedError as e:
+            outcomes[check.name] = Outcome(check.name, "FAILED", str(e) or "not written yet")
+        except Exception as e:  # noqa: BLE001 (the learner's code raised: say what and where)
+            outcomes[check.name] = Outcome(check.name, "FAILED", raised(e, path))
+        report(outcomes[check.name])
+    return list(outcomes.values())
+
+
+def check_exercise(
+    number: int, path: Path | None = None, report: Callable[[Outcome], None] = lambda o: None, **options
+) -> list[Outcome]:
+    """The outcomes of exercise number's checks on the file at path (default: the exercise's own);
+    options go to the exercise's checks() (the tests make the speed check small)."""
+    checks_module = EXERCISES[number]
+    path = path or EXERCISE_DIR / f"{checks_module.NAME}.py"
+    module = load_learner_file(path)
+    return run_checks(checks_module.checks(**options), module, path, report)
+
+
+def check_main(argv: list[str] | None) -> int:
+    parser = harness.cli.Parser(prog="python exercises/check.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("exercise", type=int, choices=sorted(EXERCISES), help="the exercise's number")
+    parser.add_argument("--file", type=Path, default=None, metavar="PATH", help="check this copy instead")
+    args = parser.parse_args(argv)
+    name = EXERCISES[args.exercise].NAME
+    path = args.file or EXERCISE_DIR / f"{name}.py"
+    print(f"exercise {args.exercise}: {path}")
+    outcomes = check_exercise(args.exercise, path, report=lambda outcome: print(outcome.line(), flush=True))
+    passed = sum(o.status == "passed" for o in outcomes)
+    if passed == len(outcomes):
+        print(f"all {passed} checks passed")
+        return 0
+    print(f"{passed} of {len(outcomes)} checks passed")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.run_main(check_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

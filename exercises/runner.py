@@ -1,0 +1,97 @@
+"""The plumbing between an exercise and the stages: a stage with the learner's part in it, trained
+through the stage's own loop, flags, progress bar and Ctrl-C handling, into the exercise's own
+checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import harness
+import harness.checkpoints
+import harness.stages
+
+STAGE_10 = "10_gpt"
+
+
+def stage_10_with(attention_cls: type | None = None) -> ModuleType:
+    """Stage 10, freshly imported; with attention_cls built wherever it builds a MultiHeadAttention
+    (its Block looks the name up when it builds one)."""
+    module = harness.stages.load_stage(STAGE_10)
+    if attention_cls is not None:
+        module.MultiHeadAttention = attention_cls
+    return module
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of the last `flag VALUE` or `flag=VALUE` in argv."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str] | None = None) -> int:
+    """`python exercises/exN_name.py [stage 10's flags]`: stage 10 with attention_cls, trained into
+    checkpoints/exN_name.pt (never stage 10's own), then compared with stage 10's last run."""
+    name = Path(exercise_file).stem
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def main(argv: list[str]) -> None:
+        given = flag_value(argv, "--checkpoint")
+        ckpt = Path(given) if given else harness.checkpoints.CHECKPOINT_DIR / f"{name}.pt"
+        if ckpt.resolve() == harness.checkpoints.default_path(STAGE_10).resolve():
+            raise harness.UserError(
+                f"--checkpoint {ckpt} is stage 10's own checkpoint; the exercise trains into one of its "
+                f"own: leave --checkpoint out ({name}.pt) or give another path"
+            )
+        if given is None:
+            argv = [*argv, "--checkpoint", str(ckpt)]
+        try:
+            stage_10_with(attention_cls).main(argv)
+        except NotImplementedError as e:
+            if "not written yet" not in str(e):
+                raise
+            number = name[2 : name.index("_")]
+            raise harness.UserError(f"{e}: write it, then check it with python exercises/check.py {number}") from None
+        if "--sample" not in argv:
+            print(compare_with_stage_10(ckpt))
+
+    return harness.run_main(main, argv)
+
+
+def compare_with_stage_10(ckpt: Path) -> str:
+    """The exercise's val loss and training time beside stage 10's last run, at the steps both estimated."""
+    theirs_path = harness.checkpoints.default_path(STAGE_10)
+    if not theirs_path.exists():
+        return f"no run of stage 10 to compare with: python stages/10_gpt.py trains one ({theirs_path})"
+    mine = harness.checkpoints.load(ckpt, STAGE_10)
+    try:
+        theirs = harness.checkpoints.load(theirs_path, STAGE_10)
+    except harness.UserError as e:
+        return f"stage 10's checkpoint cannot be compared with: {e}"
+    differ = [k for k, v in mine.config.items() if k != "max_iters" and theirs.config.get(k) != v]
+    if differ:
+        shown = ", ".join(f"{k} {mine.config[k]} here, {theirs.config.get(k)} there" for k in differ)
+        return f"stage 10's last run ({theirs_path}) used other hyperparameters ({shown}): not compared"
+    by_step = {r["step"]: r for r in theirs.history}
+    rows = [(r, by_step[r["step"]]) for r in mine.history if r["step"] in by_step]
+    if not rows:
+        return f"stage 10's last run ({theirs_path}) estimated its loss at no step this one did: not compared"
+    lines = [f"beside stage 10's per-head attention ({theirs_path}), at the same steps:"]
+    lines.append(f"  {'step':>6}  {'val (yours)':>11}  {'val (per head)':>14}  {'seconds (yours / per head)':>26}")
+    for m, t in rows:
+        seconds = f"{m['elapsed_s']:.1f} / {t['elapsed_s']:.1f}"
+        lines.append(f"  {m['step']:>6}  {m['val_loss']:>11.4f}  {t['val_loss']:>14.4f}  {seconds:>26}")
+    last_mine, last_theirs = rows[-1]
+    if last_mine["elapsed_s"] > 0:
+        ratio = last_theirs["elapsed_s"] / last_mine["elapsed_s"]
+        lines.append(
+            f"  to step {last_mine['step']}: {ratio:.2f}x the per-head form's speed "
+            "(two separate runs: on a busy machine the ratio moves)"
+        )
+    return "\n".join(lines)

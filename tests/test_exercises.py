@@ -1,0 +1,197 @@
+"""The exercises' checks are honest: each fails on the untouched starting file, passes on the worked
+solution, and fails with its own message on the broken solutions learners write."""
+
+import pytest
+import torch
+
+import exercises.check
+import harness.errors
+from conftest import one_line_error, tiny_flags
+from exercises import runner
+from exercises.checks import ex1
+
+EXERCISE_1 = exercises.check.EXERCISE_DIR / f"{ex1.NAME}.py"
+SOLUTION_1 = exercises.check.EXERCISE_DIR / "solutions" / f"{ex1.NAME}.py"
+TINY_SPEED = dict(speed_sizes=dict(batch_size=2, block_size=8, n_embd=24, n_head=3, n_layer=1), speed_steps=1)
+
+
+def outcomes(path, only: str | None = None) -> dict[str, exercises.check.Outcome]:
+    """Exercise 1's outcomes on the file at path, by check name; only: that check and what it needs."""
+    checks = ex1.checks(**TINY_SPEED)
+    if only is not None:
+        wanted = {only}
+        for check in reversed(checks):
+            if check.name in wanted:
+                wanted |= set(check.needs)
+        checks = [c for c in checks if c.name in wanted]
+    module = exercises.check.load_learner_file(path)
+    return {o.name: o for o in exercises.check.run_checks(checks, module, path)}
+
+
+def broken(tmp_path, *replacements: tuple[str, str]):
+    """The worked solution with a learner's mistake written into it."""
+    source = SOLUTION_1.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in source, old
+        source = source.replace(old, new)
+    path = tmp_path / f"{ex1.NAME}.py"
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+def test_every_check_fails_on_the_untouched_starting_file():
+    results = outcomes(EXERCISE_1)
+    assert len(results) == len(ex1.checks())
+    assert all(o.status in ("FAILED", "not run") for o in results.values()), results
+    first = results[ex1.SHAPE]
+    assert first.status == "FAILED" and "not written yet: CausalSelfAttention.forward" in first.message
+    assert all("to pass first" in o.message for o in results.values() if o.status == "not run")
+
+
+@pytest.mark.parametrize("variant", ["by hand", "scaled_dot_product_attention"])
+def test_every_check_passes_on_the_worked_solution(variant, tmp_path):
+    path = SOLUTION_1 if variant == "by hand" else broken(tmp_path)
+    if variant != "by hand":
+        path.write_text(path.read_text() + "\nCausalSelfAttention = CausalSelfAttentionSDPA\n")
+    results = outcomes(path)
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+    assert "ms a training step per head" in results["speed"].message
+
+
+MASK = '        wei = wei.masked_fill(self.tril[:, :, :T, :T] == 0, float("-inf"))  # hide the future\n'
+ATTN_DROPOUT = "        wei = self.attn_dropout(wei)  # randomly cut some of the communication\n"
+SPLIT = ".view(B, T, nh, hs).transpose(1, 2)"
+
+MISTAKES = {
+    "a mask that lets the future in": (
+        [(MASK, "")],
+        "causal: no output depends on a later position",
+        "output changes when position 7's input does: your mask lets the future in",
+    ),
+    "the same, seen against stage 10": (
+        [(MASK, "")],
+        ex1.OUTPUTS,
+        "the last position agrees and the others do not: your mask lets the future in",
+    ),
+    "the scale by n_embd": ([("* hs**-0.5", "* C**-0.5")], ex1.OUTPUTS, "your scores are scaled by n_embd**-0.5"),
+    "heads mixed by a reshape without the transpose": (
+        [(SPLIT, ".view(B, nh, T, hs)")],
+        ex1.OUTPUTS,
+        "check the split into heads and back",
+    ),
+    "dropout live in eval mode": (
+        [(ATTN_DROPOUT, "        wei = F.dropout(wei, self.attn_dropout.p, training=True)\n")],
+        "no dropout in eval mode",
+        "in eval mode dropout still acts",
+    ),
+    "dropout at half the rate": (
+        [(ATTN_DROPOUT, "        wei = F.dropout(wei, self.attn_dropout.p / 2, self.training)\n")],
+        "dropout on the attention weights, at the configured rate",
+        "of the attention weights are dropped where the configured rate is 20%",
+    ),
+    "no dropout on the attention weights": (
+        [(ATTN_DROPOUT, "")],
+        "dropout on the attention weights, at the configured rate",
+        "in training no attention weight is dropped",
+    ),
+    "dropout on the heads' outputs instead of the weights": (
+        [(ATTN_DROPOUT, ""), ("        out = wei @ v  #", "        out = self.attn_dropout(wei @ v)  #")],
+        "dropout on the attention weights, at the configured rate",
+        "dropout zeroes single numbers of what the heads give, not whole attention weights",
+    ),
+    "dropout before the projection": (
+        [
+            (
+                "return self.resid_dropout(self.proj(out))  # (B, T, C)\n\n\nclass",
+                "return self.proj(self.resid_dropout(out))\n\n\nclass",
+            )
+        ],
+        "dropout after the projection, at the configured rate",
+        "apply self.resid_dropout to what self.proj returns",
+    ),
+    "weights detached from the graph": (
+        [("q = self.query(x).view(", "q = F.linear(x, self.query.weight.detach()).view(")],
+        ex1.GRADIENTS,
+        "self.query.weight gets no gradient, though the output matches",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_each_mistake_fails_its_check_with_its_own_message(mistake, tmp_path):
+    replacements, check, message = MISTAKES[mistake]
+    results = outcomes(broken(tmp_path, *replacements), only=check)
+    assert results[check].status == "FAILED", results[check]
+    assert message in results[check].message, results[check].message
+
+
+def test_the_detached_weights_still_give_the_same_outputs(tmp_path):
+    """What makes that mistake hard to see: only the parameter gradients tell."""
+    replacements, _, _ = MISTAKES["weights detached from the graph"]
+    results = outcomes(broken(tmp_path, *replacements), only=ex1.OUTPUTS)
+    assert results[ex1.OUTPUTS].status == "passed"
+
+
+def test_an_exception_in_the_learners_code_names_its_file_and_line(tmp_path):
+    path = broken(
+        tmp_path,
+        (
+            "        nh, hs = self.n_head, self.head_size\n        # split",
+            "        nh, hs = 1 // 0, 0\n        # split",
+        ),
+    )
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "1 // 0" in text)
+    first = outcomes(path)[ex1.SHAPE]
+    assert first.status == "FAILED"
+    assert (
+        first.message
+        == f"your code raised ZeroDivisionError at {path.name} line {line}: integer division or modulo by zero"
+    )
+
+
+def test_a_syntax_error_is_one_line_with_the_file_and_line(tmp_path, capsys):
+    path = broken(tmp_path, ("        B, T, C = x.shape\n        nh, hs", "        B, T, C = x.shape(\n        nh, hs"))
+    code = exercises.check.main(["1", "--file", str(path)])
+    _, err = capsys.readouterr()
+    one_line_error(code, err, f"{path} cannot be imported: a syntax error at {path.name} line")
+
+
+def test_the_command_exits_1_on_the_starting_file_and_0_on_the_solution(capsys, monkeypatch):
+    monkeypatch.setattr(ex1, "CPU_SIZES", TINY_SPEED["speed_sizes"])
+    assert exercises.check.main(["1"]) == 1
+    out, _ = capsys.readouterr()
+    assert " FAILED  shape: (B, T, C) in and out: not written yet" in out and out.rstrip().endswith(
+        "0 of 10 checks passed"
+    )
+    assert exercises.check.main(["1", "--file", str(SOLUTION_1)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.rstrip().endswith("all 10 checks passed")
+    code = exercises.check.main(["1", "--file", "no/such/file.py"])
+    _, err = capsys.readouterr()
+    one_line_error(code, err, "no exercise file at no/such/file.py")
+
+
+def test_the_solution_trains_stage_10_into_its_own_checkpoint(small_text_file, tmp_path, capsys):
+    solution = exercises.check.load_learner_file(SOLUTION_1)
+    stage = runner.stage_10_with(solution.CausalSelfAttention)
+    ckpt = tmp_path / "ex1.pt"
+    flags = tiny_flags(stage) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+    assert runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), flags) == 0, capsys.readouterr()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 20 and any(".sa.query.weight" in k for k in saved["model"])
+    assert "no run of stage 10 to compare with" in capsys.readouterr().out
+
+    own = harness.checkpoints.default_path("10_gpt")
+    code = runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), ["--checkpoint", str(own)])
+    one_line_error(code, capsys.readouterr().err, "is stage 10's own checkpoint")
+
+
+def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, tmp_path, capsys):
+    start = exercises.check.load_learner_file(EXERCISE_1)
+    stage = runner.stage_10_with(start.CausalSelfAttention)
+    flags = tiny_flags(stage) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")]
+    code = runner.train_stage_10_with(start.CausalSelfAttention, str(EXERCISE_1), flags)
+    one_line_error(
+        code, capsys.readouterr().err, "not written yet: CausalSelfAttention.forward", "python exercises/check.py 1"
+    )
+    assert code == harness.errors.EXIT_USER_ERROR
