@@ -19,6 +19,9 @@ Figures:
   gflops   stage 10's training throughput at the lecture's configuration, against this machine's
            measured fp32 matmul peak
   tests    the wall time of `python -m pytest -q` (target <= 60 s)
+  heads    by hand, not in the default --only: ms a training step of stage 10 with its attention per
+           head (the lecture's form), batched by hand and batched with F.scaled_dot_product_attention
+           (exercise 1's solutions), at the cpu preset and at the lecture's configuration (reported)
 """
 
 import argparse
@@ -210,6 +213,63 @@ def bench_gflops(steps: int = 3) -> dict:
     }
 
 
+def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
+    """Stage 10's training step with each form of attention, at the cpu preset and the lecture's
+    configuration: (rounds, steps a round) each, the forms alternating round by round, medians."""
+    from exercises.check import load_learner_file
+    from exercises.runner import stage_10_with
+    from stages.short_run import PRESETS
+
+    solution = load_learner_file(ROOT / "exercises" / "solutions" / "ex1_causal_self_attention.py")
+    forms = {
+        "per_head": stage_10_with(None),
+        "batched": stage_10_with(solution.CausalSelfAttention),
+        "sdpa": stage_10_with(solution.CausalSelfAttentionSDPA),
+    }
+    rounds = rounds or {"cpu": (3, 5), "video": (2, 1)}
+    results = []
+    for preset, (n_rounds, steps) in rounds.items():
+        cfg = forms["per_head"].Config(**PRESETS[preset])
+        data = torch.randint(65, (200_000,))
+        trainers = {}
+        for name, stage in forms.items():
+            torch.manual_seed(0)
+            model = stage.LanguageModel(65, stage.Config(**PRESETS[preset]))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
+            trainers[name] = (model, optimizer, torch.Generator().manual_seed(0))
+        ms = {name: [] for name in forms}
+        for r in range(n_rounds + 1):  # round 0 warms up
+            for name, (model, optimizer, gen) in trainers.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
+                    _, loss = model(x, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if r:
+                    ms[name].append((time.perf_counter() - t0) / steps * 1000)
+            print(
+                f"heads, preset {preset}, round {r}: " + ", ".join(f"{n} {v[-1]:.0f} ms" for n, v in ms.items() if v),
+                flush=True,
+            )
+        med = {name: statistics.median(v) for name, v in ms.items()}
+        results.append(
+            {
+                "figure": f"stage10 attention forms, preset {preset} (ms a training step)",
+                "per_head_ms": round(med["per_head"], 1),
+                "batched_ms": round(med["batched"], 1),
+                "sdpa_ms": round(med["sdpa"], 1),
+                "batched_speedup": round(med["per_head"] / med["batched"], 2),
+                "sdpa_speedup": round(med["per_head"] / med["sdpa"], 2),
+                "rounds_x_steps": f"{n_rounds} x {steps}",
+                "target": "reported",
+                "met": True,
+            }
+        )
+    return results
+
+
 def bench_tests() -> dict:
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -258,6 +318,8 @@ def main() -> int:
         results.append(bench_gflops())
     if "gpu" in only:
         results.append(bench_gpu())
+    if "heads" in only:
+        results += bench_heads()
     if "tests" in only:
         results.append(bench_tests())
 

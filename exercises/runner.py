@@ -39,6 +39,8 @@ def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str]
     """`python exercises/exN_name.py [stage 10's flags]`: stage 10 with attention_cls, trained into
     checkpoints/exN_name.pt (never stage 10's own), then compared with stage 10's last run."""
     name = Path(exercise_file).stem
+    if Path(exercise_file).parent.name == "solutions":  # the worked solution never trains over the learner's
+        name += "_solution"
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def main(argv: list[str]) -> None:
