@@ -76,7 +76,8 @@ def compare_with_stage_10(ckpt: Path) -> str:
         theirs = harness.checkpoints.load(theirs_path, STAGE_10)
     except harness.UserError as e:
         return f"stage 10's checkpoint cannot be compared with: {e}"
-    differ = [k for k, v in mine.config.items() if k != "max_iters" and theirs.config.get(k) != v]
+    # the steps are matched row by row: how many, and how often, may differ
+    differ = [k for k, v in mine.config.items() if k not in ("max_iters", "eval_interval") and theirs.config.get(k) != v]
     if differ:
         shown = ", ".join(f"{k} {mine.config[k]} here, {theirs.config.get(k)} there" for k in differ)
         return f"stage 10's last run ({theirs_path}) used other hyperparameters ({shown}): not compared"
