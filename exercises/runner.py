@@ -77,7 +77,9 @@ def compare_with_stage_10(ckpt: Path) -> str:
     except harness.UserError as e:
         return f"stage 10's checkpoint cannot be compared with: {e}"
     # the steps are matched row by row: how many, and how often, may differ
-    differ = [k for k, v in mine.config.items() if k not in ("max_iters", "eval_interval") and theirs.config.get(k) != v]
+    differ = [
+        k for k, v in mine.config.items() if k not in ("max_iters", "eval_interval") and theirs.config.get(k) != v
+    ]
     if differ:
         shown = ", ".join(f"{k} {mine.config[k]} here, {theirs.config.get(k)} there" for k in differ)
         return f"stage 10's last run ({theirs_path}) used other hyperparameters ({shown}): not compared"

@@ -1,5 +1,6 @@
 """The exercises' checks are honest: each fails on the untouched starting file, passes on the worked
-solution, and fails with its own message on the broken solutions learners write."""
+solution, and fails with its own message on the broken solutions learners write (every check but
+the speed report, which judges nothing, has a mistake of its own below)."""
 
 import pytest
 import torch
@@ -61,6 +62,10 @@ def test_every_check_passes_on_the_worked_solution(variant, tmp_path):
 MASK = '        wei = wei.masked_fill(self.tril[:, :, :T, :T] == 0, float("-inf"))  # hide the future\n'
 ATTN_DROPOUT = "        wei = self.attn_dropout(wei)  # randomly cut some of the communication\n"
 SPLIT = ".view(B, T, nh, hs).transpose(1, 2)"
+PUT_BACK = (  # the end of the by-hand forward
+    "        out = out.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh * hs)\n"
+    "        return self.resid_dropout(self.proj(out))  # (B, T, C)\n\n\nclass"
+)
 
 MISTAKES = {
     "a mask that lets the future in": (
@@ -87,7 +92,7 @@ MISTAKES = {
     "dropout at half the rate": (
         [(ATTN_DROPOUT, "        wei = F.dropout(wei, self.attn_dropout.p / 2, self.training)\n")],
         "dropout on the attention weights, at the configured rate",
-        "of the attention weights are dropped where the configured rate is 20%",
+        "of the attention weights are dropped where the configured rate is 30%",
     ),
     "no dropout on the attention weights": (
         [(ATTN_DROPOUT, "")],
@@ -108,6 +113,31 @@ MISTAKES = {
         ],
         "dropout after the projection, at the configured rate",
         "apply self.resid_dropout to what self.proj returns",
+    ),
+    "the heads not put back side by side": (
+        [(PUT_BACK, "        return out  # (B, nh, T, hs)\n\n\nclass")],
+        ex1.SHAPE,
+        "forward returns (2, 3, 8, 8), not (B, T, C)",
+    ),
+    "the input detached from the graph": (
+        [
+            (
+                "        nh, hs = self.n_head, self.head_size\n        # split",
+                "        x = x.detach()\n        nh, hs = self.n_head, self.head_size\n        # split",
+            )
+        ],
+        "same input gradients",
+        "no gradient reaches the input",
+    ),
+    "a dropout rate written into the code": (
+        [(ATTN_DROPOUT, "        wei = F.dropout(wei, 0.2, self.training)\n")],
+        "stage 10's model trains the same with it",
+        "does something drop at a rate of its own",
+    ),
+    "the same, at the checked rate": (
+        [(ATTN_DROPOUT, "        wei = F.dropout(wei, 0.2, self.training)\n")],
+        "dropout on the attention weights, at the configured rate",
+        "where the configured rate is 30%",
     ),
     "weights detached from the graph": (
         [("q = self.query(x).view(", "q = F.linear(x, self.query.weight.detach()).view(")],
