@@ -10,9 +10,7 @@ every check passes.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
-from exercises.checks import Check, Failed, ex1  # noqa: E402
+from exercises.checks import Check, Failed, ex1, ex4  # noqa: E402
+from exercises.runner import load_learner_file, raised  # noqa: E402
 
-EXERCISES = {1: ex1}  # number -> its checks module: NAME (the file's name) and checks()
+EXERCISES = {1: ex1, 4: ex4}  # number -> its checks module: NAME (the file's name) and checks()
 EXERCISE_DIR = ROOT / "exercises"
 
 
@@ -35,34 +34,6 @@ class Outcome:
 
     def line(self) -> str:
         return f"{self.status:>7}  {self.name}" + (f": {self.message}" if self.message else "")
-
-
-def raised(e: BaseException, path: Path) -> str:
-    """What e is and where: in the learner's file at path if it passed through it ("your code raised
-    ZeroDivisionError at ex1.py line 57: division by zero"), else the last place it passed."""
-    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == path.resolve():
-        return f"a syntax error at {path.name} line {e.lineno}: {e.msg}"
-    frames = traceback.extract_tb(e.__traceback__)
-    theirs = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
-    message = harness.errors.first_line(e)
-    if theirs:
-        return f"your code raised {type(e).__name__} at {path.name} line {theirs[-1].lineno}: {message}"
-    where = f" at {Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
-    return f"{type(e).__name__} was raised{where}, outside your file: {message}"
-
-
-def load_learner_file(path: Path) -> ModuleType:
-    """Import the learner's file by path; one clear error if it cannot be."""
-    if not path.is_file():
-        raise harness.UserError(f"no exercise file at {path}: give the path of your copy with --file")
-    spec = importlib.util.spec_from_file_location(f"learner_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as `import` would: dataclasses and pickling look modules up here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 (whatever the learner's file raises, say where)
-        raise harness.UserError(f"{path} cannot be imported: {raised(e, path)}") from None
-    return module
 
 
 def run_checks(

@@ -1,18 +1,82 @@
-"""The plumbing between an exercise and the stages: a stage with the learner's part in it, trained
-through the stage's own loop, flags, progress bar and Ctrl-C handling, into the exercise's own
-checkpoint."""
+"""The plumbing between an exercise and the stages: the learner's file imported by path, a stage
+with the learner's part in it trained through the stage's own loop, flags, progress bar and Ctrl-C
+handling into the exercise's own checkpoint, and the budget a stage's file trains at."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 import harness
 import harness.checkpoints
+import harness.cli
+import harness.errors
 import harness.stages
 
 STAGE_10 = "10_gpt"
+# the training part of a Config: what a variant of a stage must keep to be compared with it
+BUDGET = (
+    "batch_size",
+    "block_size",
+    "max_iters",
+    "eval_interval",
+    "eval_iters",
+    "learning_rate",
+    "lr_decay",
+    "warmup_iters",
+)
+
+
+def raised(e: BaseException, path: Path) -> str:
+    """What e is and where: in the learner's file at path if it passed through it ("your code raised
+    ZeroDivisionError at ex1.py line 57: division by zero"), else the last place it passed."""
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == path.resolve():
+        return f"a syntax error at {path.name} line {e.lineno}: {e.msg}"
+    frames = traceback.extract_tb(e.__traceback__)
+    theirs = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    message = harness.errors.first_line(e)
+    if theirs:
+        return f"your code raised {type(e).__name__} at {path.name} line {theirs[-1].lineno}: {message}"
+    where = f" at {Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__} was raised{where}, outside your file: {message}"
+
+
+def load_learner_file(path: Path) -> ModuleType:
+    """Import the learner's file by path; one clear error if it cannot be."""
+    if not path.is_file():
+        raise harness.UserError(f"no exercise file at {path}: give the path of your copy with --file")
+    spec = importlib.util.spec_from_file_location(f"learner_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` would: dataclasses and pickling look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 (whatever the learner's file raises, say where)
+        raise harness.UserError(f"{path} cannot be imported: {raised(e, path)}") from None
+    return module
+
+
+def budget_of(module: ModuleType, flags: list[str]) -> dict:
+    """The BUDGET fields of the Config that a run of module with flags trains at, resolved as the
+    harness resolves them (defaults, then a preset, then the flags)."""
+    presets = getattr(module, "PRESETS", None)
+    parser = harness.cli.build_parser(module.__name__, module.__doc__, module.Config, presets)
+    args = parser.parse_args(flags)
+    given = harness.cli.explicit_flags(parser, flags)
+    with contextlib.redirect_stdout(io.StringIO()):  # the preset's own lines: the runs print them
+        cfg = harness.cli.resolve_config(module.Config, args, given, presets, torch.device("cpu"), None)
+    return {k: getattr(cfg, k) for k in BUDGET if hasattr(cfg, k)}
+
+
+def cpu_preset_flags(module: ModuleType) -> list[str]:
+    """--preset cpu for a file with stage 10's presets: the budget exercise 4 compares at."""
+    return ["--preset", "cpu"] if "cpu" in getattr(module, "PRESETS", {}) else []
 
 
 def stage_10_with(attention_cls: type | None = None) -> ModuleType:

@@ -2,11 +2,15 @@
 solution, and fails with its own message on the broken solutions learners write (every check but
 the speed report, which judges nothing, has a mistake of its own below)."""
 
+import json
+
 import pytest
 import torch
 
 import exercises.check
+import exercises.compare
 import harness.errors
+import harness.stages
 from conftest import one_line_error, tiny_flags
 from exercises import runner
 from exercises.checks import ex1
@@ -225,3 +229,91 @@ def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, 
         code, capsys.readouterr().err, "not written yet: CausalSelfAttention.forward", "python exercises/check.py 1"
     )
     assert code == harness.errors.EXIT_USER_ERROR
+
+
+# -- exercise 4: a variant of stage 10, checked and compared ---------------------------------------
+
+EXERCISE_4 = exercises.check.EXERCISE_DIR / "ex4_variant.py"
+SOLUTIONS_4 = sorted((exercises.check.EXERCISE_DIR / "solutions").glob("ex4_*.py"))
+LONGER = "from stages.short_run import PRESETS, Schedule, learning_rate_at  # noqa: E402  a short CPU run\n"
+LONGER_RUN = LONGER + 'PRESETS = {"video": {}, "cpu": {**PRESETS["cpu"], "max_iters": 3000}}  # trains longer\n'
+TINY_BUDGET = ["--max_iters", "6", "--eval_interval", "3", "--eval_iters", "2", "--batch_size", "4"]
+TINY_BUDGET += ["--block_size", "8", "--n_embd", "16", "--n_head", "2", "--n_layer", "1", "--device", "cpu"]
+
+
+def variant(tmp_path, name: str, *replacements: tuple[str, str]):
+    """exercises/ex4_variant.py with a learner's change written into it, as tmp_path/name."""
+    source = EXERCISE_4.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in source, old
+        source = source.replace(old, new)
+    path = tmp_path / name
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+def outcomes_4(path) -> dict:
+    return {o.name: o for o in exercises.check.check_exercise(4, path)}
+
+
+def test_check_4_fails_on_the_untouched_starting_file():
+    results = outcomes_4(EXERCISE_4)
+    assert results["differs from stage 10"].status == "FAILED"
+    assert "no change from stage 10 yet" in results["differs from stage 10"].message
+
+
+def test_check_4_fails_on_a_variant_that_trains_longer_or_breaks_training(tmp_path):
+    results = outcomes_4(variant(tmp_path, "ex4_longer.py", (LONGER, LONGER_RUN)))
+    budget = results["trains at stage 10's budget"]
+    assert budget.status == "FAILED" and "max_iters 3000 here, 2000 in stage 10" in budget.message, budget
+    inverted = ("self.tril[:T, :T] == 0", "self.tril[:T, :T] == 1")  # the mask hides the past instead
+    results = outcomes_4(variant(tmp_path, "ex4_inverted.py", inverted))
+    trains = results["builds and trains without nan"]
+    assert trains.status == "FAILED" and "the loss became nan at step 0" in trains.message, trains
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS_4, ids=lambda p: p.stem)
+def test_check_4_passes_on_each_solution(solution):
+    results = outcomes_4(solution)
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+
+
+def test_compare_gives_the_same_losses_for_the_same_code_and_seed(small_text_file, tmp_path, capsys):
+    stage_10 = harness.stages.STAGE_DIR / "10_gpt.py"
+    argv = [str(stage_10), str(EXERCISE_4), "--seeds", "2", "--out", str(tmp_path / "cmp")]
+    assert exercises.compare.main([*argv, "--", *TINY_BUDGET, "--data", str(small_text_file)]) == 0
+    out = capsys.readouterr().out
+    assert "[run 4 of 4] " in out
+    row = next(line for line in out.splitlines() if line.startswith(str(EXERCISE_4)))
+    assert "no better than the noise: +0.0000" in row
+    runs = json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"]
+    assert runs[str(stage_10)] == runs[str(EXERCISE_4)] and runs[str(stage_10)][0] != runs[str(stage_10)][1]
+    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.pt")) == [
+        "10_gpt.seed1337.pt",
+        "10_gpt.seed1338.pt",
+        "ex4_variant.seed1337.pt",
+        "ex4_variant.seed1338.pt",
+    ]
+
+
+def test_compare_refuses_two_budgets_in_one_line(tmp_path, capsys):
+    longer = variant(tmp_path, "ex4_longer.py", (LONGER, LONGER_RUN))
+    code = exercises.compare.main([str(harness.stages.STAGE_DIR / "10_gpt.py"), str(longer), "--out", str(tmp_path)])
+    one_line_error(
+        code, capsys.readouterr().err, "trains at another budget (max_iters 3000 in ex4_longer, 2000 in 10_gpt)"
+    )
+
+
+@pytest.mark.parametrize(
+    "other, said",
+    [
+        ([1.50, 1.51, 1.52], "better: 0.0500 lower, more than the noise (0.0200)"),
+        ([1.60, 1.61, 1.62], "worse: 0.0500 higher, more than the noise (0.0200)"),
+        ([1.54, 1.56, 1.57], "no better than the noise: -0.0033, within the noise (0.0300)"),
+        ([1.56], "one seed: no noise to weigh the difference against"),
+    ],
+    ids=["better", "worse", "within the noise", "one seed"],
+)
+def test_the_verdict_weighs_the_difference_of_means_against_the_larger_spread(other, said):
+    baseline = [1.55, 1.56, 1.57]  # mean 1.56, spread 0.02
+    assert exercises.compare.verdict(baseline, other).startswith(said)
