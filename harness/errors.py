@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -39,8 +40,31 @@ def _say(text: str) -> None:
         pass
 
 
+# what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "failed to allocate")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OUT_OF_MEMORY)
+    )
+
+
+# The run in progress says, once its sizes and checkpoint are known, what out of memory means for it
+# (the Trainer sets this); without one, the advice is general.
+explain_out_of_memory: Callable[[str], str] | None = None
+
+
+def out_of_memory_line(e: BaseException) -> str:
+    # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> "DefaultCPUAllocator: ..."
+    said = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", first_line(e))[:120]
+    if explain_out_of_memory is not None:
+        return explain_out_of_memory(said)
+    return f"out of memory ({said}); try a smaller --batch_size or --block_size, --preset cpu, or --device cpu"
+
+
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
-    """Run main(argv): a UserError or Ctrl-C becomes one line on stderr and an exit status.
+    """Run main(argv): a UserError, Ctrl-C or out of memory becomes one line on stderr and an exit status.
 
     main returns None or an exit status; argparse's own exits (--help, a bad flag) pass through.
     """
@@ -63,6 +87,13 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+    except RuntimeError as e:  # torch's out of memory, wherever it struck: the step, the estimate, sampling
+        if not is_out_of_memory(e):
+            raise
+        _say(f"error: {out_of_memory_line(e)}")
+        return EXIT_USER_ERROR
     finally:
+        global explain_out_of_memory
+        explain_out_of_memory = None
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from harness import accelerate
+from harness import accelerate, errors
 from harness.checkpoints import Saver, history_path, load_weights, read_history, restore_training
 from harness.errors import Interrupted, UserError
 from harness.run import Run
@@ -50,6 +50,7 @@ class Trainer:
         self._unread: list[tuple[int, torch.Tensor]] = []  # (step number, its loss) not yet read
         self._read_interval = read_interval(run.device)
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
+        errors.explain_out_of_memory = self.out_of_memory
         ckpt = run.checkpoint
         if ckpt is not None:
             load_weights(model, ckpt, run.checkpoint_path, run.config)  # one clear error for another size
@@ -131,6 +132,19 @@ class Trainer:
         self.read_losses()  # never save a model whose training went nan since the last read
         with self._signals.saving():  # a second Ctrl-C waits for the checkpoint and its history
             self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
+
+    def out_of_memory(self, said: str) -> str:
+        """The one line for out of memory in this run: what ran out, what the run asked for, what to try."""
+        cfg, run = self.run.config, self.run
+        parameters = sum(p.numel() for p in self.model.parameters())
+        asked = f"batches of batch_size {cfg.batch_size} x block_size {cfg.block_size}, {parameters:,} parameters"
+        saved = self.saver.saved_step
+        kept = f"{run.checkpoint_path} (step {saved}) is kept" if saved is not None else "nothing was saved"
+        preset = ", --preset cpu" if "preset" in vars(run.args) else ""  # a stage with presets has a small one
+        return (
+            f"{run.device} ran out of memory ({said}) training {asked}; try a smaller --batch_size or "
+            f"--block_size{preset}, or --device cpu; {kept}"
+        )
 
     # -- the end ----------------------------------------------------------------------------
 

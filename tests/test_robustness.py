@@ -663,3 +663,56 @@ def test_a_fresh_run_whose_first_save_fails_leaves_the_old_checkpoint_in_place(
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=5))
     one_line_error(code, err, "could not save the checkpoint", "the last one written whole")
     assert torch.load(ckpt, weights_only=True)["step"] == 12  # still there, still whole: --resume finds it
+
+
+# -- out of memory ----------------------------------------------------------------------------------
+
+OUT_OF_MEMORY = {  # what torch raises when memory runs out, by device (stand-ins: nothing is allocated)
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8.00 GiB total)"),
+    "cpu": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 144000000000 bytes"
+    ),
+    "mps": lambda: RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.2 GB)"),
+}
+
+
+def memory_runs_out(module, monkeypatch, when):
+    """The model's forward raises out of memory the first time when(model, idx) is true."""
+    forward = module.LanguageModel.forward
+    state = {"error": None}
+
+    def exhausted(self, idx, targets=None):
+        if state["error"] is not None and when(self, idx):
+            error, state["error"] = state["error"], None
+            raise error
+        return forward(self, idx, targets)
+
+    monkeypatch.setattr(module.LanguageModel, "forward", exhausted)
+    return state
+
+
+@pytest.mark.parametrize("device", list(OUT_OF_MEMORY))
+@pytest.mark.parametrize(
+    "when, kept",
+    [
+        (lambda model, idx: model.training, "(step 0) is kept"),  # the first step, after step 0's estimate
+        (lambda model, idx: not model.training and idx.shape[0] > 1, "nothing was saved"),  # the first estimate
+        (lambda model, idx: idx.shape[0] == 1, "(step 30) is kept"),  # the closing sample: one row
+    ],
+    ids=["step", "estimate", "sampling"],
+)
+def test_out_of_memory_is_one_line_with_the_sizes_and_the_checkpoint_kept(
+    device, when, kept, bigram, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    memory_runs_out(bigram, monkeypatch, when)["error"] = OUT_OF_MEMORY[device]()
+    ckpt = tmp_path / "c.pt"
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    one_line_error(code, err, "ran out of memory", "batch_size 4 x block_size 8", "try a smaller --batch_size", kept)
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_dressed_up_as_one(bigram, small_text_file, tmp_path, monkeypatch):
+    state = memory_runs_out(bigram, monkeypatch, lambda model, idx: model.training)
+    state["error"] = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x16 and 8x16)")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        harness.run_main(bigram.main, train_flags(bigram, small_text_file, tmp_path / "c.pt"))
