@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 import common
-from harness import accelerate, checkpoints, cli, textfile
+from harness import accelerate, checkpoints, cli, references, textfile
 from harness.errors import UserError
 from harness.stages import stage_name
 
@@ -34,6 +34,8 @@ class Run:
     eval_gen: torch.Generator | None = None  # draws the estimate's batches, apart so resuming stays exact
     # how the model trains (--fast, --compile, --dtype), set by accelerate(); the Trainer applies its TF32
     plan: accelerate.Plan = dataclasses.field(default_factory=accelerate.Plan)
+    preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
+    at_defaults: bool = False  # the training settings are the stage's defaults: its reference loss applies
 
     @property
     def vocab_size(self) -> int:
@@ -114,6 +116,8 @@ def start(
     checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
     ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
     config = cli.resolve_config(config_cls, args, given, presets, device, ckpt)
+    preset = (cli.preset_for(presets, device.type) if args.preset == "auto" else args.preset) if presets else None
+    at_defaults = references.at_defaults(config, config_cls, presets, preset, args.data)
     print(f"device: {device}")
 
     if args.sample:
@@ -146,4 +150,6 @@ def start(
     data = {"train": train_data.to(device), "val": val_data.to(device)}
     train_gen = torch.Generator().manual_seed(args.seed)
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
-    return Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
+    run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
+    run.preset, run.at_defaults = preset, at_defaults
+    return run

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from harness import accelerate, errors
+from harness import accelerate, errors, references
 from harness.checkpoints import Saver, history_path, load_weights, read_history, restore_training
 from harness.errors import Interrupted, UserError
 from harness.run import Run
@@ -155,6 +155,11 @@ class Trainer:
             self.save()
             print(f"saved {run.checkpoint_path} (step {self.step}, {self.seconds():.1f} s of training)")
             self._compare_with_previous_stage()
+            verdict = self.history and references.judge(
+                run.stage, run.preset, run.at_defaults, self.history[-1]["val_loss"]
+            )
+            if verdict:
+                print(verdict)
         text = run.generate_text(self.model)
         print(text)
         if self.trained:

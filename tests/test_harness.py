@@ -19,6 +19,7 @@ import harness.accelerate
 import harness.checkpoints
 import harness.cli
 import harness.machine
+import harness.references
 import harness.run
 import harness.stages
 import harness.textfile
@@ -421,3 +422,50 @@ def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_pat
     )
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
     assert code == 0, err
+
+
+# -- is the loss normal? ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stage, preset, defaults, val, said",
+    [
+        ("09_layer_norm", None, True, 2.0704, "val loss 2.0704 is as expected: 2.0604 at 09_layer_norm's defaults"),
+        ("10_gpt", "cpu", True, 2.49, "is 0.912 above the 1.5777 measured at 10_gpt's defaults (preset cpu)"),
+        ("10_gpt", "cpu", True, 1.40, "below the 1.5777 measured"),
+        ("05_multi_head_attention", None, False, 2.30, "no reference for these settings: this project measured 2.2678"),
+        ("10_gpt", "video", True, 1.49, "no reference for the video preset: this project has not measured it"),
+    ],
+    ids=["within the noise", "above", "below", "other settings", "not measured"],
+)
+def test_the_closing_verdict_on_the_val_loss(stage, preset, defaults, val, said):
+    assert said in harness.references.judge(stage, preset, defaults, val)
+
+
+def test_what_a_loss_far_off_usually_means_is_said():
+    assert "learned only which character follows which" in harness.references.judge("10_gpt", "cpu", True, 2.49)
+    assert "sees the characters it must predict" in harness.references.judge("09_layer_norm", None, True, 1.5)
+    assert harness.references.judge("ex4_gelu", None, True, 1.5) is None  # not a stage: nothing to say
+
+
+def test_a_run_is_at_its_defaults_only_with_every_training_setting_and_the_text_unchanged():
+    stage = harness.stages.load_stage("10")
+    presets = stage.PRESETS
+    cpu = stage.Config(**presets["cpu"])
+    assert harness.references.at_defaults(cpu, stage.Config, presets, "cpu", None)
+    assert harness.references.at_defaults(stage.Config(), stage.Config, presets, "video", None)
+    assert not harness.references.at_defaults(cpu, stage.Config, presets, "video", None)
+    changed = dataclasses.replace(cpu, max_iters=100)
+    assert not harness.references.at_defaults(changed, stage.Config, presets, "cpu", None)
+    assert not harness.references.at_defaults(cpu, stage.Config, presets, "cpu", Path("mine.txt"))
+
+
+def test_the_references_are_the_readmes_measured_figures():
+    """One place for the figures: the README's table (written by tools/run_all.py) agrees with them."""
+    readme = (harness.stages.STAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
+    for (stage, _), reference in harness.references.REFERENCES.items():
+        if reference.measured is None:
+            continue
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage[:2]} | `stages/{stage}.py`"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[5] == f"{reference.measured:.4f}" and cells[6] == reference.lecture, (stage, cells)

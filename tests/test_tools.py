@@ -10,6 +10,7 @@ import pytest
 import harness
 import harness.checkpoints
 import harness.machine
+import harness.references
 import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
 from tools import plot, run_all
@@ -217,7 +218,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
             f"{parameters:,}",
             f"{last['train_loss']:.4f}",
             f"{last['val_loss']:.4f}",
-            run_all.LECTURE_VAL[stage[:2]],
+            harness.references.lecture_figure(stage),
         ]
         assert row[7].endswith(" s") and float(row[7][:-2]) > 0
         assert row[8] == harness.machine.machine_name()

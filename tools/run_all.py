@@ -37,6 +37,7 @@ import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
 import harness.files  # noqa: E402
 import harness.machine  # noqa: E402
+import harness.references  # noqa: E402
 import harness.stages  # noqa: E402
 from tools import plot  # noqa: E402
 
@@ -47,19 +48,6 @@ QUICK_FLAGS = ["--max_iters", "500", "--eval_interval", "100", "--eval_iters", "
 SAMPLE_CHARS = 300  # of each stage's sample, in the README
 STDERR_TAIL = 12  # lines of a failed stage's stderr shown
 
-# the validation loss the lecture reports at the matching point, to compare with
-LECTURE_VAL = {
-    "01": "≈ 2.49",
-    "02": "≈ 2.5",
-    "03": "— (not in the lecture)",
-    "04": "≈ 2.4",
-    "05": "≈ 2.28",
-    "06": "≈ 2.24",
-    "07": "worse than 06 (≈ 2.3)",
-    "08": "≈ 2.08",
-    "09": "≈ 2.06",
-    "10": "≈ 1.48 (video preset, GPU)",
-}
 
 TABLE_HEADER = (
     "stage",
@@ -277,7 +265,7 @@ def collect(
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
-        lecture_val=LECTURE_VAL.get(stage[:2], "—"),
+        lecture_val=harness.references.lecture_figure(stage),
         wall_time_s=round(seconds, 1),
         machine=machine,
         preset=preset,
