@@ -12,7 +12,7 @@ the budget (batch_size, block_size, max_iters, the learning rate and its schedul
 eval_iters, and stages/short_run.py's cpu preset that sets them): a variant that trains longer or
 faster is a different experiment, and compare.py refuses it.
 
-Check it:    python exercises/check.py 4
+Check it:    python exercises/check.py 4   (a copy: python exercises/check.py 4 --file exercises/ex4_mine.py)
 Compare it:  python exercises/compare.py stages/10_gpt.py exercises/ex4_variant.py --seeds 3
              (both trained at stage 10's cpu preset with the same seeds; the verdict weighs the
              difference of the mean val losses against the spread between seeds)

@@ -104,7 +104,7 @@ _seed = _checked(int, lambda v: 0 <= v < 2**32, f"must be from 0 to {2**32 - 1}"
 
 def field_check(f: dataclasses.Field) -> Callable[[str], Any]:
     """The argparse type of a number field: its kind, and the bounds its kind and metadata set."""
-    kind = type(f.default)
+    kind = f.type if f.type in (int, float) else type(f.default)  # `x: float = 1` is a float
     low = f.metadata.get("min", 1 if kind is int else 0)
     below = f.metadata.get("below")
     if below is not None:
@@ -154,7 +154,7 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
             f"--{f.name}",
             type=field_check(f),
             default=f.default,
-            metavar=type(f.default).__name__.upper(),
+            metavar=(f.type if f.type in (int, float) else type(f.default)).__name__.upper(),
             help=helps.get(f.name),
         )
     run = parser.add_argument_group("running")

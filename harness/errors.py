@@ -41,7 +41,7 @@ def _say(text: str) -> None:
 
 
 # what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
-OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "failed to allocate")
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -70,6 +70,8 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     """
     # the handlers that training installs for Ctrl-C, SIGTERM and SIGHUP are undone however main ends
     handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    global explain_out_of_memory
+    explain_out_of_memory = None  # a run before this one, in the same process, says nothing for this one
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0
@@ -93,7 +95,6 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         _say(f"error: {out_of_memory_line(e)}")
         return EXIT_USER_ERROR
     finally:
-        global explain_out_of_memory
         explain_out_of_memory = None
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

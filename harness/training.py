@@ -57,6 +57,7 @@ class Trainer:
             self.step, self.history, self.elapsed = ckpt.step, list(ckpt.history), ckpt.elapsed
             if run.args.resume:
                 restore_training(ckpt, run, optimizer)
+                self.saver.saved_step = ckpt.step  # the checkpoint on disk, kept if anything goes wrong
                 print(f"resumed from {run.checkpoint_path} at step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------
@@ -137,14 +138,19 @@ class Trainer:
         """The one line for out of memory in this run: what ran out, what the run asked for, what to try."""
         cfg, run = self.run.config, self.run
         parameters = sum(p.numel() for p in self.model.parameters())
-        asked = f"batches of batch_size {cfg.batch_size} x block_size {cfg.block_size}, {parameters:,} parameters"
-        saved = self.saver.saved_step
-        kept = f"{run.checkpoint_path} (step {saved}) is kept" if saved is not None else "nothing was saved"
-        preset = ", --preset cpu" if "preset" in vars(run.args) else ""  # a stage with presets has a small one
-        return (
-            f"{run.device} ran out of memory ({said}) training {asked}; try a smaller --batch_size or "
-            f"--block_size{preset}, or --device cpu; {kept}"
-        )
+        if run.sample_only:
+            doing, kept = f"sampling from {parameters:,} parameters", f"{run.checkpoint_path} is unchanged"
+        else:
+            sizes = f"batch_size {cfg.batch_size} x block_size {cfg.block_size}, {parameters:,} parameters"
+            doing = f"training batches of {sizes}"
+            saved = self.saver.saved_step
+            kept = f"{run.checkpoint_path} (step {saved}) is kept" if saved is not None else "nothing was saved"
+        tries = ["a smaller --batch_size or --block_size"]
+        if run.preset is not None and run.preset != "cpu":  # a stage with presets has a small one
+            tries.append("--preset cpu")
+        if run.device.type != "cpu":
+            tries.append("--device cpu")
+        return f"{run.device} ran out of memory ({said}) {doing}; try {', or '.join(tries)}; {kept}"
 
     # -- the end ----------------------------------------------------------------------------
 

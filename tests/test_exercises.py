@@ -86,7 +86,7 @@ MISTAKES = {
     "heads mixed by a reshape without the transpose": (
         [(SPLIT, ".view(B, nh, T, hs)")],
         ex1.OUTPUTS,
-        "check the split into heads and back",
+        "one place to look is the split into heads and back",
     ),
     "dropout live in eval mode": (
         [(ATTN_DROPOUT, "        wei = F.dropout(wei, self.attn_dropout.p, training=True)\n")],
@@ -220,6 +220,13 @@ def test_the_solution_trains_stage_10_into_its_own_checkpoint(small_text_file, t
     one_line_error(code, capsys.readouterr().err, "is stage 10's own checkpoint")
 
 
+def test_sampling_before_training_names_the_exercise_to_run(tmp_path, capsys):
+    solution = exercises.check.load_learner_file(SOLUTION_1)
+    argv = ["--sample", "--checkpoint", str(tmp_path / "none.pt")]
+    code = runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), argv)
+    one_line_error(code, capsys.readouterr().err, "no checkpoint at", f"train first with python {SOLUTION_1}")
+
+
 def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, tmp_path, capsys):
     start = exercises.check.load_learner_file(EXERCISE_1)
     stage = runner.stage_10_with(start.CausalSelfAttention)
@@ -259,6 +266,15 @@ def outcomes_4(path) -> dict:
 def test_check_4_fails_on_the_untouched_starting_file():
     results = outcomes_4(EXERCISE_4)
     assert results["differs from stage 10"].status == "FAILED"
+    assert "no change from stage 10 yet" in results["differs from stage 10"].message
+
+
+def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
+    edits = [
+        ('"""One head of self-attention."""', '"""One head: my notes."""'),
+        ("(B, T, T) hide the future", "(B, T, T) no peeking"),
+    ]
+    results = outcomes_4(variant(tmp_path, "ex4_notes.py", *edits))
     assert "no change from stage 10 yet" in results["differs from stage 10"].message
 
 

@@ -163,8 +163,9 @@ def stage_with_a_new_field(tmp_path, monkeypatch, line: str):
             {"-0.1": "must be 0 or more", "inf": "is not a finite number"},
         ),
         ("    grad_accum: int = 1", ["3"], {"0": "must be greater than 0"}),
+        ("    beta: float = 1", ["0.5"], {"nan": "is not a finite number"}),  # the annotation decides, not the 1
     ],
-    ids=["float", "int"],
+    ids=["float", "int", "float with a whole default"],
 )
 def test_a_new_config_field_is_checked_by_its_type_alone(
     line, ok, refused, small_text_file, tmp_path, run_cli, monkeypatch

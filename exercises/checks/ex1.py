@@ -61,7 +61,13 @@ def copy_heads(heads: nn.Module, mine: nn.Module) -> None:
                     "bias=False)): keep the given __init__"
                 )
             layer.weight.copy_(stacked)
-        mine.proj.load_state_dict(heads.proj.state_dict())
+        proj = getattr(mine, "proj", None)
+        if not isinstance(proj, nn.Linear) or proj.weight.shape != heads.proj.weight.shape or proj.bias is None:
+            raise Failed(
+                "self.proj is not the layer the exercise fixes (nn.Linear(n_head * head_size, n_embd)): "
+                "keep the given __init__"
+            )
+        proj.load_state_dict(heads.proj.state_dict())
 
 
 def pair(module: ModuleType, seed: int = 0, **overrides) -> tuple[nn.Module, nn.Module]:
@@ -105,8 +111,9 @@ def why_outputs_differ(mine: nn.Module, heads: nn.Module, x: torch.Tensor, out: 
     if per_position[-1] <= TOLERANCE and per_position[:-1].max() > TOLERANCE:
         return "the last position agrees and the others do not: your mask lets the future in"
     return (
-        "check the split into heads and back: view(B, T, n_head, head_size).transpose(1, 2), and after "
-        "the weights times v, transpose(1, 2) before view(B, T, C)"
+        "one place to look is the split into heads and back: view(B, T, n_head, head_size).transpose(1, 2), "
+        "and after the weights times v, transpose(1, 2) before view(B, T, C); others: the scale, the softmax's "
+        "dim, the projection"
     )
 
 
@@ -147,7 +154,10 @@ def same_input_gradients(module: ModuleType) -> str:
             raise Failed("no gradient reaches the input: something cuts the graph (.detach(), .data or torch.no_grad)")
         gap = (got - expected).abs().max()
         if gap > TOLERANCE:
-            raise Failed(f"the gradient with respect to the input differs from stage 10's by up to {gap:.2g} (T = {T})")
+            raise Failed(
+                f"the gradient with respect to the input differs from stage 10's by up to {gap:.2g} (T = {T}): "
+                "does part of the path from x to q, k or v leave the graph (.detach(), .data)?"
+            )
     return f"within {TOLERANCE:g}"
 
 
@@ -168,7 +178,12 @@ def same_parameter_gradients(module: ModuleType) -> str:
             )
         gap = (grad - expected[name]).abs()
         if gap.max() > TOLERANCE:
-            rows = f" (head {int(gap.amax(dim=1).argmax()) // HEAD_SIZE}'s rows)" if name != "proj.bias" else ""
+            if name == "proj.bias":
+                rows = ""
+            elif name == "proj":  # its columns take the heads' outputs, head by head
+                rows = f" (head {int(gap.amax(dim=0).argmax()) // HEAD_SIZE}'s columns)"
+            else:
+                rows = f" (head {int(gap.amax(dim=1).argmax()) // HEAD_SIZE}'s rows)"
             raise Failed(f"the gradient of {shown} differs from stage 10's heads' by up to {gap.max():.2g}{rows}")
     return f"query, key, value (head by head) and proj within {TOLERANCE:g}"
 
@@ -222,13 +237,13 @@ def dropout_probe(module: ModuleType, values: str, attn: float, resid: float, pr
 
 def dropout_on_the_attention_weights(module: ModuleType) -> str:
     out = dropout_probe(module, "one-hot", attn=RATE, resid=0.0, proj="identity")
-    weights = out.view(-1, BLOCK, N_HEAD, HEAD_SIZE)[..., :BLOCK].transpose(1, 2)  # (N, nh, t, s)
+    weights = out.reshape(-1, BLOCK, N_HEAD, HEAD_SIZE)[..., :BLOCK].transpose(1, 2)  # (N, nh, t, s)
     causal_weights = weights[..., torch.tril(torch.ones(BLOCK, BLOCK, dtype=torch.bool))]  # s <= t only
     zeroed = (causal_weights == 0).float().mean().item()
     if abs(zeroed - RATE) > RATE_TOLERANCE:
         if zeroed == 0:
             raise Failed(
-                f"in training no attention weight is dropped (stage 10 drops {RATE:.0%}): apply "
+                f"in training no attention weight is dropped (the configured rate is {RATE:.0%}): apply "
                 "self.attn_dropout to the weights after the softmax"
             )
         raise Failed(
@@ -236,7 +251,7 @@ def dropout_on_the_attention_weights(module: ModuleType) -> str:
             f"{RATE:.0%}: use self.attn_dropout, whose p is config.dropout"
         )
     out = dropout_probe(module, "ones", attn=RATE, resid=0.0, proj="identity")
-    per_head = out.view(-1, BLOCK, N_HEAD, HEAD_SIZE)
+    per_head = out.reshape(-1, BLOCK, N_HEAD, HEAD_SIZE)
     if (per_head.amax(dim=-1) - per_head.amin(dim=-1)).max() > 1e-5:
         raise Failed(
             "dropout zeroes single numbers of what the heads give, not whole attention weights: apply "
@@ -250,7 +265,7 @@ def dropout_after_the_projection(module: ModuleType) -> str:
     zeroed = (out == 0).float().mean().item()
     if abs(zeroed - RATE) > RATE_TOLERANCE:
         raise Failed(
-            f"in training {zeroed:.1%} of the projection's outputs are zeroed where stage 10 zeroes "
+            f"in training {zeroed:.1%} of the projection's outputs are zeroed where the configured rate is "
             f"{RATE:.0%}: apply self.resid_dropout to what self.proj returns"
         )
     return f"{zeroed:.1%} of {out.numel():,} outputs zeroed at rate {RATE}"
@@ -330,6 +345,8 @@ def speed(sizes: dict, steps: int):
                     optimizer.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                elif device.type == "mps":
+                    torch.mps.synchronize()
                 if rounds:
                     timings[name].append((time.perf_counter() - t0) / steps * 1000)
         per_head_ms, yours_ms = (statistics.median(timings[n]) for n in ("per head", "yours"))

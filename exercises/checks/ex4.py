@@ -21,10 +21,18 @@ STEPS = 20
 
 
 def code_of(source: str) -> str:
-    """The code of a module without its docstring or comments: what running it depends on."""
+    """The code of a module without its comments or docstrings (the module's, its classes' and its
+    functions'): what running it depends on."""
     tree = ast.parse(source)
-    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant):
-        tree.body = tree.body[1:]
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
 
 

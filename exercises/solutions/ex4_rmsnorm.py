@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, two up
 import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
 import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
 from stages.short_run import PRESETS, Schedule, learning_rate_at  # noqa: E402  a short CPU run
