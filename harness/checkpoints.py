@@ -49,7 +49,7 @@ class Checkpoint:
     optimizer: dict[str, Any]
     history: list[dict[str, float]]
     elapsed: float
-    rng: dict[str, Any]  # "batches", "eval", "torch", "cuda": the generators' states
+    rng: dict[str, Any]  # "batches", "eval", "torch", "cuda", "mps": the generators' states
 
     def to_file(self) -> dict[str, Any]:
         """The dict written to disk (a shallow one: the tensors are not copied)."""
@@ -100,7 +100,8 @@ def take(
             "batches": run.train_gen.get_state(),
             "eval": run.eval_gen.get_state(),
             "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... and on GPUs
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
+            "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
         },
     )
 
@@ -132,6 +133,9 @@ def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimize
     cuda_states = ckpt.rng.get("cuda", [])
     if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
+    mps_state = ckpt.rng.get("mps")  # checkpoints written before it was saved have none
+    if mps_state is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(mps_state)
 
 
 # -- files -------------------------------------------------------------------------------------
