@@ -62,15 +62,20 @@ def load_learner_file(path: Path) -> ModuleType:
     return module
 
 
-def budget_of(module: ModuleType, flags: list[str]) -> dict:
-    """The BUDGET fields of the Config that a run of module with flags trains at, resolved as the
-    harness resolves them (defaults, then a preset, then the flags)."""
+def resolved_config(module: ModuleType, flags: list[str]):
+    """The Config a run of module with flags trains with, resolved as the harness resolves it
+    (defaults, then a preset, then the flags)."""
     presets = getattr(module, "PRESETS", None)
     parser = harness.cli.build_parser(module.__name__, module.__doc__, module.Config, presets)
     args = parser.parse_args(flags)
     given = harness.cli.explicit_flags(parser, flags)
     with contextlib.redirect_stdout(io.StringIO()):  # the preset's own lines: the runs print them
-        cfg = harness.cli.resolve_config(module.Config, args, given, presets, torch.device("cpu"), None)
+        return harness.cli.resolve_config(module.Config, args, given, presets, torch.device("cpu"), None)
+
+
+def budget_of(module: ModuleType, flags: list[str]) -> dict:
+    """The BUDGET fields of the Config that a run of module with flags trains at."""
+    cfg = resolved_config(module, flags)
     return {k: getattr(cfg, k) for k in BUDGET if hasattr(cfg, k)}
 
 

@@ -269,6 +269,14 @@ def test_check_4_fails_on_the_untouched_starting_file():
     assert "no change from stage 10 yet" in results["differs from stage 10"].message
 
 
+def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_model(tmp_path):
+    wider = ("    n_embd: int = 384  #", "    n_embd: int = 512  #")  # the cpu preset sets n_embd 128 over it
+    results = outcomes_4(variant(tmp_path, "ex4_wider.py", wider))
+    assert results["differs from stage 10"].status == "passed"
+    reach = results["the change reaches the model compare.py trains"]
+    assert reach.status == "FAILED" and "the preset sets n_embd" in reach.message, reach
+
+
 def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
     edits = [
         ('"""One head of self-attention."""', '"""One head: my notes."""'),
@@ -280,7 +288,7 @@ def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
 
 def test_check_4_fails_on_a_variant_that_trains_longer_or_breaks_training(tmp_path):
     results = outcomes_4(variant(tmp_path, "ex4_longer.py", (LONGER, LONGER_RUN)))
-    budget = results["trains at stage 10's budget"]
+    budget = results["trains at stage 10's budget (its Config and preset)"]
     assert budget.status == "FAILED" and "max_iters 3000 here, 2000 in stage 10" in budget.message, budget
     inverted = ("self.tril[:T, :T] == 0", "self.tril[:T, :T] == 1")  # the mask hides the past instead
     results = outcomes_4(variant(tmp_path, "ex4_inverted.py", inverted))

@@ -52,6 +52,26 @@ def differs_from_stage_10(module: ModuleType) -> None:
             )
 
 
+def reaches_the_compared_model(module: ModuleType) -> None:
+    """The change shows in the model compare.py trains: the cpu preset's sizes, the same seed."""
+    stage = runner.stage_10_with(None)
+    outputs = []
+    for m in (stage, module):
+        cfg = runner.resolved_config(m, runner.cpu_preset_flags(m))
+        torch.manual_seed(0)
+        model = m.LanguageModel(65, cfg)
+        torch.manual_seed(1)  # the same dropout draws, where there is dropout
+        idx = torch.randint(65, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
+        outputs.append((sum(p.numel() for p in model.parameters()), model(idx)[0].detach()))
+    (n_theirs, theirs), (n_mine, mine) = outputs
+    if n_theirs == n_mine and theirs.shape == mine.shape and torch.equal(theirs, mine):
+        raise Failed(
+            "the change does not reach the model compare.py trains: at stage 10's cpu preset it builds "
+            "the same weights and gives the same logits (the preset sets n_embd, n_head, n_layer and "
+            "dropout 0.0 over the Config's defaults; a change to those, or to dropout, shows nothing there)"
+        )
+
+
 def trains_without_nan(module: ModuleType) -> str:
     fields = {f.name for f in dataclasses.fields(module.Config)}
     cfg = module.Config(**{k: v for k, v in TINY.items() if k in fields})
@@ -93,6 +113,11 @@ def checks() -> list[Check]:
     return [
         Check(STAGE, is_a_stage),
         Check("differs from stage 10", differs_from_stage_10, needs=(STAGE,)),
+        Check(
+            "the change reaches the model compare.py trains",
+            reaches_the_compared_model,
+            needs=("differs from stage 10",),
+        ),
         Check("builds and trains without nan", trains_without_nan, needs=(STAGE,)),
-        Check("trains at stage 10's budget", keeps_the_budget, needs=(STAGE,)),
+        Check("trains at stage 10's budget (its Config and preset)", keeps_the_budget, needs=(STAGE,)),
     ]
