@@ -57,15 +57,11 @@ class Entry:
         return self.path.stem
 
 
-def budget(entry: Entry) -> dict:
-    return budget_of(entry.module, entry.flags)
-
-
 def check_budgets(entries: list[Entry]) -> None:
     """Every file trains at the baseline's budget, or the comparison is refused in one line."""
-    base = budget(entries[0])
+    base = budget_of(entries[0].module, entries[0].flags)
     for entry in entries[1:]:
-        theirs = budget(entry)
+        theirs = budget_of(entry.module, entry.flags)
         differ = [k for k in sorted(set(base) | set(theirs)) if base.get(k) != theirs.get(k)]
         if differ:
             shown = ", ".join(
@@ -184,7 +180,7 @@ def compare_main(argv: list[str] | None) -> None:
     results = {
         "machine": harness.machine.machine_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "budget": budget(entries[0]),
+        "budget": budget_of(entries[0].module, entries[0].flags),
         "seeds": seeds,
         "runs": {str(e.path): e.val for e in entries},
     }

@@ -93,17 +93,6 @@ def stage_10_with(attention_cls: type | None = None) -> ModuleType:
     return module
 
 
-def flag_value(argv: list[str], flag: str) -> str | None:
-    """The value of the last `flag VALUE` or `flag=VALUE` in argv."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str] | None = None) -> int:
     """`python exercises/exN_name.py [stage 10's flags]`: stage 10 with attention_cls, trained into
     checkpoints/exN_name.pt (never stage 10's own), then compared with stage 10's last run."""
@@ -113,7 +102,7 @@ def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str]
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def main(argv: list[str]) -> None:
-        given = flag_value(argv, "--checkpoint")
+        given = harness.cli.flag_value(argv, "--checkpoint")
         ckpt = Path(given) if given else harness.checkpoints.CHECKPOINT_DIR / f"{name}.pt"
         if ckpt.resolve() == harness.checkpoints.default_path(STAGE_10).resolve():
             raise harness.UserError(

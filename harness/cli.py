@@ -252,6 +252,17 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     return given
 
 
+def flag_value(flags: list[str], name: str) -> str | None:
+    """The value of the last `name VALUE` or `name=VALUE` in flags (argparse lets the last one win)."""
+    value = None
+    for i, flag in enumerate(flags):
+        if flag == name and i + 1 < len(flags):
+            value = flags[i + 1]
+        elif flag.startswith(name + "="):
+            value = flag.split("=", 1)[1]
+    return value
+
+
 def config_error(message: str, values: dict[str, Any], origin: dict[str, str]) -> UserError:
     """A Config's own ValueError as one line: the first mention of each field gets its value and, for
     a value not typed on this command line, where it came from: "n_embd (128, from preset cpu)"."""

@@ -113,17 +113,6 @@ def stage_facts(stage: str) -> tuple[str, bool]:
     return concept, has_presets
 
 
-def flag_value(flags: list[str], name: str) -> str | None:
-    """The value of the last `name VALUE` or `name=VALUE` in flags (argparse lets the last one win)."""
-    value = None
-    for i, flag in enumerate(flags):
-        if flag == name and i + 1 < len(flags):
-            value = flags[i + 1]
-        elif flag.startswith(name + "="):
-            value = flag.split("=", 1)[1]
-    return value
-
-
 # ----------------------------------------------------------------------------------------------
 # the README
 
@@ -256,7 +245,7 @@ def collect(
         if m := re.match(r"preset: (\S+)", line):
             preset = m.group(1)
     if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
-        preset = flag_value(flags, "--preset") or "see flags"
+        preset = harness.cli.flag_value(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
     return Result(
@@ -404,7 +393,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
 
     command = shlex.join(["python", "tools/run_all.py", *argv])
     made_by = f"Made by `{command}` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d} (UTC)"
-    iterations = flag_value(flags, "--max_iters")
+    iterations = harness.cli.flag_value(flags, "--max_iters")
     if args.quick:
         made_by += f"; quick mode: {iterations} iterations per stage, not the stages' defaults"
     elif iterations is not None:
