@@ -2,14 +2,16 @@
 
 A stage's main() uses three names from here; the rest serves them, the tools and the tests.
 
-    start(...)    the command line, the device, the seed, the text, the checkpoint -> a Run
-    Trainer(...)  the steps, the progress bar, Ctrl-C, saving, the loss history, the sample
+    start(...)    the command line, the device, the seed, the text and its vocabulary, the checkpoint
+                  (to resume, to sample from, or with --init_from to start from) -> a Run
+    Trainer(...)  the weights it starts from, the steps, the progress bar, Ctrl-C, saving, the loss
+                  history, the sample
     run_main(...) every failure a user can cause -> one line on stderr and an exit status
 
 Modules, one job each:
     cli          the flags, built from a stage's Config, and presets
     textfile     downloading tiny Shakespeare, checking a text file before it is read
-    run          start() and the Run it returns
+    run          start() and the Run it returns; which vocabulary a run takes
     accelerate   --fast (the GPU fast path), --compile and --dtype
     training     the Trainer
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved

@@ -9,6 +9,8 @@ which runs no code from the file, refuses anything else:
     step       optimizer steps done           model    the weights (a state_dict)
     optimizer  AdamW's state                  history  one row per loss estimate
     elapsed    seconds of training so far     rng      every random-number generator's state
+    init_from  where a run started with --init_from took its weights: {"path", "step", "val_loss"};
+               absent from a run trained from scratch (and from files written before it existed)
 
 Files are written to a temporary file and renamed, so a crash mid-save keeps the previous one. Beside
 each checkpoint goes <stage>.history.csv, its loss history, for plotting without torch.
@@ -50,20 +52,32 @@ class Checkpoint:
     history: list[dict[str, float]]
     elapsed: float
     rng: dict[str, Any]  # "batches", "eval", "torch", "cuda", "mps": the generators' states
+    # --init_from: the checkpoint the weights came from, {"path": str, "step": int, "val_loss": float | None};
+    # None for a run from scratch. Optional on disk, so that files written before it existed still load
+    init_from: dict[str, Any] | None = None
 
     def to_file(self) -> dict[str, Any]:
-        """The dict written to disk (a shallow one: the tensors are not copied)."""
-        return {"format": CHECKPOINT_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        """The dict written to disk (a shallow one: the tensors are not copied); an optional part left at
+        its default is left out, so that a run from scratch writes the file it always wrote."""
+        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        optional = [f.name for f in dataclasses.fields(self) if not _required(f) and saved[f.name] == f.default]
+        return {"format": CHECKPOINT_FORMAT, **{k: v for k, v in saved.items() if k not in optional}}
 
     @classmethod
     def from_file(cls, saved: dict[str, Any], path: Path) -> Checkpoint:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in saved]
+        """The Checkpoint of an on-disk dict; one that lacks a required part is damaged, one clear error."""
+        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in saved]
         if missing:
             raise UserError(
                 f"{path} lacks {', '.join(missing)}: it is damaged, or was written by another version of "
                 "this project; delete it and train again"
             )
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+
+
+def _required(f: dataclasses.Field) -> bool:
+    """Whether every checkpoint file holds this part: those with a default may be absent."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def default_path(stage: str) -> Path:
@@ -72,6 +86,11 @@ def default_path(stage: str) -> Path:
 
 def history_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_suffix(".history.csv")
+
+
+def previous_path(checkpoint_path: Path) -> Path:
+    """Where a fresh run copies the checkpoint it replaces: c.pt -> c.prev.pt."""
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.prev{checkpoint_path.suffix}")
 
 
 # -- a run, to a checkpoint and back -------------------------------------------------------------
@@ -103,23 +122,70 @@ def take(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
             "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
         },
+        init_from=run.init_record,
     )
 
 
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any = None) -> None:
+def load_weights(
+    model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any = None, sizes_from_flags: bool = False
+) -> None:
     """Put a checkpoint's weights into model; a model of another size is one clear error, naming the
-    hyperparameters that differ between the checkpoint and config (this run's)."""
+    hyperparameters that differ between the checkpoint and config (this run's) and make it another size.
+
+    sizes_from_flags: this run's sizes are its own (--init_from), not the checkpoint's, so the error says
+    which flags give the checkpoint's; otherwise (--sample, --resume) they are the checkpoint's but for
+    flags typed on the command line, so it says to drop those.
+    """
     own, theirs = plain_state_dict(model), ckpt.model
     mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
     mismatched += [k for k in theirs if k not in own]
     if mismatched:
         here = dataclasses.asdict(config) if config is not None else {}
-        differ = [f"{k} {v} there, {here[k]} here" for k, v in ckpt.config.items() if k in here and here[k] != v]
-        raise UserError(
-            f"{path} holds a model of another size ({', '.join(differ) or 'other layers'}; first difference: "
-            f"{mismatched[0]}); drop the flags that change it to use the checkpoint's, or train afresh"
-        )
+        differ = {k: v for k, v in ckpt.config.items() if k in here and here[k] != v}
+        sizes = sizes_that_differ(model, ckpt, config, differ) if config is not None else None
+        said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in (sizes or differ).items()) or "other layers"
+        if sizes_from_flags:
+            flags = " ".join(as_flag(k, v) for k, v in sizes.items()) if sizes else "the checkpoint's sizes as flags"
+            advice = f"this run's sizes come from its defaults and flags, not from --init_from: add {flags}"
+        else:
+            advice = "drop the flags that change it to use the checkpoint's, or train afresh"
+        raise UserError(f"{path} holds a model of another size ({said}; first difference: {mismatched[0]}); {advice}")
     getattr(model, "_orig_mod", model).load_state_dict(theirs)
+
+
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def sizes_that_differ(model: torch.nn.Module, ckpt: Checkpoint, config: Any, differ: dict) -> dict | None:
+    """Of the hyperparameters that differ, those that make the model another size, with the checkpoint's
+    values; None when that cannot be told (a model class that cannot be rebuilt from (vocab_size, config)).
+
+    Each is found by rebuilding the model with that one value taken from the checkpoint, on the meta
+    device, which allocates nothing: learning_rate changes no shape, n_embd does. Together they must give
+    the checkpoint's shapes, or the answer is None.
+    """
+    model_cls, vocab_size = type(getattr(model, "_orig_mod", model)), len(ckpt.vocab)
+
+    def shapes_with(values: dict) -> dict | None:
+        try:
+            with torch.device("meta"):
+                return shapes(model_cls(vocab_size, dataclasses.replace(config, **values)).state_dict())
+        except Exception:  # the Config refuses the mix (n_embd not divisible by n_head), or the class is another's
+            return None
+
+    own = shapes_with({})
+    if own is None:
+        return None
+    sizes = {k: v for k, v in differ.items() if shapes_with({k: v}) != own}
+    return sizes if shapes_with(sizes) == shapes(ckpt.model) else None
+
+
+def as_flag(name: str, value: Any) -> str:
+    """A hyperparameter as the flag that sets it: --n_embd 16, --lr_decay, --no-lr_decay."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
 
 
 def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -146,11 +212,11 @@ def write_file(path: Path, saved: dict) -> None:
     write_atomically(path, lambda f: torch.save(saved, f))
 
 
-def read_file(path: Path, stage: str) -> dict:
+def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
     """The on-disk dict, loaded with weights_only=True (tensors and plain data, never arbitrary
-    code) and checked to be this project's, written by this stage."""
+    code) and checked to be this project's, written by this stage. flag: the option that named path."""
     if path.is_dir():
-        raise UserError(f"--checkpoint {path} is a directory; give the checkpoint file inside it")
+        raise UserError(f"{flag} {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
         custom = "" if path == default_path(stage) else f" --checkpoint {path}"
         raise UserError(f"no checkpoint at {path}: train first with `python stages/{stage}.py{custom}`")
@@ -167,8 +233,13 @@ def read_file(path: Path, stage: str) -> dict:
             ) from None
         raise UserError(f"{path} is damaged or not a checkpoint ({first_line(e)}); delete it and train again") from None
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another --checkpoint")
+        raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another {flag}")
     if saved.get("stage") != stage:
+        if flag == "--init_from":  # another stage's model has other layers: its weights fit no model here
+            raise UserError(
+                f"--init_from {path} was saved by stage {saved.get('stage')}, not {stage}; a stage starts only "
+                f"from its own weights: pass a checkpoint that stages/{stage}.py wrote"
+            )
         raise UserError(
             f"{path} was saved by stage {saved.get('stage')}, not {stage}; "
             f"run stages/{saved.get('stage')}.py with it, or give this stage its own --checkpoint"
@@ -176,9 +247,9 @@ def read_file(path: Path, stage: str) -> dict:
     return saved
 
 
-def load(path: Path, stage: str) -> Checkpoint:
+def load(path: Path, stage: str, flag: str = "--checkpoint") -> Checkpoint:
     """The checkpoint at path, written by stage; every way it can be wrong is one clear error."""
-    return Checkpoint.from_file(read_file(path, stage), path)
+    return Checkpoint.from_file(read_file(path, stage, flag), path)
 
 
 def save(path: Path, ckpt: Checkpoint) -> None:
@@ -255,7 +326,7 @@ class Saver:
         A copy, not a move: until the new checkpoint is written whole, the old one stays where it was.
         """
         path = self.run.checkpoint_path
-        prev = path.with_name(f"{path.stem}.prev{path.suffix}")
+        prev = previous_path(path)
         shutil.copy2(path, prev)
         if history_path(path).exists():
             shutil.copy2(history_path(path), history_path(prev))

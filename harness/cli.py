@@ -1,8 +1,9 @@
 """The command line: every field of a stage's Config is a flag, checked before anything runs.
 
-Besides the hyperparameters: --device, --seed, --data, --checkpoint, --sample/--resume, the
-sampling flags, --compile/--dtype and, for a stage with presets, --preset. Each bad value is one
-line that names the rule it breaks; an unknown flag suggests the closest known one.
+Besides the hyperparameters: --device, --seed, --data, --checkpoint, --init_from,
+--sample/--resume, the sampling flags, --compile/--dtype/--fast and, for a stage with presets,
+--preset. Each bad value is one line that names the rule it breaks; an unknown flag suggests the
+closest known one.
 
 What a Config field accepts follows from the field itself, so a new field needs nothing here:
   bool    a switch: --name and --no-name
@@ -196,6 +197,14 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         help=f"checkpoint file (default: checkpoints/{stage}.pt)",
     )
     run.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="fine-tune: start from this checkpoint's weights and vocabulary (same stage and sizes), "
+        "with a fresh optimizer at step 0",
+    )
+    run.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the model for training (pays off on a GPU; compiling costs more than it saves on a CPU)",
@@ -287,7 +296,10 @@ def resolve_config(
     ckpt: dict | None,
 ) -> Any:
     """The stage's Config from, in rising order: its defaults, a preset, the checkpoint's
-    hyperparameters (with --sample and --resume), and the flags typed on this command line."""
+    hyperparameters (with --sample and --resume), and the flags typed on this command line.
+
+    Never --init_from's hyperparameters: its weights must fit the model these build, and a run from
+    it otherwise takes the settings a fresh run would (its sizes are checked when its weights load)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
     origin: dict[str, str] = {}  # where a value not typed on this command line came from, for error messages
     if presets and ckpt is not None:  # with a checkpoint, its own hyperparameters apply

@@ -1,5 +1,9 @@
 """One run of a stage: start() reads the command line, picks the device, seeds, and loads the text
-and/or the checkpoint; the Run it returns holds what the stage's main() needs besides its model."""
+and/or the checkpoint; the Run it returns holds what the stage's main() needs besides its model.
+
+The vocabulary: a run from scratch takes the characters of --data; a run from a checkpoint
+(--resume, --init_from, --sample) takes the checkpoint's, so that every id means the character it
+meant in training, and the text must use only characters it holds."""
 
 from __future__ import annotations
 
@@ -36,6 +40,11 @@ class Run:
     plan: accelerate.Plan = dataclasses.field(default_factory=accelerate.Plan)
     preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
     at_defaults: bool = False  # the training settings are the stage's defaults: its reference loss applies
+    # --init_from: the checkpoint whose weights the Trainer puts into the model (then drops, to free its memory)
+    init_source: checkpoints.Checkpoint | None = None
+    # where this run's weights started, recorded in each checkpoint it saves: from --init_from, or kept
+    # from the checkpoint a --resume continues; None for a run from scratch
+    init_record: dict[str, Any] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -93,6 +102,66 @@ def check_sampling_flags(args: argparse.Namespace, tokenizer: common.CharTokeniz
         )
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same once resolved, or (both there) the same inode, a hard link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_init_from(init_from: Path, checkpoint_path: Path) -> None:
+    """--init_from must be a file that training leaves alone: neither the run's own checkpoint nor its backup."""
+    if same_file(init_from, checkpoint_path):
+        raise UserError(
+            f"--init_from {init_from} is this run's own --checkpoint, which training would overwrite; "
+            "pass another --checkpoint for the new run (or use --resume to continue that one)"
+        )
+    backup = checkpoints.previous_path(checkpoint_path)
+    if same_file(init_from, backup):
+        raise UserError(
+            f"--init_from {init_from} is where this run copies the checkpoint it replaces ({checkpoint_path}), "
+            "so training could overwrite it; copy it elsewhere and start from the copy, or pass another --checkpoint"
+        )
+
+
+def init_record(path: Path, source: checkpoints.Checkpoint) -> dict[str, Any]:
+    """What each checkpoint of a run from --init_from records about where its weights came from."""
+    val_loss = source.history[-1]["val_loss"] if source.history else None
+    return {"path": str(path.resolve()), "step": source.step, "val_loss": val_loss}
+
+
+def characters(chars: list[str]) -> str:
+    """A few characters, repr'd, and how many: "2 characters ('Z', 'ë')", or with more than five
+    "7 characters ('!', ',', '.', ':', ';' and 2 more)"."""
+    shown = ", ".join(repr(ch) for ch in chars[:5])
+    more = f" and {len(chars) - 5} more" if len(chars) > 5 else ""
+    return f"{len(chars)} character{'s' if len(chars) != 1 else ''} ({shown}{more})"
+
+
+def choose_tokenizer(
+    text_chars: set[str], source: Path, fixed: checkpoints.Checkpoint | None, fixed_path: Path | None, resume: bool
+) -> common.CharTokenizer:
+    """The run's vocabulary (see the module's docstring). text_chars: --data's characters (read from
+    source); fixed: the checkpoint a --resume or --init_from run continues from, read from fixed_path."""
+    if fixed is None:
+        return common.CharTokenizer("".join(sorted(text_chars)))
+    lacking = sorted(text_chars - set(fixed.vocab))
+    if lacking and resume:
+        raise UserError(
+            f"{fixed_path} was trained on a text with another vocabulary: {source} has {characters(lacking)} "
+            "that it lacks; resume with the same --data, or train afresh without --resume"
+        )
+    if lacking:  # the model has no embedding row, and no output, for them
+        raise UserError(
+            f"{source} has {characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train on "
+            f"a text that has them too, or map the model's rows by character onto this text's vocabulary"
+        )
+    return common.CharTokenizer(fixed.vocab)
+
+
 def start(
     stage_file: str,
     config_cls: type,
@@ -104,34 +173,48 @@ def start(
 
     With --sample or --resume the hyperparameters come from the checkpoint, except flags typed on
     this command line; with --sample the vocabulary comes from the checkpoint and no text is read.
+    With --init_from the hyperparameters are a fresh run's and the weights (loaded by the Trainer)
+    and the vocabulary are the checkpoint's; with --resume as well, --resume wins: the run continues
+    from its own checkpoint, which records where it started.
     """
     stage = stage_name(stage_file)
     argv = sys.argv[1:] if argv is None else argv
     parser = cli.build_parser(stage, doc, config_cls, presets)
     args = parser.parse_args(argv)
+    if args.sample and args.init_from is not None:
+        raise UserError(
+            "--init_from starts training from a checkpoint's weights and --sample only generates text; "
+            "drop one of them (to sample from a checkpoint: --sample --checkpoint PATH)"
+        )
     given = cli.explicit_flags(parser, argv)
     device = pick_device(args.device)
     common.seed_everything(args.seed)
 
     checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
+    starting = args.init_from is not None and not args.resume  # a new run from --init_from's weights
+    if args.init_from is not None and args.resume and not checkpoint_path.exists():
+        raise UserError(
+            f"no checkpoint at {checkpoint_path} to resume; drop --resume to start a run from {args.init_from}"
+        )
+    if starting:
+        check_init_from(args.init_from, checkpoint_path)
     ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
+    init_source = checkpoints.load(args.init_from, stage, "--init_from") if starting else None
     config = cli.resolve_config(config_cls, args, given, presets, device, ckpt)
     preset = (cli.preset_for(presets, device.type) if args.preset == "auto" else args.preset) if presets else None
-    at_defaults = references.at_defaults(config, config_cls, presets, preset, args.data)
     print(f"device: {device}")
 
     if args.sample:
         tokenizer = common.CharTokenizer(ckpt.vocab)
         check_sampling_flags(args, tokenizer)
-        return Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt)
+        run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt)
+        run.init_record = ckpt.init_from
+        return run
 
     text, source = textfile.load_text(args.data)
-    tokenizer = common.CharTokenizer.from_text(text)
-    if ckpt is not None and ckpt.vocab != tokenizer.chars:
-        raise UserError(
-            f"{checkpoint_path} was trained on a text with another vocabulary ({len(ckpt.vocab)} characters, "
-            f"here {tokenizer.vocab_size} in {source}); resume with the same --data, or train afresh without --resume"
-        )
+    text_chars = set(text)
+    fixed_path = checkpoint_path if ckpt is not None else args.init_from
+    tokenizer = choose_tokenizer(text_chars, source, ckpt or init_source, fixed_path, args.resume)
     check_sampling_flags(args, tokenizer)
     ids = tokenizer.encode_text(text)  # (N,) int64
     train_data, val_data = common.split_data(ids)
@@ -151,5 +234,17 @@ def start(
     train_gen = torch.Generator().manual_seed(args.seed)
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
     run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
-    run.preset, run.at_defaults = preset, at_defaults
+    run.preset = preset
+    run.init_source = init_source
+    if starting:
+        run.init_record = init_record(args.init_from, init_source)
+    elif ckpt is not None:
+        run.init_record = ckpt.init_from  # a resumed run keeps the record of where it started
+    # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
+    own_vocabulary = tokenizer.chars == "".join(sorted(text_chars))
+    run.at_defaults = (
+        references.at_defaults(config, config_cls, presets, preset, args.data)
+        and own_vocabulary
+        and run.init_record is None
+    )
     return run

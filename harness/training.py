@@ -1,6 +1,6 @@
 """The bookkeeping around a stage's training loop, which the stage itself keeps in view.
 
-trainer = harness.Trainer(run, model, optimizer)   # restores --resume and --sample
+trainer = harness.Trainer(run, model, optimizer)   # loads --resume, --sample and --init_from
 for step in trainer.steps():                       # a progress bar; Ctrl-C stops cleanly
     ... the stage's own step ...
     trainer.log(step, losses)                      # after a loss estimate: print, save
@@ -59,6 +59,11 @@ class Trainer:
                 restore_training(ckpt, run, optimizer)
                 self.saver.saved_step = ckpt.step  # the checkpoint on disk, kept if anything goes wrong
                 print(f"resumed from {run.checkpoint_path} at step {self.step}")
+        elif run.init_source is not None:  # --init_from: the weights alone; optimizer, step and history start afresh
+            source, run.init_source = run.init_source, None  # its optimizer state is not needed: let it go
+            load_weights(model, source, run.args.init_from, run.config, sizes_from_flags=True)
+            val = f", val loss {source.history[-1]['val_loss']:.4f}" if source.history else ""
+            print(f"initialised from {run.args.init_from} (step {source.step}{val}): fresh optimizer, step 0")
 
     # -- the loop ---------------------------------------------------------------------------
 
