@@ -1,6 +1,6 @@
 """The command line: every field of a stage's Config is a flag, checked before anything runs.
 
-Besides the hyperparameters: --device, --seed, --data, --checkpoint, --init_from,
+Besides the hyperparameters: --device, --seed, --data, --checkpoint, --init_from, --vocab_from,
 --sample/--resume, the sampling flags, --compile/--dtype/--fast and, for a stage with presets,
 --preset. Each bad value is one line that names the rule it breaks; an unknown flag suggests the
 closest known one.
@@ -203,6 +203,15 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         metavar="PATH",
         help="fine-tune: start from this checkpoint's weights and vocabulary (same stage and sizes), "
         "with a fresh optimizer at step 0",
+    )
+    run.add_argument(
+        "--vocab_from",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="FILE",
+        help="build the vocabulary from --data and these text files, to fine-tune on them later with --init_from",
     )
     run.add_argument(
         "--compile",

@@ -1,9 +1,10 @@
 """One run of a stage: start() reads the command line, picks the device, seeds, and loads the text
 and/or the checkpoint; the Run it returns holds what the stage's main() needs besides its model.
 
-The vocabulary: a run from scratch takes the characters of --data; a run from a checkpoint
-(--resume, --init_from, --sample) takes the checkpoint's, so that every id means the character it
-meant in training, and the text must use only characters it holds."""
+The vocabulary: a run from scratch takes the characters of --data and of each --vocab_from file; a
+run from a checkpoint (--resume, --init_from, --sample) takes the checkpoint's, so that every id
+means the character it meant in training, and the text (and any --vocab_from file) must use only
+characters it holds."""
 
 from __future__ import annotations
 
@@ -142,13 +143,20 @@ def characters(chars: list[str]) -> str:
 
 
 def choose_tokenizer(
-    text_chars: set[str], source: Path, fixed: checkpoints.Checkpoint | None, fixed_path: Path | None, resume: bool
+    text_chars: set[str],
+    source: Path,
+    extra: dict[Path, str],
+    fixed: checkpoints.Checkpoint | None,
+    fixed_path: Path | None,
+    resume: bool,
 ) -> common.CharTokenizer:
     """The run's vocabulary (see the module's docstring). text_chars: --data's characters (read from
-    source); fixed: the checkpoint a --resume or --init_from run continues from, read from fixed_path."""
+    source); extra: each --vocab_from file's text; fixed: the checkpoint a --resume or --init_from run
+    continues from, read from fixed_path."""
     if fixed is None:
-        return common.CharTokenizer("".join(sorted(text_chars)))
-    lacking = sorted(text_chars - set(fixed.vocab))
+        return common.CharTokenizer("".join(sorted(text_chars.union(*map(set, extra.values())))))
+    held = set(fixed.vocab)
+    lacking = sorted(text_chars - held)
     if lacking and resume:
         raise UserError(
             f"{fixed_path} was trained on a text with another vocabulary: {source} has {characters(lacking)} "
@@ -156,9 +164,17 @@ def choose_tokenizer(
         )
     if lacking:  # the model has no embedding row, and no output, for them
         raise UserError(
-            f"{source} has {characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train on "
-            f"a text that has them too, or map the model's rows by character onto this text's vocabulary"
+            f"{source} has {characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train with "
+            f"--vocab_from {source} so that its vocabulary covers this text, or map the model's rows by "
+            "character onto this text's vocabulary"
         )
+    for path, extra_text in extra.items():
+        lacking = sorted(set(extra_text) - held)
+        if lacking:
+            raise UserError(
+                f"--vocab_from {path} has {characters(lacking)} that {fixed_path} lacks, and a run from a "
+                "checkpoint keeps its vocabulary; drop --vocab_from, or train afresh with it"
+            )
     return common.CharTokenizer(fixed.vocab)
 
 
@@ -213,8 +229,9 @@ def start(
 
     text, source = textfile.load_text(args.data)
     text_chars = set(text)
+    extra = {path: textfile.read_text(path, "--vocab_from") for path in args.vocab_from or []}
     fixed_path = checkpoint_path if ckpt is not None else args.init_from
-    tokenizer = choose_tokenizer(text_chars, source, ckpt or init_source, fixed_path, args.resume)
+    tokenizer = choose_tokenizer(text_chars, source, extra, ckpt or init_source, fixed_path, args.resume)
     check_sampling_flags(args, tokenizer)
     ids = tokenizer.encode_text(text)  # (N,) int64
     train_data, val_data = common.split_data(ids)

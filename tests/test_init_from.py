@@ -1,5 +1,5 @@
-"""--init_from (fine-tuning from another checkpoint's weights): what it starts from, what it
-records, and every refusal."""
+"""--init_from (fine-tuning from another checkpoint's weights) and --vocab_from (a vocabulary that
+covers a text to fine-tune on later): what they start from, what they record, and every refusal."""
 
 import shutil
 
@@ -9,7 +9,7 @@ import torch
 import harness
 import harness.checkpoints
 import harness.cli
-from conftest import STAGE_IDS, load_stage, one_line_error, tiny_flags
+from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
 BIGRAM, POSITION, GPT = STAGE_IDS[0], STAGE_IDS[1], STAGE_IDS[-1]
 SUBSET_TEXT = "All:\nSpeak, speak.\n\n" * 200  # only characters SMALL_TEXT has
@@ -154,13 +154,50 @@ def test_init_from_refusals_are_one_line(case, message, bigram, pretrained, text
 
 def test_text_with_characters_the_checkpoint_lacks_says_what_to_do(bigram, pretrained, texts, tmp_path, run_cli):
     code, _, err = run_cli(bigram, flags(bigram, texts["foreign"], tmp_path / "ft.pt", "--init_from", str(pretrained)))
-    one_line_error(code, err, "pre-train on a text that has them too", "map the model's rows by character")
+    one_line_error(code, err, f"pre-train with --vocab_from {texts['foreign']}", "map the model's rows by character")
 
 
-def test_help_lists_it_among_the_running_flags():
+# -- a vocabulary for a text to come ------------------------------------------------------------------
+
+
+def test_vocab_from_builds_the_union_and_the_fine_tuning_fits_it(bigram, small_text_file, texts, tmp_path, run_cli):
+    pre, ft = tmp_path / "pre.pt", tmp_path / "ft.pt"
+    # --prompt is checked against the vocabulary, which now has 'Z' and 'ë'
+    code, out, err = run_cli(bigram, flags(bigram, small_text_file, pre, "--vocab_from", str(texts["foreign"])))
+    assert code == 0, err
+    union = "".join(sorted(set(SMALL_TEXT) | set(FOREIGN_TEXT)))
+    assert torch.load(pre, weights_only=True)["vocab"] == union
+    assert f"vocabulary {len(union)}," in out
+
+    code, out, err = run_cli(bigram, flags(bigram, texts["foreign"], ft, "--init_from", str(pre), "--prompt", "Zoë"))
+    assert code == 0, err
+    assert torch.load(ft, weights_only=True)["vocab"] == union
+
+    # resuming the pre-training without typing --vocab_from again: the checkpoint's vocabulary holds the text
+    resume = ["--resume", "--checkpoint", str(pre), "--data", str(small_text_file), "--max_iters", "3"]
+    code, out, err = run_cli(bigram, resume)
+    assert code == 0, err
+    assert f"resumed from {pre} at step 2" in out
+    assert torch.load(pre, weights_only=True)["vocab"] == union
+
+
+def test_vocab_from_a_file_that_is_not_there_is_one_line(bigram, small_text_file, tmp_path, run_cli):
+    missing = tmp_path / "nope.txt"
+    code, out, err = run_cli(bigram, flags(bigram, small_text_file, tmp_path / "c.pt", "--vocab_from", str(missing)))
+    one_line_error(code, err, f"--vocab_from {missing}: no such file")
+    assert "step 0" not in out
+
+
+def test_vocab_from_with_a_checkpoint_must_fit_its_vocabulary(bigram, pretrained, texts, tmp_path, run_cli):
+    command = flags(bigram, texts["subset"], tmp_path / "ft.pt", "--init_from", str(pretrained))
+    code, _, err = run_cli(bigram, command + ["--vocab_from", str(texts["foreign"])])
+    one_line_error(code, err, "foreign.txt has 2 characters ('Z', 'ë')", "a run from a checkpoint keeps its vocabulary")
+
+
+def test_help_lists_both_among_the_running_flags():
     text = harness.cli.build_parser(BIGRAM, "A stage.", load_stage(BIGRAM).Config, None).format_help()
     running = text.split("\nrunning:", 1)[1].split("\nsampling:", 1)[0]
-    assert "--init_from PATH" in running
+    assert "--init_from PATH" in running and "--vocab_from FILE [FILE ...]" in running
 
 
 # -- the record in the checkpoint -----------------------------------------------------------------------
