@@ -12,8 +12,8 @@ import exercises.compare
 import harness.errors
 import harness.stages
 from conftest import one_line_error, tiny_flags
-from exercises import runner
-from exercises.checks import ex1
+from exercises import arithmetic, runner
+from exercises.checks import ex1, ex2
 
 EXERCISE_1 = exercises.check.EXERCISE_DIR / f"{ex1.NAME}.py"
 SOLUTION_1 = exercises.check.EXERCISE_DIR / "solutions" / f"{ex1.NAME}.py"
@@ -341,3 +341,191 @@ def test_compare_refuses_two_budgets_in_one_line(tmp_path, capsys):
 def test_the_verdict_weighs_the_difference_of_means_against_the_larger_spread(other, said):
     baseline = [1.55, 1.56, 1.57]  # mean 1.56, spread 0.02
     assert exercises.compare.verdict(baseline, other).startswith(said)
+
+
+# -- exercise 2: a GPT that adds -------------------------------------------------------------------
+
+EXERCISE_2 = exercises.check.EXERCISE_DIR / "ex2_addition.py"
+SOLUTION_2 = exercises.check.EXERCISE_DIR / "solutions" / "ex2_addition.py"
+TINY_TRAINING = dict(max_iters=3, held_out=20, batch_size=8, n_embd=16, n_head=2, n_layer=1)
+MASKED = "    masked[:, : task.prompt_length - 1] = IGNORE\n"
+ENCODED = "    return problem + answer + END\n"
+MISTAKES_2 = {  # mistake: (what the learner wrote instead, the check that fails, what it says)
+    "the digits not reversed": (
+        ("        answer = answer[::-1]  #", "        answer = answer  #"),
+        ex2.ENCODES,
+        "the answer is in the usual order; with task.reverse, reverse its characters",
+    ),
+    "no end mark": ((ENCODED, "    return problem + answer\n"), ex2.ENCODES, "it should end with END ('.')"),
+    "the answer not padded": (
+        ('    answer = f"{result(a, op, b):0{task.answer_width}d}"', '    answer = f"{result(a, op, b)}"'),
+        ex2.ENCODES,
+        "every problem of a task must have task.length",
+    ),
+    "the problem left unmasked": ((MASKED, ""), ex2.MASKS, "nothing is masked"),
+    "masked with the lecture's -1": (
+        (MASKED, MASKED.replace("IGNORE", "-1")),
+        ex2.MASKS,
+        "the mask writes -1, which stage 10's loss counts as a class: write IGNORE (-100)",
+    ),
+    "one target too many masked": (
+        (MASKED, MASKED.replace("prompt_length - 1", "prompt_length")),
+        ex2.MASKS,
+        "but it is the answer's first character",
+    ),
+    "the '=' left unmasked": (
+        (MASKED, MASKED.replace("prompt_length - 1", "prompt_length - 2")),
+        ex2.MASKS,
+        "are not masked",
+    ),
+    "the mask written for 5 digits only": ((MASKED, "    masked[:, :11] = IGNORE\n"), ex2.MASKS, "is masked, but"),
+    "the answer not reversed back": (
+        ("    if task.reverse:\n        answer = answer[::-1]\n    try:", "    try:"),
+        ex2.DECODES,
+        "(digits still reversed?)",
+    ),
+    "decode raises on no number": (
+        ("    except ValueError:  #", "    except TypeError:  #"),
+        ex2.DECODES,
+        "raised ValueError: return None for no answer",
+    ),
+    "a split that leaks": (
+        ("        if problem not in held_out:\n", "        if True:\n"),
+        ex2.SPLITS,
+        "training served",
+    ),
+    "draws not from the generator": (
+        ("        problem = random_problem(task, generator)\n", "        problem = random_problem(task, None)\n"),
+        ex2.SPLITS,
+        "two draws from generators with the same seed gave other problems",
+    ),
+}
+
+
+def outcomes_2(path, only: str | None = None, **training) -> dict[str, exercises.check.Outcome]:
+    """Exercise 2's outcomes on the file at path, the training check tiny; only: that check and the first."""
+    module = exercises.check.load_learner_file(path)
+    checks = ex2.checks(**{"pass_accuracy": 0.0, **TINY_TRAINING, **training})
+    if only is not None:
+        checks = [c for c in checks if c.name in (ex2.PARTS_CHECK, only)]
+    return {o.name: o for o in exercises.check.run_checks(checks, module, path)}
+
+
+def broken_2(tmp_path, *replacements: tuple[str, str]):
+    source = SOLUTION_2.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in source, old
+        source = source.replace(old, new)
+    path = tmp_path / "ex2_addition.py"
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+def test_check_2_fails_on_the_untouched_starting_file():
+    results = outcomes_2(EXERCISE_2)
+    assert results[ex2.PARTS_CHECK].status == "passed"
+    for name in (ex2.ENCODES, ex2.MASKS, ex2.DECODES, ex2.SPLITS):
+        assert results[name].status == "FAILED" and "is not written yet" in results[name].message, results[name]
+    assert results[ex2.LEARNS].status == "not run"
+
+
+def test_check_2_passes_on_the_worked_solution():
+    results = outcomes_2(SOLUTION_2)
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+    assert "exact on 20 held-out 2-digit problems after 3 steps" in results[ex2.LEARNS].message
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES_2))
+def test_each_exercise_2_mistake_fails_its_check_with_its_own_message(mistake, tmp_path):
+    replacements, check, message = MISTAKES_2[mistake]
+    results = outcomes_2(broken_2(tmp_path, replacements), only=check)
+    assert results[check].status == "FAILED", results[check]
+    assert message in results[check].message, results[check].message
+
+
+def test_the_training_check_fails_below_its_accuracy(tmp_path):
+    results = outcomes_2(SOLUTION_2, pass_accuracy=1.01)
+    assert results[ex2.LEARNS].status == "FAILED"
+    assert "look again at the mask and the digit order" in results[ex2.LEARNS].message
+
+
+def test_the_held_out_problems_are_fixed_distinct_and_never_served():
+    task = arithmetic.Task(2, "+-*")
+    first, again = arithmetic.held_out_problems(task, 50), arithmetic.held_out_problems(task, 50)
+    assert first == again and len(set(first)) == 150
+    assert {op for _, op, _ in first} == set("+-*")
+    solution = exercises.check.load_learner_file(SOLUTION_2)
+    problems = arithmetic.Problems(solution, task, 50)
+    served = problems.training(3000, torch.Generator().manual_seed(0))
+    assert not set(served) & problems.test_set
+
+
+def test_a_batch_masks_the_problem_and_keeps_the_answer():
+    solution = exercises.check.load_learner_file(SOLUTION_2)
+    task = arithmetic.Task(3)
+    problems = arithmetic.Problems(solution, task, 10)
+    x, y = problems.batch([(12, "+", 345)], torch.device("cpu"))
+    assert problems.tokenizer.decode(x[0].tolist()) == "012+345=7530"
+    assert y[0, : task.prompt_length - 1].eq(arithmetic.IGNORE).all()
+    assert problems.tokenizer.decode(y[0, task.prompt_length - 1 :].tolist()) == "7530."
+
+
+def run_2(path, argv, capsys) -> tuple[int, str, str]:
+    module = exercises.check.load_learner_file(path)
+    code = arithmetic.train_or_ask(module, argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TINY_RUN = ["--digits", "1", "--held_out", "5", "--max_iters", "4", "--eval_interval", "2", "--eval_iters", "1"]
+TINY_RUN += ["--batch_size", "8", "--n_embd", "16", "--n_head", "2", "--n_layer", "1", "--device", "cpu"]
+
+
+def test_the_solution_trains_into_its_own_checkpoint_answers_and_resumes(tmp_path, capsys):
+    ckpt = tmp_path / "add.pt"
+    code, out, err = run_2(SOLUTION_2, [*TINY_RUN, "--checkpoint", str(ckpt)], capsys)
+    assert code == 0, err
+    assert "held-out exact match (5 problems of each operation): + " in out
+    saved = harness.checkpoints.load(ckpt, "ex2_addition")
+    assert saved.step == 4 and saved.config["digits"] == 1 and saved.vocab == arithmetic.VOCAB
+
+    code, out, err = run_2(SOLUTION_2, ["--ask", "3+4", "--checkpoint", str(ckpt)], capsys)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("3+4 = ") and "the model wrote" in out
+
+    code, out, err = run_2(SOLUTION_2, [*TINY_RUN, "--max_iters", "6", "--resume", "--checkpoint", str(ckpt)], capsys)
+    assert code == 0, err
+    assert f"resumed from {ckpt} at step 4" in out and harness.checkpoints.load(ckpt, "ex2_addition").step == 6
+
+
+@pytest.mark.parametrize(
+    "problem, said",
+    [
+        ("3 plus 4", "is not a problem: write two whole numbers and +, - or *"),
+        ("3*4", "the model was trained on + only; train with --operations"),
+        ("12+4", "operands of up to 1 digits"),
+    ],
+)
+def test_a_bad_question_is_one_line(problem, said, tmp_path, capsys):
+    ckpt = tmp_path / "add.pt"
+    assert run_2(SOLUTION_2, [*TINY_RUN, "--max_iters", "1", "--checkpoint", str(ckpt)], capsys)[0] == 0
+    code, _, err = run_2(SOLUTION_2, ["--ask", problem, "--checkpoint", str(ckpt)], capsys)
+    one_line_error(code, err, said)
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--operations", "+/"], "operations (+/) must be one or more of +-*, each once"),
+        (["--digits", "1", "--held_out", "30"], "held_out (30) is more than a quarter of the 100 problems"),
+        (["--ask", "1+2", "--checkpoint", "no/such.pt"], "no checkpoint at no/such.pt: train first with python"),
+    ],
+)
+def test_bad_flags_of_exercise_2_are_one_line(flags, said, capsys):
+    code, _, err = run_2(SOLUTION_2, flags, capsys)
+    one_line_error(code, err, said)
+
+
+def test_the_starting_file_asks_for_its_parts_before_it_trains(tmp_path, capsys):
+    code, _, err = run_2(EXERCISE_2, [*TINY_RUN, "--checkpoint", str(tmp_path / "c.pt")], capsys)
+    one_line_error(code, err, "() is not written yet: write it, then check it with python exercises/check.py 2")

@@ -1,0 +1,377 @@
+"""The program around exercise 2: arithmetic problems served at random to stage 10's LanguageModel.
+
+The learner's file (exercises/ex2_addition.py) writes how a problem becomes text (encode), which
+targets the loss skips (mask_problem), how the model's answer is read (decode) and which problems
+training may draw (training_problem). This module does the rest: the task and its vocabulary, the
+held-out problems, batches, training through the harness's Trainer (progress bar, Ctrl-C, its own
+checkpoint), the exact-match accuracy and --ask.
+
+    python exercises/ex2_addition.py [flags]          train, then report the held-out accuracy
+    python exercises/ex2_addition.py --ask 12+345     what the trained model answers
+"""
+
+import argparse
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from tqdm import tqdm
+
+import common
+import harness
+import harness.checkpoints
+import harness.cli
+import harness.stages
+from harness.run import pick_device
+from stages.short_run import Schedule, learning_rate_at
+
+OPERATIONS = "+-*"
+END = "."  # the end mark: the model writes it after the answer
+IGNORE = -100  # F.cross_entropy's default ignore_index: a target it leaves out of the loss
+VOCAB = "0123456789" + OPERATIONS + "=" + END  # the task's own characters, not tiny Shakespeare's
+HELD_OUT_SEED = 0  # the held-out problems are the same for every run of a task, whatever --seed is
+STAGE_10 = "10_gpt"
+
+
+def result(a: int, op: str, b: int) -> int:
+    """What the problem's answer is: result(12, "*", 34) is 408."""
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Which problems: digits of each operand, the operations, and the answer's digit order."""
+
+    digits: int = 5
+    operations: str = "+"
+    reverse: bool = True
+
+    @property
+    def prompt_length(self) -> int:
+        """Characters of the problem up to and including "=": 12 for "00012+00345="."""
+        return 2 * self.digits + 2
+
+    @property
+    def answer_width(self) -> int:
+        """Characters every answer is padded to: the widest any of the task's operations gives
+        (a sum of two 5-digit numbers has 6 digits, a product 10; a difference's sign takes one)."""
+        largest = 10**self.digits - 1
+        return max(len(str(result(largest, op, largest if op != "-" else -largest))) for op in self.operations)
+
+    @property
+    def length(self) -> int:
+        """Characters of a whole problem: the prompt, the answer, the end mark."""
+        return self.prompt_length + self.answer_width + 1
+
+    def problems(self) -> int:
+        """How many distinct problems the task has."""
+        return len(self.operations) * 10 ** (2 * self.digits)
+
+
+def random_problem(task: Task, generator: torch.Generator) -> tuple[int, str, int]:
+    """A problem (a, op, b) drawn uniformly: each operand from 0 to 10**digits - 1."""
+    a, b, op = torch.randint(10**task.digits, (3,), generator=generator).tolist()
+    return a, task.operations[op % len(task.operations)], b
+
+
+def held_out_problems(task: Task, count: int) -> list[tuple[int, str, int]]:
+    """count distinct problems of each operation that training never serves, drawn once with
+    HELD_OUT_SEED: the problems the accuracy is measured on."""
+    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
+    chosen: list[tuple[int, str, int]] = []
+    for op in task.operations:
+        pairs: dict[tuple[int, int], None] = {}  # a dict keeps the order they were drawn in
+        while len(pairs) < count:
+            a, b = torch.randint(10**task.digits, (2,), generator=generator).tolist()
+            pairs[a, b] = None
+        chosen += [(a, op, b) for a, b in pairs]
+    return chosen
+
+
+@dataclass
+class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has them (short_run.py)
+    """The task, the model and its training: each is also a command-line flag (--digits 3)."""
+
+    digits: int = 5  # digits of each operand, zero-padded: 12 is 00012
+    operations: str = "+"  # the operations served: any of + - * (+-* is the calculator)
+    reverse: bool = True  # the answer's digits least significant first, as addition is done by hand
+    held_out: int = 1000  # problems of each operation never trained on: the accuracy's test set
+    batch_size: int = 64  # problems in each step
+    max_iters: int = 1500  # training steps
+    eval_interval: int = 250  # steps between loss and accuracy estimates
+    eval_iters: int = 10  # batches of each split averaged in one loss estimate
+    learning_rate: float = 1e-3  # AdamW step size: a small model on a small task takes a large one
+    n_embd: int = 128  # width of the embeddings
+    n_head: int = 4  # attention heads, each of size n_embd // n_head
+    n_layer: int = 2  # Transformer blocks
+    dropout: float = field(default=0.0, metadata={"below": 1})  # none: served problems never repeat much
+    lr_decay: bool = True  # warm up, then decay along a cosine to a tenth at max_iters
+
+    def __post_init__(self) -> None:
+        if (
+            not self.operations
+            or set(self.operations) - set(OPERATIONS)
+            or len(set(self.operations)) < len(self.operations)
+        ):
+            raise ValueError(f"operations must be one or more of {OPERATIONS}, each once")
+        if self.n_embd % self.n_head:
+            raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
+        if self.held_out * 4 > 10 ** (2 * self.digits):  # keep three quarters of the problems to train on
+            raise ValueError(
+                f"held_out is more than a quarter of the {10 ** (2 * self.digits):,} problems of each operation "
+                f"that digits gives"
+            )
+
+    @property
+    def task(self) -> Task:
+        return Task(self.digits, self.operations, self.reverse)
+
+    @property
+    def block_size(self) -> int:  # the model reads every character of a problem but the last
+        return self.task.length - 1
+
+    def model_config(self):
+        """Stage 10's Config for the model: these sizes, a context of one problem."""
+        stage = load_stage_10()
+        sizes = ("n_embd", "n_head", "n_layer", "dropout", "batch_size", "learning_rate", "max_iters")
+        return stage.Config(block_size=self.block_size, **{k: getattr(self, k) for k in sizes})
+
+
+def load_stage_10() -> ModuleType:
+    name = f"stage_{STAGE_10}"
+    return sys.modules.get(name) or harness.stages.load_stage(STAGE_10)
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+class Problems:
+    """The problems of a task, encoded by the learner's file: batches to train on and to test on."""
+
+    def __init__(self, learner: ModuleType, task: Task, held_out: int) -> None:
+        self.learner, self.task = learner, task
+        self.tokenizer = common.CharTokenizer(VOCAB)
+        self.test = held_out_problems(task, held_out)
+        self.test_set = set(self.test)
+
+    def ids(self, problems: list[tuple[int, str, int]]) -> torch.Tensor:
+        """(B, task.length) the ids of the problems, written by the learner's encode()."""
+        rows = [self.tokenizer.encode(self.learner.encode(a, op, b, self.task)) for a, op, b in problems]
+        return torch.tensor(rows)
+
+    def batch(self, problems: list[tuple[int, str, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs x (B, T) and targets y (B, T), T = task.length - 1: y is x shifted by one, the
+        problem's positions masked by the learner's mask_problem()."""
+        ids = self.ids(problems)
+        x, y = ids[:, :-1], ids[:, 1:]  # (B, T) each: y[:, t] is the character after x[:, t]
+        y = self.learner.mask_problem(y.clone(), self.task)
+        return x.to(device), y.to(device)
+
+    def training(self, count: int, generator: torch.Generator) -> list[tuple[int, str, int]]:
+        return [self.learner.training_problem(self.task, self.test_set, generator) for _ in range(count)]
+
+    def testing(self, count: int, generator: torch.Generator) -> list[tuple[int, str, int]]:
+        picks = torch.randint(len(self.test), (count,), generator=generator).tolist()
+        return [self.test[i] for i in picks]
+
+    @torch.no_grad()
+    def answers(self, model: torch.nn.Module, problems: list[tuple[int, str, int]], device: torch.device) -> list[str]:
+        """What the model writes after each problem's "=", greedily (top_k=1: always the likeliest)."""
+        task = self.task
+        prompts = self.ids(problems)[:, : task.prompt_length].to(device)  # (B, prompt_length)
+        was_training = model.training
+        model.eval()
+        out = model.generate(prompts, task.answer_width + 1, top_k=1)  # (B, task.length)
+        model.train(was_training)
+        return [self.tokenizer.decode(row) for row in out[:, task.prompt_length :].tolist()]
+
+    def accuracy(self, model: torch.nn.Module, device: torch.device, chunk: int = 1000) -> dict[str, float]:
+        """Exact match, by operation, on every held-out problem: the whole answer, end mark included."""
+        right = {op: 0 for op in self.task.operations}
+        total = {op: 0 for op in self.task.operations}
+        for i in range(0, len(self.test), chunk):
+            problems = self.test[i : i + chunk]
+            written = self.answers(model, problems, device)
+            for (a, op, b), answer in zip(problems, written, strict=True):
+                expected = self.learner.encode(a, op, b, self.task)[self.task.prompt_length :]
+                right[op] += answer == expected
+                total[op] += 1
+        return {op: right[op] / total[op] for op in right}
+
+    @torch.no_grad()
+    def estimate_loss(self, model: torch.nn.Module, cfg: Config, generator: torch.Generator, device) -> dict:
+        """The answer positions' mean loss on training problems and on held-out ones."""
+        model.eval()
+        out = {}
+        for split, draw in (("train", self.training), ("val", self.testing)):
+            losses = [model(*self.batch(draw(cfg.batch_size, generator), device))[1] for _ in range(cfg.eval_iters)]
+            out[split] = torch.stack(losses).mean().item()
+        model.train()
+        return out
+
+
+def accuracy_line(accuracy: dict[str, float], held_out: int) -> str:
+    shown = ", ".join(f"{op} {100 * v:.1f}%" for op, v in accuracy.items())
+    return f"held-out exact match ({held_out:,} problems of each operation): {shown}"
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def checkpoint_name(learner_file: str) -> str:
+    """checkpoints/<the file's name>.pt; the worked solution's never overwrites the learner's."""
+    name = Path(learner_file).stem
+    return name + "_solution" if Path(learner_file).parent.name == "solutions" else name
+
+
+def command_of(learner_file: str) -> str:
+    """How the file is run: "python exercises/ex2_addition.py" (relative to the project, if inside it)."""
+    path = Path(learner_file).resolve()
+    return f"python {path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path}"
+
+
+def build_parser(learner_file: str, doc: str | None) -> argparse.ArgumentParser:
+    parser = harness.cli.Parser(
+        prog=command_of(learner_file),
+        description=(doc or "").strip().split("\n\n")[0],
+        formatter_class=harness.cli.HelpFormatter,
+        allow_abbrev=False,
+    )
+    helps = harness.cli._field_help(Config)
+    group = parser.add_argument_group("the task, the model and its training")
+    for f in dataclasses.fields(Config):
+        if f.type is bool:
+            kind = dict(action=argparse.BooleanOptionalAction)
+        elif f.type is str:
+            kind = dict(metavar="OPS")
+        else:
+            kind = dict(type=harness.cli.field_check(f), metavar=f.type.__name__.upper())
+        group.add_argument(f"--{f.name}", default=f.default, help=helps.get(f.name), **kind)
+    run = parser.add_argument_group("running")
+    run.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto", help="where to compute")
+    run.add_argument("--seed", type=harness.cli._seed, default=1337, metavar="INT", help="seed of the training draws")
+    run.add_argument("--checkpoint", type=Path, default=None, metavar="PATH", help="checkpoint file")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")
+    mode.add_argument(
+        "--ask", default=None, metavar="PROBLEM", help="what the trained model answers, e.g. --ask 23+45 (no training)"
+    )
+    return parser
+
+
+def parse_problem(text: str, task: Task) -> tuple[int, str, int]:
+    """ "23+45" -> (23, "+", 45), checked against the task the model was trained on."""
+    m = re.fullmatch(r"\s*(\d+)\s*([-+*])\s*(\d+)\s*", text)
+    if not m:
+        raise harness.UserError(f"--ask {text!r} is not a problem: write two whole numbers and +, - or *, as 23+45")
+    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+    if op not in task.operations:
+        raise harness.UserError(
+            f"--ask {text!r}: the model was trained on {' '.join(task.operations)} only; train with --operations"
+        )
+    if max(a, b) >= 10**task.digits:
+        raise harness.UserError(
+            f"--ask {text!r}: the model was trained on operands of up to {task.digits} digits; "
+            "give smaller numbers, or train with a larger --digits"
+        )
+    return a, op, b
+
+
+def train_or_ask(learner: ModuleType, argv: list[str] | None = None) -> int:
+    """`python exercises/ex2_addition.py [flags]`: train, or answer --ask, with the learner's parts."""
+    return harness.run_main(lambda a: main(learner, a), sys.argv[1:] if argv is None else argv)
+
+
+def main(learner: ModuleType, argv: list[str]) -> None:
+    name = checkpoint_name(learner.__file__)
+    parser = build_parser(learner.__file__, learner.__doc__)
+    args = parser.parse_args(argv)
+    args.sample = args.ask is not None  # the harness's name for "only use the checkpoint"
+    given = harness.cli.explicit_flags(parser, argv)
+    device = pick_device(args.device)
+    common.seed_everything(args.seed)
+    path = args.checkpoint or harness.checkpoints.CHECKPOINT_DIR / f"{name}.pt"
+    if path.resolve() == harness.checkpoints.default_path(STAGE_10).resolve():
+        raise harness.UserError(f"--checkpoint {path} is stage 10's own checkpoint; give the exercise another path")
+    ckpt = None
+    if args.resume or args.sample:
+        if not path.exists():
+            raise harness.UserError(f"no checkpoint at {path}: train first with {parser.prog}")
+        ckpt = harness.checkpoints.load(path, name)
+    try:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+        if ckpt is not None:  # the checkpoint's task and sizes, except flags typed now
+            values.update({k: v for k, v in ckpt.config.items() if k in values and k not in given})
+        cfg = Config(**values)
+    except ValueError as e:
+        raise harness.cli.config_error(str(e), values, {}) from None
+    print(f"device: {device}")
+    problems = Problems(learner, cfg.task, cfg.held_out)
+    model = load_stage_10().LanguageModel(len(VOCAB), cfg.model_config()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    if not args.sample:
+        harness.checkpoints.check_writable(path)
+    run = harness.Run(
+        name,
+        cfg,
+        args,
+        device,
+        problems.tokenizer,
+        path,
+        ckpt,
+        {},
+        torch.Generator().manual_seed(args.seed),
+        torch.Generator().manual_seed(args.seed + 1),
+    )
+    trainer = harness.Trainer(run, model, optimizer)
+    try:
+        if args.sample:
+            answer(problems, model, parse_problem(args.ask, cfg.task), device)
+        else:
+            train(trainer, problems, model, optimizer, cfg, run)
+    except NotImplementedError as e:  # a part of the starting file not written yet
+        if "not written yet" not in str(e):
+            raise
+        raise harness.UserError(f"{e}: write it, then check it with python exercises/check.py 2") from None
+
+
+def train(trainer, problems: Problems, model, optimizer, cfg: Config, run) -> None:
+    task = cfg.task
+    order = "reversed" if task.reverse else "usual order"
+    print(
+        f"task: {task.digits}-digit {' '.join(task.operations)}, answers {order}, {task.length} characters a "
+        f"problem; {len(problems.test):,} held out"
+    )
+    for step in trainer.steps():
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
+            trainer.log(step, problems.estimate_loss(model, cfg, run.eval_gen, run.device))
+            tqdm.write(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, cfg)
+        xb, yb = problems.batch(problems.training(cfg.batch_size, run.train_gen), run.device)
+        _, loss = model(xb, yb)  # stage 10's loss: F.cross_entropy skips the IGNORE targets
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        trainer.record(loss)
+    if trainer.trained:
+        trainer.save()
+        print(f"saved {run.checkpoint_path} (step {trainer.step}, {trainer.seconds():.1f} s of training)")
+    print(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
+    a, op, b = problems.test[0]
+    answer(problems, model, (a, op, b), run.device)
+
+
+def answer(problems: Problems, model, problem: tuple[int, str, int], device) -> None:
+    a, op, b = problem
+    written = problems.answers(model, [problem], device)[0]
+    value = problems.learner.decode(written, problems.task)
+    truth = result(a, op, b)
+    shown = "no answer" if value is None else str(value)
+    verdict = "right" if value == truth else f"wrong: {a}{op}{b} is {truth}"
+    held = " (a held-out problem)" if problem in problems.test_set else ""
+    print(f"{a}{op}{b} = {shown}  ({verdict}; the model wrote {written!r}){held}")

@@ -1,0 +1,194 @@
+"""Exercise 2's checks: the learner's encode, mask_problem, decode and training_problem, each on
+small tasks where a slip shows, then a short training run that reports the held-out accuracy."""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+
+import torch
+
+import common
+from exercises import arithmetic
+from exercises.arithmetic import END, IGNORE, Task, result
+from exercises.checks import Check, Failed
+
+NAME = "ex2_addition"
+PARTS = ("encode", "mask_problem", "decode", "training_problem")
+# the tasks the checks encode: both digit orders, and the calculator's signs and widths
+TASKS = (Task(3), Task(3, reverse=False), Task(2, "+-*"), Task(1, "-"))
+# the training check: 2-digit addition, small enough for a minute on two cores
+TRAINING = dict(digits=2, held_out=500, max_iters=600, eval_interval=600, batch_size=64, learning_rate=3e-3)
+PASS_ACCURACY = 0.95  # the worked solution reaches 100% at these settings
+
+
+def has_parts(module: ModuleType) -> None:
+    missing = [name for name in PARTS if not callable(getattr(module, name, None))]
+    if missing:
+        raise Failed(f"the file has no {', '.join(missing)}: keep the names the exercise gives them")
+
+
+def spelled(a: int, op: str, b: int, task: Task) -> str:
+    """The encoding the exercise asks for, written out here to compare with."""
+    answer = f"{result(a, op, b):0{task.answer_width}d}"
+    answer = answer[::-1] if task.reverse else answer
+    return f"{a:0{task.digits}d}{op}{b:0{task.digits}d}={answer}{END}"
+
+
+def encodes(module: ModuleType) -> None:
+    samples = [(12, "+", 345), (999, "+", 999), (0, "+", 7)]
+    cases = [(a, op, b, t) for t in TASKS[:2] for a, op, b in samples]
+    cases += [(12, "-", 45, TASKS[2]), (99, "*", 99, TASKS[2]), (3, "-", 3, TASKS[2]), (0, "-", 9, TASKS[3])]
+    for a, op, b, task in cases:
+        got, want = module.encode(a, op, b, task), spelled(a, op, b, task)
+        if got == want:
+            continue
+        shown = f"encode({a}, {op!r}, {b}, {task}) is {got!r}, not {want!r}"
+        if not isinstance(got, str):
+            raise Failed(f"encode() returned a {type(got).__name__}: it should return the problem as a str")
+        if task.reverse and got == spelled(a, op, b, Task(task.digits, task.operations, reverse=False)):
+            raise Failed(f"{shown}: the answer is in the usual order; with task.reverse, reverse its characters")
+        if not got.endswith(END):
+            raise Failed(f"{shown}: it should end with END ({END!r}), the mark the model writes when done")
+        if len(got) != task.length:
+            raise Failed(
+                f"{shown}: every problem of a task must have task.length ({task.length}) characters: "
+                "pad each operand to task.digits and the answer to task.answer_width with zeros"
+            )
+        raise Failed(shown)
+
+
+def targets_of(task: Task, count: int = 4) -> torch.Tensor:
+    """(count, task.length - 1) targets of some problems, as Problems.batch makes them."""
+    tokenizer = common.CharTokenizer(arithmetic.VOCAB)
+    generator = torch.Generator().manual_seed(0)
+    rows = [spelled(*arithmetic.random_problem(task, generator), task) for _ in range(count)]
+    return torch.tensor([tokenizer.encode(r) for r in rows])[:, 1:]
+
+
+def masks(module: ModuleType) -> None:
+    for task in (Task(3), Task(2, "+-*")):
+        targets = targets_of(task)
+        given = targets.clone()
+        got = module.mask_problem(targets, task)
+        if not isinstance(got, torch.Tensor) or got.shape != given.shape:
+            raise Failed(f"mask_problem() should return a tensor of the targets' shape {tuple(given.shape)}")
+        p = task.prompt_length
+        want = given.clone()
+        want[:, : p - 1] = IGNORE
+        if torch.equal(got, want):
+            continue
+        masked = (got == IGNORE).all(dim=0)  # (T,) the positions masked in every problem
+        where = f"(a {task.digits}-digit task, prompt_length {p}; targets[:, t] is character t + 1)"
+        if bool(((got != given) & (got != IGNORE)).any()):
+            value = got[(got != given)][0].item()
+            if value == -1:
+                raise Failed("the mask writes -1, which stage 10's loss counts as a class: write IGNORE (-100)")
+            raise Failed(f"mask_problem() wrote {value}, not IGNORE ({IGNORE}), into the targets")
+        if not masked.any():
+            raise Failed(f"nothing is masked {where}: the loss still trains on the problem's random characters")
+        if torch.equal(got[:, p - 1 :], given[:, p - 1 :]) is False:
+            first = int(masked[p - 1 :].nonzero()[0]) + p - 1 if masked[p - 1 :].any() else None
+            raise Failed(
+                f"target {first} is masked, but it is the answer's {'first character' if first == p - 1 else 'part'} "
+                f"{where}: mask targets 0 to {p - 2}, the ones that are characters of the problem"
+            )
+        kept = [t for t in range(p - 1) if not masked[t]]
+        raise Failed(
+            f"targets {kept} are not masked {where}: they are characters of the problem ({p - 1} targets, "
+            f"0 to {p - 2}, the last one the '='); mask all of them"
+        )
+
+
+def decodes(module: ModuleType) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for task in TASKS:
+        for _ in range(20):
+            a, op, b = arithmetic.random_problem(task, generator)
+            written = spelled(a, op, b, task)[task.prompt_length :]
+            got = module.decode(written, task)
+            if got != result(a, op, b):
+                back = " (digits still reversed?)" if task.reverse and got == int(written[:-1]) else ""
+                raise Failed(f"decode({written!r}, {task}) is {got!r}, not {result(a, op, b)}{back}")
+    for nothing in ("357", "7+3.", ".", ""):
+        try:
+            got = module.decode(nothing, Task(3))
+        except Exception as e:  # noqa: BLE001 (the model writes anything: decode must not raise)
+            raise Failed(f"decode({nothing!r}, Task(3)) raised {type(e).__name__}: return None for no answer") from e
+        if got is not None:
+            raise Failed(f"decode({nothing!r}, Task(3)) is {got!r}: with no END or no number, return None")
+
+
+def splits(module: ModuleType) -> None:
+    task = Task(1, "+")  # 100 problems: a quarter held out, so a leak shows within a few draws
+    everything = [(a, "+", b) for a in range(10) for b in range(10)]
+    held_out = set(everything[::4])
+    draws = []
+    for seed in (0, 0):
+        generator = torch.Generator().manual_seed(seed)
+        draws.append([module.training_problem(task, held_out, generator) for _ in range(2000)])
+    leaked = sorted({tuple(p) for p in draws[0]} & held_out)
+    if leaked:
+        raise Failed(
+            f"training served {len(leaked)} held-out problem(s), e.g. {leaked[0]}: then the accuracy measures "
+            "memory, not addition; draw again when a problem is in held_out"
+        )
+    if draws[0] != draws[1]:
+        raise Failed(
+            "two draws from generators with the same seed gave other problems: draw with the generator given "
+            "(random_problem(task, generator)), so that a resumed run serves what it would have served"
+        )
+    missed = set(everything) - held_out - {tuple(p) for p in draws[0]}
+    if missed:
+        raise Failed(f"2,000 draws never served {len(missed)} of the 75 problems not held out: draw them all")
+
+
+def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, **training) -> str:
+    """Train 2-digit addition with the learner's parts; fail below pass_accuracy on the held-out problems."""
+    cfg = arithmetic.Config(**{**TRAINING, **training})
+    problems = arithmetic.Problems(module, cfg.task, cfg.held_out)
+    torch.manual_seed(0)
+    model = arithmetic.load_stage_10().LanguageModel(len(arithmetic.VOCAB), cfg.model_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    generator = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for step in range(cfg.max_iters):
+        for group in optimizer.param_groups:
+            group["lr"] = arithmetic.learning_rate_at(step, cfg)
+        x, y = problems.batch(problems.training(cfg.batch_size, generator), torch.device("cpu"))
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    accuracy = problems.accuracy(model, torch.device("cpu"))["+"]
+    seconds = time.perf_counter() - t0
+    figures = (
+        f"{100 * accuracy:.1f}% exact on {cfg.held_out} held-out 2-digit problems after {cfg.max_iters} steps "
+        f"({seconds:.0f} s)"
+    )
+    if accuracy < pass_accuracy:
+        raise Failed(f"{figures}; the worked solution gets 100%: look again at the mask and the digit order")
+    return figures
+
+
+PARTS_CHECK = "has encode, mask_problem, decode and training_problem"
+ENCODES = "encode writes a problem as the exercise spells it"
+MASKS = "mask_problem masks exactly the problem's targets"
+DECODES = "decode reads an answer back, or says None"
+SPLITS = "training never serves a held-out problem"
+LEARNS = "learns 2-digit addition"
+
+
+def checks(pass_accuracy: float = PASS_ACCURACY, **training) -> list[Check]:
+    """training: Config fields for the training check, and the accuracy it must reach (the tests
+    make it tiny)."""
+    return [
+        Check(PARTS_CHECK, has_parts),
+        Check(ENCODES, encodes, needs=(PARTS_CHECK,)),
+        Check(MASKS, masks, needs=(PARTS_CHECK,)),
+        Check(DECODES, decodes, needs=(PARTS_CHECK,)),
+        Check(SPLITS, splits, needs=(PARTS_CHECK,)),
+        Check(
+            LEARNS, lambda module: learns(module, pass_accuracy, **training), needs=(ENCODES, MASKS, DECODES, SPLITS)
+        ),
+    ]
