@@ -19,6 +19,12 @@ Figures:
   gflops   stage 10's training throughput at the lecture's configuration, against this machine's
            measured fp32 matmul peak
   tests    the wall time of `python -m pytest -q` (target <= 60 s)
+  addition by hand, not in the default --only: exercise 2's worked solution at its defaults (5-digit
+           addition), the answer's digits reversed and in the usual order, in alternating runs:
+           held-out exact match and training seconds (target: >= 99% within 60 s, reversed)
+  calculator  by hand: exercise 2's calculator (+, - and * on 2-digit operands), each attempt in
+           CALCULATOR_ATTEMPTS: held-out exact match by operation (target: >= 99% each, within
+           600 s of training); the attempts that miss it are kept, as figures
   heads    by hand, not in the default --only: ms a training step of stage 10 with its attention per
            head (the lecture's form), batched by hand and batched with F.scaled_dot_product_attention
            (exercise 1's solutions), at the cpu preset and at the lecture's configuration (reported)
@@ -270,6 +276,69 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     return results
 
 
+EX2_SOLUTION = ROOT / "exercises" / "solutions" / "ex2_addition.py"
+ACCURACY = re.compile(r"held-out exact match \(([\d,]+) problems of each operation\): (.*)")
+TRAINED = re.compile(r"\(step (\d+), ([\d.]+) s of training\)")
+# the calculator's attempts, in the order they were tried: a name, and the flags beside --digits 2 --operations +-*
+CALCULATOR_ATTEMPTS = {}
+
+
+def exercise_2(flags: list[str]) -> dict:
+    """One training run of exercise 2's solution into a temporary checkpoint: its figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(EX2_SOLUTION), *flags, "--checkpoint", str(Path(tmp) / "ex2.pt")]
+        wall, out = run(cmd)
+    problems, by_op = ACCURACY.findall(out)[-1]
+    steps, seconds = TRAINED.findall(out)[-1]
+    accuracy = {op: float(v) for op, v in re.findall(r"([-+*]) ([\d.]+)%", by_op)}
+    print(f"  {' '.join(flags) or '(defaults)'}: {by_op}, {seconds} s of training, {wall:.0f} s in all", flush=True)
+    return {"accuracy_pct": accuracy, "steps": int(steps), "train_s": float(seconds), "wall_s": round(wall, 1)}
+
+
+def bench_addition(rounds: int = 2) -> list[dict]:
+    """5-digit addition at the solution's defaults, reversed and in the usual order, alternating."""
+    runs = {"reversed": [], "usual order": []}
+    for r in range(rounds):
+        for order, flags in (("reversed", []), ("usual order", ["--no-reverse"])):
+            print(f"addition, {order}, round {r + 1}:", flush=True)
+            runs[order].append(exercise_2([*flags, "--seed", str(1337 + r)]))
+    results = []
+    for order, figures in runs.items():
+        accuracy = [f["accuracy_pct"]["+"] for f in figures]
+        seconds = [f["train_s"] for f in figures]
+        target = "reversed: >= 99% held-out within 60 s of training" if order == "reversed" else "reported"
+        results.append(
+            {
+                "figure": f"exercise 2: 5-digit addition, answer {order}",
+                "accuracy_pct": accuracy,
+                "train_s": seconds,
+                "steps": figures[0]["steps"],
+                "seeds": [1337 + r for r in range(rounds)],
+                "target": target,
+                "met": min(accuracy) >= 99 and max(seconds) <= 60 if order == "reversed" else True,
+            }
+        )
+    return results
+
+
+def bench_calculator() -> list[dict]:
+    """Each attempt at the calculator: + - * on 2-digit operands, one model."""
+    results = []
+    for name, flags in CALCULATOR_ATTEMPTS.items():
+        print(f"calculator, {name}:", flush=True)
+        figures = exercise_2(["--digits", "2", "--operations", "+-*", *flags])
+        results.append(
+            {
+                "figure": f"exercise 2: calculator, {name}",
+                "flags": " ".join(flags),
+                **figures,
+                "target": ">= 99% held-out on each operation within 600 s of training",
+                "met": min(figures["accuracy_pct"].values()) >= 99 and figures["train_s"] <= 600,
+            }
+        )
+    return results
+
+
 def bench_tests() -> dict:
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -320,6 +389,10 @@ def main() -> int:
         results.append(bench_gpu())
     if "heads" in only:
         results += bench_heads()
+    if "addition" in only:
+        results += bench_addition()
+    if "calculator" in only:
+        results += bench_calculator()
     if "tests" in only:
         results.append(bench_tests())
 

@@ -35,6 +35,7 @@ IGNORE = -100  # F.cross_entropy's default ignore_index: a target it leaves out 
 VOCAB = "0123456789" + OPERATIONS + "=" + END  # the task's own characters, not tiny Shakespeare's
 HELD_OUT_SEED = 0  # the held-out problems are the same for every run of a task, whatever --seed is
 STAGE_10 = "10_gpt"
+TASK_FIELDS = ("digits", "operations", "reverse", "trace", "held_out")  # what a checkpoint's model was taught
 
 
 def result(a: int, op: str, b: int) -> int:
@@ -44,11 +45,13 @@ def result(a: int, op: str, b: int) -> int:
 
 @dataclass(frozen=True)
 class Task:
-    """Which problems: digits of each operand, the operations, and the answer's digit order."""
+    """Which problems: digits of each operand, the operations, the answer's digit order, and
+    whether the worked steps of a product come before its answer."""
 
     digits: int = 5
     operations: str = "+"
     reverse: bool = True
+    trace: bool = False
 
     @property
     def prompt_length(self) -> int:
@@ -57,25 +60,48 @@ class Task:
 
     @property
     def answer_width(self) -> int:
-        """Characters every answer is padded to: the widest any of the task's operations gives
-        (a sum of two 5-digit numbers has 6 digits, a product 10; a difference's sign takes one)."""
-        largest = 10**self.digits - 1
-        return max(len(str(result(largest, op, largest if op != "-" else -largest))) for op in self.operations)
+        """Characters every answer is padded to: the widest any of the task's operations gives.
+        With 5-digit operands a sum has up to 6 digits, a difference 5 and its sign, a product 10."""
+        widths = {"+": self.digits + 1, "-": self.digits + 1, "*": 2 * self.digits}
+        return max(widths[op] for op in self.operations)
+
+    @property
+    def trace_width(self) -> int:
+        """Characters of the worked steps (see worked()): none without trace."""
+        return self.digits * (self.digits + 1) if self.trace else 0
 
     @property
     def length(self) -> int:
-        """Characters of a whole problem: the prompt, the answer, the end mark."""
-        return self.prompt_length + self.answer_width + 1
+        """Characters of a whole problem: the prompt, the worked steps, the answer, the end mark."""
+        return self.prompt_length + self.trace_width + self.answer_width + 1
 
     def problems(self) -> int:
         """How many distinct problems the task has."""
         return len(self.operations) * 10 ** (2 * self.digits)
 
 
+def worked(a: int, op: str, b: int, task: Task) -> str:
+    """The steps written before the answer when task.trace (a chain of thought that the loss also
+    trains on), else "". For a product, a times each digit of b, least significant digit first,
+    each zero-padded to digits + 1 and reversed like the answer: 12*34 gives 12*4 = 048 and
+    12*3 = 036, written "840630"; the answer 408 is then their sum, 48 + 360, one carry at a time.
+    Sums and differences need no steps: zeros keep every problem of the task the same length."""
+    if not task.trace:
+        return ""
+    if op != "*":
+        return "0" * task.trace_width
+    steps = ""
+    for i in range(task.digits):
+        partial = f"{a * (b // 10**i % 10):0{task.digits + 1}d}"
+        steps += partial[::-1] if task.reverse else partial
+    return steps
+
+
 def random_problem(task: Task, generator: torch.Generator) -> tuple[int, str, int]:
     """A problem (a, op, b) drawn uniformly: each operand from 0 to 10**digits - 1."""
-    a, b, op = torch.randint(10**task.digits, (3,), generator=generator).tolist()
-    return a, task.operations[op % len(task.operations)], b
+    a, b = torch.randint(10**task.digits, (2,), generator=generator).tolist()
+    op = task.operations[torch.randint(len(task.operations), (1,), generator=generator).item()]
+    return a, op, b
 
 
 def held_out_problems(task: Task, count: int) -> list[tuple[int, str, int]]:
@@ -99,10 +125,11 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has 
     digits: int = 5  # digits of each operand, zero-padded: 12 is 00012
     operations: str = "+"  # the operations served: any of + - * (+-* is the calculator)
     reverse: bool = True  # the answer's digits least significant first, as addition is done by hand
+    trace: bool = False  # write a product's partial products before its answer (a chain of thought)
     held_out: int = 1000  # problems of each operation never trained on: the accuracy's test set
     batch_size: int = 64  # problems in each step
     max_iters: int = 1500  # training steps
-    eval_interval: int = 250  # steps between loss and accuracy estimates
+    eval_interval: int = 500  # steps between loss and accuracy estimates
     eval_iters: int = 10  # batches of each split averaged in one loss estimate
     learning_rate: float = 1e-3  # AdamW step size: a small model on a small task takes a large one
     n_embd: int = 128  # width of the embeddings
@@ -128,7 +155,7 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has 
 
     @property
     def task(self) -> Task:
-        return Task(self.digits, self.operations, self.reverse)
+        return Task(self.digits, self.operations, self.reverse, self.trace)
 
     @property
     def block_size(self) -> int:  # the model reads every character of a problem but the last
@@ -136,9 +163,8 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has 
 
     def model_config(self):
         """Stage 10's Config for the model: these sizes, a context of one problem."""
-        stage = load_stage_10()
-        sizes = ("n_embd", "n_head", "n_layer", "dropout", "batch_size", "learning_rate", "max_iters")
-        return stage.Config(block_size=self.block_size, **{k: getattr(self, k) for k in sizes})
+        sizes = {k: getattr(self, k) for k in ("n_embd", "n_head", "n_layer", "dropout")}
+        return load_stage_10().Config(block_size=self.block_size, **sizes)
 
 
 def load_stage_10() -> ModuleType:
@@ -180,17 +206,19 @@ class Problems:
 
     @torch.no_grad()
     def answers(self, model: torch.nn.Module, problems: list[tuple[int, str, int]], device: torch.device) -> list[str]:
-        """What the model writes after each problem's "=", greedily (top_k=1: always the likeliest)."""
+        """What the model writes after each problem's "=" (its worked steps, if any, its answer and the
+        end mark), greedily: top_k=1 keeps only the likeliest character each time."""
         task = self.task
         prompts = self.ids(problems)[:, : task.prompt_length].to(device)  # (B, prompt_length)
         was_training = model.training
         model.eval()
-        out = model.generate(prompts, task.answer_width + 1, top_k=1)  # (B, task.length)
+        out = model.generate(prompts, task.length - task.prompt_length, top_k=1)  # (B, task.length)
         model.train(was_training)
         return [self.tokenizer.decode(row) for row in out[:, task.prompt_length :].tolist()]
 
     def accuracy(self, model: torch.nn.Module, device: torch.device, chunk: int = 1000) -> dict[str, float]:
-        """Exact match, by operation, on every held-out problem: the whole answer, end mark included."""
+        """Exact match, by operation, on every held-out problem: the whole answer, end mark included
+        (with worked steps, the answer after them: the steps may differ, the answer may not)."""
         right = {op: 0 for op in self.task.operations}
         total = {op: 0 for op in self.task.operations}
         for i in range(0, len(self.test), chunk):
@@ -198,7 +226,7 @@ class Problems:
             written = self.answers(model, problems, device)
             for (a, op, b), answer in zip(problems, written, strict=True):
                 expected = self.learner.encode(a, op, b, self.task)[self.task.prompt_length :]
-                right[op] += answer == expected
+                right[op] += answer_part(answer, self.task) == answer_part(expected, self.task)
                 total[op] += 1
         return {op: right[op] / total[op] for op in right}
 
@@ -212,6 +240,11 @@ class Problems:
             out[split] = torch.stack(losses).mean().item()
         model.train()
         return out
+
+
+def answer_part(written: str, task: Task) -> str:
+    """What the model wrote after "=", without its worked steps: the answer and the end mark."""
+    return written[task.trace_width :]
 
 
 def accuracy_line(accuracy: dict[str, float], held_out: int) -> str:
@@ -302,12 +335,19 @@ def main(learner: ModuleType, argv: list[str]) -> None:
         if not path.exists():
             raise harness.UserError(f"no checkpoint at {path}: train first with {parser.prog}")
         ckpt = harness.checkpoints.load(path, name)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    if ckpt is not None:  # the checkpoint's task, sizes and budget, except flags typed now
+        changed = [k for k in TASK_FIELDS if k in given and values[k] != ckpt.config.get(k)]
+        if changed:
+            shown = ", ".join(f"--{k} {values[k]} here, {ckpt.config.get(k)} there" for k in changed)
+            raise harness.UserError(
+                f"{path} was trained on another task ({shown}): leave those flags out to use its own, "
+                "or train the new task afresh into another --checkpoint"
+            )
+        values.update({k: v for k, v in ckpt.config.items() if k in values and k not in given})
     try:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
-        if ckpt is not None:  # the checkpoint's task and sizes, except flags typed now
-            values.update({k: v for k, v in ckpt.config.items() if k in values and k not in given})
         cfg = Config(**values)
-    except ValueError as e:
+    except ValueError as e:  # the Config's own check of how its fields fit together
         raise harness.cli.config_error(str(e), values, {}) from None
     print(f"device: {device}")
     problems = Problems(learner, cfg.task, cfg.held_out)
@@ -315,17 +355,18 @@ def main(learner: ModuleType, argv: list[str]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     if not args.sample:
         harness.checkpoints.check_writable(path)
+    # the harness's Run, with the task's problems instead of a text: the generators draw them, and a
+    # checkpoint saves their states, so that a resumed run serves the problems it would have served
     run = harness.Run(
-        name,
-        cfg,
-        args,
-        device,
-        problems.tokenizer,
-        path,
-        ckpt,
-        {},
-        torch.Generator().manual_seed(args.seed),
-        torch.Generator().manual_seed(args.seed + 1),
+        stage=name,
+        config=cfg,
+        args=args,
+        device=device,
+        tokenizer=problems.tokenizer,
+        checkpoint_path=path,
+        checkpoint=ckpt,
+        train_gen=torch.Generator().manual_seed(args.seed),
+        eval_gen=torch.Generator().manual_seed(args.seed + 1),
     )
     trainer = harness.Trainer(run, model, optimizer)
     try:
@@ -369,7 +410,7 @@ def train(trainer, problems: Problems, model, optimizer, cfg: Config, run) -> No
 def answer(problems: Problems, model, problem: tuple[int, str, int], device) -> None:
     a, op, b = problem
     written = problems.answers(model, [problem], device)[0]
-    value = problems.learner.decode(written, problems.task)
+    value = problems.learner.decode(answer_part(written, problems.task), problems.task)
     truth = result(a, op, b)
     shown = "no answer" if value is None else str(value)
     verdict = "right" if value == truth else f"wrong: {a}{op}{b} is {truth}"

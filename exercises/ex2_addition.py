@@ -30,16 +30,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
-# END: the end mark; IGNORE: the target value the loss skips; result(a, op, b): the answer
-from exercises.arithmetic import END, IGNORE, Task, random_problem, result, train_or_ask  # noqa: E402, F401
+# END: the end mark; IGNORE: the target the loss skips; result(a, op, b): the answer;
+# worked(a, op, b, task): the steps a product's answer can be worked out in (--trace)
+from exercises.arithmetic import (  # noqa: E402, F401
+    END,
+    IGNORE,
+    Task,
+    random_problem,
+    result,
+    train_or_ask,
+    worked,
+)
 
 
 def encode(a: int, op: str, b: int, task: Task) -> str:
     """The whole problem as one line, answer and end mark included.
 
-    Each operand zero-padded to task.digits characters, op between them, then "="; then
-    result(a, op, b) zero-padded to task.answer_width characters (a negative one keeps its "-" in
-    front: f"{-33:04d}" is "-033"), those characters reversed when task.reverse; then END.
+    Each operand zero-padded to task.digits characters, op between them, then "="; then the
+    worked steps, worked(a, op, b, task) ("" unless task.trace); then result(a, op, b)
+    zero-padded to task.answer_width characters (a negative one keeps its "-" in front:
+    f"{-33:04d}" is "-033"), those characters reversed when task.reverse; then END.
     encode(12, "+", 345, Task(digits=5)) is "00012+00345=753000.".
     """
     # WRITE THIS

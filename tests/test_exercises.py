@@ -349,14 +349,23 @@ EXERCISE_2 = exercises.check.EXERCISE_DIR / "ex2_addition.py"
 SOLUTION_2 = exercises.check.EXERCISE_DIR / "solutions" / "ex2_addition.py"
 TINY_TRAINING = dict(max_iters=3, held_out=20, batch_size=8, n_embd=16, n_head=2, n_layer=1)
 MASKED = "    masked[:, : task.prompt_length - 1] = IGNORE\n"
-ENCODED = "    return problem + answer + END\n"
+ENCODED = "    return problem + worked(a, op, b, task) + answer + END\n"
 MISTAKES_2 = {  # mistake: (what the learner wrote instead, the check that fails, what it says)
     "the digits not reversed": (
         ("        answer = answer[::-1]  #", "        answer = answer  #"),
         ex2.ENCODES,
         "the answer is in the usual order; with task.reverse, reverse its characters",
     ),
-    "no end mark": ((ENCODED, "    return problem + answer\n"), ex2.ENCODES, "it should end with END ('.')"),
+    "no end mark": (
+        (ENCODED, "    return problem + worked(a, op, b, task) + answer\n"),
+        ex2.ENCODES,
+        "it should end with END ('.')",
+    ),
+    "the worked steps left out": (
+        (ENCODED, "    return problem + answer + END\n"),
+        ex2.ENCODES,
+        "with task.trace, the worked steps come between '=' and the answer",
+    ),
     "the answer not padded": (
         ('    answer = f"{result(a, op, b):0{task.answer_width}d}"', '    answer = f"{result(a, op, b)}"'),
         ex2.ENCODES,
@@ -496,6 +505,9 @@ def test_the_solution_trains_into_its_own_checkpoint_answers_and_resumes(tmp_pat
     code, out, err = run_2(SOLUTION_2, [*TINY_RUN, "--max_iters", "6", "--resume", "--checkpoint", str(ckpt)], capsys)
     assert code == 0, err
     assert f"resumed from {ckpt} at step 4" in out and harness.checkpoints.load(ckpt, "ex2_addition").step == 6
+
+    code, _, err = run_2(SOLUTION_2, ["--resume", "--no-reverse", "--checkpoint", str(ckpt)], capsys)
+    one_line_error(code, err, "was trained on another task (--reverse False here, True there)")
 
 
 @pytest.mark.parametrize(

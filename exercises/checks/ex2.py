@@ -10,13 +10,13 @@ import torch
 
 import common
 from exercises import arithmetic
-from exercises.arithmetic import END, IGNORE, Task, result
+from exercises.arithmetic import END, IGNORE, Task, result, worked
 from exercises.checks import Check, Failed
 
 NAME = "ex2_addition"
 PARTS = ("encode", "mask_problem", "decode", "training_problem")
 # the tasks the checks encode: both digit orders, and the calculator's signs and widths
-TASKS = (Task(3), Task(3, reverse=False), Task(2, "+-*"), Task(1, "-"))
+TASKS = (Task(3), Task(3, reverse=False), Task(2, "+-*"), Task(1, "-"), Task(2, "+*", trace=True))
 # the training check: 2-digit addition, small enough for a minute on two cores
 TRAINING = dict(digits=2, held_out=500, max_iters=600, eval_interval=600, batch_size=64, learning_rate=3e-3)
 PASS_ACCURACY = 0.95  # the worked solution reaches 100% at these settings
@@ -32,13 +32,14 @@ def spelled(a: int, op: str, b: int, task: Task) -> str:
     """The encoding the exercise asks for, written out here to compare with."""
     answer = f"{result(a, op, b):0{task.answer_width}d}"
     answer = answer[::-1] if task.reverse else answer
-    return f"{a:0{task.digits}d}{op}{b:0{task.digits}d}={answer}{END}"
+    return f"{a:0{task.digits}d}{op}{b:0{task.digits}d}={worked(a, op, b, task)}{answer}{END}"
 
 
 def encodes(module: ModuleType) -> None:
     samples = [(12, "+", 345), (999, "+", 999), (0, "+", 7)]
     cases = [(a, op, b, t) for t in TASKS[:2] for a, op, b in samples]
     cases += [(12, "-", 45, TASKS[2]), (99, "*", 99, TASKS[2]), (3, "-", 3, TASKS[2]), (0, "-", 9, TASKS[3])]
+    cases += [(12, "*", 34, TASKS[4]), (12, "+", 34, TASKS[4])]
     for a, op, b, task in cases:
         got, want = module.encode(a, op, b, task), spelled(a, op, b, task)
         if got == want:
@@ -46,7 +47,9 @@ def encodes(module: ModuleType) -> None:
         shown = f"encode({a}, {op!r}, {b}, {task}) is {got!r}, not {want!r}"
         if not isinstance(got, str):
             raise Failed(f"encode() returned a {type(got).__name__}: it should return the problem as a str")
-        if task.reverse and got == spelled(a, op, b, Task(task.digits, task.operations, reverse=False)):
+        if task.trace and got == spelled(a, op, b, Task(task.digits, task.operations, task.reverse)):
+            raise Failed(f"{shown}: with task.trace, the worked steps come between '=' and the answer")
+        if task.reverse and got == spelled(a, op, b, Task(task.digits, task.operations, False, task.trace)):
             raise Failed(f"{shown}: the answer is in the usual order; with task.reverse, reverse its characters")
         if not got.endswith(END):
             raise Failed(f"{shown}: it should end with END ({END!r}), the mark the model writes when done")
@@ -105,7 +108,7 @@ def decodes(module: ModuleType) -> None:
     for task in TASKS:
         for _ in range(20):
             a, op, b = arithmetic.random_problem(task, generator)
-            written = spelled(a, op, b, task)[task.prompt_length :]
+            written = arithmetic.answer_part(spelled(a, op, b, task)[task.prompt_length :], task)
             got = module.decode(written, task)
             if got != result(a, op, b):
                 back = " (digits still reversed?)" if task.reverse and got == int(written[:-1]) else ""
