@@ -280,7 +280,11 @@ EX2_SOLUTION = ROOT / "exercises" / "solutions" / "ex2_addition.py"
 ACCURACY = re.compile(r"held-out exact match \(([\d,]+) problems of each operation\): (.*)")
 TRAINED = re.compile(r"\(step (\d+), ([\d.]+) s of training\)")
 # the calculator's attempts, in the order they were tried: a name, and the flags beside --digits 2 --operations +-*
-CALCULATOR_ATTEMPTS = {}
+CALCULATOR_SIZES = ["--n_layer", "4", "--batch_size", "128", "--max_iters", "4000", "--eval_interval", "2000"]
+CALCULATOR_ATTEMPTS = {
+    "plain answers": CALCULATOR_SIZES,
+    "partial products before the answer (--trace)": [*CALCULATOR_SIZES, "--trace"],
+}
 
 
 def exercise_2(flags: list[str]) -> dict:

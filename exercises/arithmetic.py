@@ -128,7 +128,7 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has 
     trace: bool = False  # write a product's partial products before its answer (a chain of thought)
     held_out: int = 1000  # problems of each operation never trained on: the accuracy's test set
     batch_size: int = 64  # problems in each step
-    max_iters: int = 1500  # training steps
+    max_iters: int = 1000  # training steps
     eval_interval: int = 500  # steps between loss and accuracy estimates
     eval_iters: int = 10  # batches of each split averaged in one loss estimate
     learning_rate: float = 1e-3  # AdamW step size: a small model on a small task takes a large one
@@ -390,7 +390,8 @@ def train(trainer, problems: Problems, model, optimizer, cfg: Config, run) -> No
     for step in trainer.steps():
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
             trainer.log(step, problems.estimate_loss(model, cfg, run.eval_gen, run.device))
-            tqdm.write(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
+            if 0 < step < cfg.max_iters - 1:  # none untrained; the last comes after the last step
+                tqdm.write(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, cfg)
         xb, yb = problems.batch(problems.training(cfg.batch_size, run.train_gen), run.device)
