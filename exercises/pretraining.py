@@ -64,7 +64,6 @@ OWN_FLAGS = (
     "--warmup_iters",
     "--eval_interval",
     "--seed",
-    "--resume",
     "--sample",
     "--init_from",
     "--vocab_from",
@@ -464,7 +463,10 @@ def runner_command(learner_file: str) -> str:
 
 def main(learner: ModuleType, argv: list[str]) -> None:
     flags = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+    own = argv[: argv.index("--")] if "--" in argv else list(argv)
+    if "--resume" in flags:  # "the same command plus --resume", as a stopped run says, puts it last
+        flags = [f for f in flags if f != "--resume"]
+        own.append("--resume")
     args = build_parser(learner).parse_args(own)
     experiment = Experiment(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment) if hasattr(args, f.name)}

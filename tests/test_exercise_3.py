@@ -303,7 +303,8 @@ def test_the_same_command_with_resume_reuses_every_run(tiny_run, texts, capsys, 
     folder, _ = tiny_run
     monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", folder)
     before = (folder / "ex3_scratch_2_seed1337.pt").read_bytes()
-    code, out, err = experiment(SOLUTION_3, [*own(texts, folder, "--resume"), "--", *TINY_RUN], capsys)
+    # "the same command plus --resume", as a stopped run says: after the flags for stage 10
+    code, out, err = experiment(SOLUTION_3, [*own(texts, folder), "--", *TINY_RUN, "--resume"], capsys)
     assert code == 0, err
     assert "pre-trained model: " in out and "reused" in out and "already at step 2" in out
     assert (folder / "ex3_scratch_2_seed1337.pt").read_bytes() == before
