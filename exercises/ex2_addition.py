@@ -19,7 +19,11 @@ encode, mask_problem, decode and training_problem. Then:
     python exercises/ex2_addition.py                 5-digit addition, about a minute on a CPU
     python exercises/ex2_addition.py --ask 12345+67890
     python exercises/ex2_addition.py --no-reverse    the usual digit order, to compare
-    python exercises/ex2_addition.py --digits 2 --operations +-*    the calculator
+    python exercises/ex2_addition.py --digits 2 --operations +-* --trace   the calculator
+
+Measured (AMD EPYC, 2 cores): 100% of 1,000 held-out 5-digit sums after 1,000 steps (42 s) with
+seed 1337, not yet with seed 1338; the calculator with --trace, 4 layers, batch 128 and 4,000
+steps: + 100%, - 99.9%, * 99.7% (540 s). The README has the figures.
 
 The worked solution is exercises/solutions/ex2_addition.py.
 """
