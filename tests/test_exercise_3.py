@@ -25,7 +25,7 @@ CORPUS_TEXT = "".join(
 )
 TINY_RUN = ["--n_embd", "16", "--n_head", "2", "--n_layer", "1", "--block_size", "8", "--batch_size", "4"]
 TINY_RUN += ["--eval_iters", "1", "--device", "cpu", "--num_tokens", "1"]
-TINY_SMALL = dict(pretrain_steps=20, steps=[2], eval_interval=1, flags=TINY_RUN)
+TINY_SMALL = dict(pretrain_steps=10, steps=[2], eval_interval=1, flags=TINY_RUN)
 
 
 @pytest.fixture(scope="module")
