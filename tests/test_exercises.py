@@ -495,7 +495,7 @@ def test_the_solution_trains_into_its_own_checkpoint_answers_and_resumes(tmp_pat
     code, out, err = run_2(SOLUTION_2, [*TINY_RUN, "--checkpoint", str(ckpt)], capsys)
     assert code == 0, err
     assert "held-out exact match (5 problems of each operation): + " in out
-    saved = harness.checkpoints.load(ckpt, "ex2_addition")
+    saved = harness.checkpoints.load(ckpt, "ex2_addition_solution")
     assert saved.step == 4 and saved.config["digits"] == 1 and saved.vocab == arithmetic.VOCAB
 
     code, out, err = run_2(SOLUTION_2, ["--ask", "3+4", "--checkpoint", str(ckpt)], capsys)
@@ -504,7 +504,7 @@ def test_the_solution_trains_into_its_own_checkpoint_answers_and_resumes(tmp_pat
 
     code, out, err = run_2(SOLUTION_2, [*TINY_RUN, "--max_iters", "6", "--resume", "--checkpoint", str(ckpt)], capsys)
     assert code == 0, err
-    assert f"resumed from {ckpt} at step 4" in out and harness.checkpoints.load(ckpt, "ex2_addition").step == 6
+    assert f"resumed from {ckpt} at step 4" in out and harness.checkpoints.load(ckpt, "ex2_addition_solution").step == 6
 
     code, _, err = run_2(SOLUTION_2, ["--resume", "--no-reverse", "--checkpoint", str(ckpt)], capsys)
     one_line_error(code, err, "was trained on another task (--reverse False here, True there)")
