@@ -75,10 +75,6 @@ class Task:
         """Characters of a whole problem: the prompt, the worked steps, the answer, the end mark."""
         return self.prompt_length + self.trace_width + self.answer_width + 1
 
-    def problems(self) -> int:
-        """How many distinct problems the task has."""
-        return len(self.operations) * 10 ** (2 * self.digits)
-
 
 def worked(a: int, op: str, b: int, task: Task) -> str:
     """The steps written before the answer when task.trace (a chain of thought that the loss also
