@@ -375,7 +375,7 @@ MISTAKES_2 = {  # mistake: (what the learner wrote instead, the check that fails
     "masked with the lecture's -1": (
         (MASKED, MASKED.replace("IGNORE", "-1")),
         ex2.MASKS,
-        "the mask writes -1, which stage 10's loss counts as a class: write IGNORE (-100)",
+        "the mask writes -1, which stage 10's loss does not skip",
     ),
     "one target too many masked": (
         (MASKED, MASKED.replace("prompt_length - 1", "prompt_length")),

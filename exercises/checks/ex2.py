@@ -86,15 +86,19 @@ def masks(module: ModuleType) -> None:
         if bool(((got != given) & (got != IGNORE)).any()):
             value = got[(got != given)][0].item()
             if value == -1:
-                raise Failed("the mask writes -1, which stage 10's loss counts as a class: write IGNORE (-100)")
+                raise Failed(
+                    "the mask writes -1, which stage 10's loss does not skip (F.cross_entropy skips -100 by "
+                    "default and fails on -1): write IGNORE (-100)"
+                )
             raise Failed(f"mask_problem() wrote {value}, not IGNORE ({IGNORE}), into the targets")
         if not masked.any():
             raise Failed(f"nothing is masked {where}: the loss still trains on the problem's random characters")
-        if torch.equal(got[:, p - 1 :], given[:, p - 1 :]) is False:
-            first = int(masked[p - 1 :].nonzero()[0]) + p - 1 if masked[p - 1 :].any() else None
+        if not torch.equal(got[:, p - 1 :], given[:, p - 1 :]):  # only IGNOREs are left to differ
+            first = int((got[:, p - 1 :] == IGNORE).any(dim=0).nonzero()[0]) + p - 1
+            which = "the answer's first character" if first == p - 1 else "a character of the answer"
             raise Failed(
-                f"target {first} is masked, but it is the answer's {'first character' if first == p - 1 else 'part'} "
-                f"{where}: mask targets 0 to {p - 2}, the ones that are characters of the problem"
+                f"target {first} is masked, but it is {which} {where}: mask targets 0 to {p - 2}, "
+                "the ones that are characters of the problem"
             )
         kept = [t for t in range(p - 1) if not masked[t]]
         raise Failed(
