@@ -224,7 +224,6 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     configuration: (rounds, steps a round) each, the forms alternating round by round, medians."""
     from exercises.check import load_learner_file
     from exercises.runner import stage_10_with
-    from stages.short_run import PRESETS
 
     solution = load_learner_file(ROOT / "exercises" / "solutions" / "ex1_causal_self_attention.py")
     forms = {
@@ -235,12 +234,13 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     rounds = rounds or {"cpu": (3, 5), "video": (2, 1)}
     results = []
     for preset, (n_rounds, steps) in rounds.items():
-        cfg = forms["per_head"].Config(**PRESETS[preset])
+        presets = forms["per_head"].PRESETS
+        cfg = forms["per_head"].Config(**presets[preset])
         data = torch.randint(65, (200_000,))
         trainers = {}
         for name, stage in forms.items():
             torch.manual_seed(0)
-            model = stage.LanguageModel(65, stage.Config(**PRESETS[preset]))
+            model = stage.LanguageModel(65, stage.Config(**presets[preset]))
             optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
             trainers[name] = (model, optimizer, torch.Generator().manual_seed(0))
         ms = {name: [] for name in forms}

@@ -27,7 +27,7 @@ import harness.checkpoints
 import harness.cli
 import harness.stages
 from harness.run import pick_device
-from stages.short_run import Schedule, learning_rate_at
+from harness.schedule import Schedule, learning_rate_at
 
 OPERATIONS = "+-*"
 END = "."  # the end mark: the model writes it after the answer
@@ -115,7 +115,7 @@ def held_out_problems(task: Task, count: int) -> list[tuple[int, str, int]]:
 
 
 @dataclass
-class Config(Schedule):  # Schedule: lr_decay and warmup_iters, as stage 10 has them (short_run.py)
+class Config(Schedule):  # Schedule: lr_decay and warmup_iters (harness/schedule.py)
     """The task, the model and its training: each is also a command-line flag (--digits 3)."""
 
     digits: int = 5  # digits of each operand, zero-padded: 12 is 00012
@@ -362,7 +362,7 @@ def main(learner: ModuleType, argv: list[str]) -> None:
         checkpoint_path=path,
         checkpoint=ckpt,
         train_gen=torch.Generator().manual_seed(args.seed),
-        eval_gen=torch.Generator().manual_seed(args.seed + 1),
+        eval_gen=torch.Generator(),  # the Trainer seeds it for each step from --seed and the step
     )
     trainer = harness.Trainer(run, model, optimizer)
     try:

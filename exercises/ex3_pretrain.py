@@ -5,10 +5,10 @@ train and val loss. Pretrain the transformer on this data, then initialize with 
 finetune it on tiny shakespeare with a smaller number of steps and lower learning rate. Can you
 obtain a lower validation loss by the use of pretraining?"
 
-The program around this file (exercises/pretraining.py) pre-trains stage 10 at its cpu preset on
-PRETRAINING_TEXT; then, for N steps, it fine-tunes that model on tiny Shakespeare at a lower rate,
-and trains the same model from scratch for the same N steps with the same seed and batches; and
-it prints both validation losses side by side.
+The program around this file (exercises/pretraining.py) pre-trains stage 10's model (0.8 million
+parameters) on PRETRAINING_TEXT; then, for N steps, it fine-tunes that model on tiny Shakespeare
+at a lower rate, and trains the same model from scratch for the same N steps with the same seed
+and batches; and it prints both validation losses side by side.
 
 The two texts do not have the same characters: a dictionary has brackets and most digits that
 the plays lack, the plays a '$' that the dictionary lacks. So the pre-trained model's vocabulary is
@@ -26,8 +26,8 @@ three parts marked WRITE THIS:
 data/input.txt already has every character of tiny Shakespeare, at the ids that fine-tuning uses.)
 
 Check it:   python exercises/check.py 3        each part on tiny models, then a tiny experiment
-Run it:     python exercises/ex3_pretrain.py   pre-training (2,000 steps: as long as stage 10's own
-            run at the cpu preset; kept in checkpoints/ and reused), then for N = 200 and 500 a
+Run it:     python exercises/ex3_pretrain.py   pre-training (2,000 steps, about four minutes on 2
+            cores; kept in checkpoints/ and reused), then for N = 200 and 500 a
             fine-tuning run and a run from scratch. Ctrl-C saves; add --resume to go on
             python exercises/ex3_pretrain.py --seeds 3   each pair with 3 seeds: the noise too
             python exercises/ex3_pretrain.py --help      the texts, the budgets, the rates

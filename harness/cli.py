@@ -326,6 +326,15 @@ def resolve_config(
             print("  it sets " + ", ".join(f"{name} {value}" for name, value in changed.items()))
         values.update(changed)
         origin.update({name: f"preset {preset}" for name in changed})
+    if ckpt is not None and args.resume:
+        gone = {name: value for name, value in ckpt.config.items() if name not in values}
+        if gone:
+            shown = ", ".join(f"{name} {value}" for name, value in gone.items())
+            raise UserError(
+                f"the checkpoint was trained with {shown}, which this stage no longer has, so it cannot be "
+                "resumed as it was trained; --sample still samples from it, or start afresh: without --resume "
+                "(the old file is kept as .prev) or with another --checkpoint"
+            )
     if ckpt is not None:
         for name in values:
             if name not in given and name in ckpt.config:

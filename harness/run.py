@@ -22,6 +22,11 @@ from harness.errors import UserError
 from harness.stages import stage_name
 
 
+def estimate_seed(seed: int, step: int) -> int:
+    """One seed for each (seed, step): seed < 2**32, so no two pairs share one; step 0's is seed + 1."""
+    return seed + 1 + step * 2**32
+
+
 @dataclasses.dataclass
 class Run:
     """Everything a stage's main() needs besides its model: config, device, data and the command line."""
@@ -36,7 +41,7 @@ class Run:
     # "train" and "val": (N,) token ids on the device; empty with --sample
     data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
-    eval_gen: torch.Generator | None = None  # draws the estimate's batches, apart so resuming stays exact
+    eval_gen: torch.Generator | None = None  # draws the estimate's batches; seeded afresh at each step
     # how the model trains (--fast, --compile, --dtype), set by accelerate(); the Trainer applies its TF32
     plan: accelerate.Plan = dataclasses.field(default_factory=accelerate.Plan)
     preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
@@ -46,6 +51,13 @@ class Run:
     # where this run's weights started, recorded in each checkpoint it saves: from --init_from, or kept
     # from the checkpoint a --resume continues; None for a run from scratch
     init_record: dict[str, Any] | None = None
+
+    def seed_estimate(self, step: int) -> None:
+        """Seed eval_gen for the loss estimate at step, from the run's seed and the step alone: the
+        estimate at a step draws the same batches however the run got there (in one go, resumed after
+        a kill, or extended with a larger --max_iters), and the training batches never depend on it."""
+        if self.eval_gen is not None:
+            self.eval_gen.manual_seed(estimate_seed(self.args.seed, step))
 
     @property
     def vocab_size(self) -> int:
@@ -249,7 +261,7 @@ def start(
     # the text goes to the device once (a few MB), so each batch is gathered where it is used
     data = {"train": train_data.to(device), "val": val_data.to(device)}
     train_gen = torch.Generator().manual_seed(args.seed)
-    eval_gen = torch.Generator().manual_seed(args.seed + 1)
+    eval_gen = torch.Generator()  # the Trainer seeds it for each step: seed_estimate
     run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
     run.preset = preset
     run.init_source = init_source

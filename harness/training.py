@@ -86,6 +86,7 @@ class Trainer:
         precision = accelerate.float32_matmul_precision(self.run.plan)
         with self._bar, self._signals as signals, precision:
             for step in range(self.step, max_iters):
+                self.run.seed_estimate(step)  # a loss estimate at this step: the same batches on every path
                 yield step  # the stage's loop body runs here: one optimizer step
                 self.step = step + 1
                 self.trained = True

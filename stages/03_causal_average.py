@@ -4,7 +4,7 @@ The concept: tokens start to talk. Each position is replaced by the average of i
 and those of every earlier position (never a later one: that is the future we predict). Written as
 a loop it is slow; as a matrix multiply by a lower-triangular matrix whose rows sum to 1 it is fast;
 and as masked_fill(-inf) then softmax over all-zero affinities it is the exact form that attention
-will use, with learned affinities in place of the zeros. The three forms agree (see the tests).
+will use, with learned affinities in place of the zeros. The run shows the three forms agree.
 New against stage 02: CausalAverage (no parameters) between the embeddings and the head.
 Expect it to do *worse* than stages 01-02 (lecture: not measured). The average weighs the current
 character like every earlier one, so at the 8th position only 1/8 of the vector says which character
@@ -74,6 +74,18 @@ def average_softmax(x: torch.Tensor) -> torch.Tensor:
     return wei @ x  # (B, T, C)
 
 
+def show_the_three_forms() -> None:
+    """Print the averaging weights, and how far apart the three forms' outputs are (rounding only)."""
+    wei = average_matmul(torch.eye(4).unsqueeze(0))[0]  # (T, T) = wei @ I: the weights themselves
+    print("the averaging trick, T = 4: row t holds the weights of positions 0..t")
+    for row in wei.tolist():
+        print("  " + " ".join(f"{w:.2f}" for w in row))
+    x = torch.randn(4, 8, 2, generator=torch.Generator().manual_seed(0))  # (B, T, C); not the run's seed
+    loop = average_loop(x)  # (B, T, C) the slow, obvious form
+    gap = max((average_matmul(x) - loop).abs().max(), (average_softmax(x) - loop).abs().max())
+    print(f"loop, matmul and softmax forms agree to {gap:.1e} on a random (4, 8, 2) batch")
+
+
 class CausalAverage(nn.Module):
     """Each position becomes the mean of itself and every earlier position (no parameters)."""
 
@@ -139,6 +151,7 @@ class LanguageModel(nn.Module):
 def main(argv: list[str] | None = None) -> None:
     run = harness.start(__file__, Config, __doc__, argv)
     cfg = run.config
+    show_the_three_forms()
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)

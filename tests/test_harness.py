@@ -21,6 +21,7 @@ import harness.cli
 import harness.machine
 import harness.references
 import harness.run
+import harness.schedule
 import harness.stages
 import harness.textfile
 from conftest import SMALL_TEXT, tiny_flags
@@ -469,3 +470,26 @@ def test_the_references_are_the_readmes_measured_figures():
         row = next(line for line in readme.splitlines() if line.startswith(f"| {stage[:2]} | `stages/{stage}.py`"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[5] == f"{reference.measured:.4f}" and cells[6] == reference.lecture, (stage, cells)
+
+
+# -- the learning-rate schedule of exercise 4's worked solution and the exercises' programs ----------
+
+
+@dataclasses.dataclass
+class Scheduled(harness.schedule.Schedule):
+    max_iters: int = 1000
+    learning_rate: float = 3e-4
+
+
+def test_the_schedule_is_constant_or_warms_up_then_decays_to_a_tenth():
+    rate_at = harness.schedule.learning_rate_at
+    assert {rate_at(s, Scheduled()) for s in (0, 50, 999)} == {3e-4}  # without lr_decay: the lecture's loop
+    cfg = Scheduled(max_iters=1000, learning_rate=3e-3, lr_decay=True, warmup_iters=100)
+    rates = [rate_at(s, cfg) for s in range(cfg.max_iters + 1)]
+    assert rates[0] == pytest.approx(3e-5) and rates[99] == pytest.approx(3e-3)  # linear warm-up over 100 steps
+    assert all(a < b for a, b in zip(rates[:99], rates[1:100], strict=True))
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:], strict=False))  # then only down ...
+    assert rates[550] == pytest.approx(3e-3 * 0.55)  # ... half-way down the cosine at the midpoint ...
+    assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
+    assert rate_at(5, Scheduled(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
+    assert rate_at(0, Scheduled(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)  # no warm-up

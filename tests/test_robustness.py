@@ -20,6 +20,7 @@ import harness.textfile
 import harness.training
 from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
+ROOT = harness.stages.STAGE_DIR.parent
 BIGRAM = STAGE_IDS[0]
 MULTI_HEAD = next(s for s in STAGE_IDS if s.startswith("05"))
 
@@ -462,6 +463,48 @@ def test_resumed_run_matches_an_uninterrupted_one(bigram, small_text_file, tmp_p
     assert a["step"] == b["step"] == 30
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
+    # the estimates too: the same at every step both made (the shorter run's last step, 11, is its own)
+    rows = {r["step"]: (r["train_loss"], r["val_loss"]) for r in b["history"]}
+    assert [r["step"] for r in b["history"]] == [0, 10, 11, 20, 29]
+    assert all(rows[r["step"]] == (r["train_loss"], r["val_loss"]) for r in a["history"])
+
+
+# a stage run as `python stages/NN.py ...`, killed with SIGKILL after the optimizer step KILL_AT:
+# no handler runs, so the checkpoint on disk is the one saved at the last estimate before it
+KILLED_RUN = """
+import os, runpy, signal, sys
+sys.path.insert(0, {root!r})
+import harness.training
+record = harness.training.Trainer.record
+def record_then_die(self, loss):
+    record(self, loss)
+    if self.step == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+harness.training.Trainer.record = record_then_die
+sys.argv = [{stage!r}, *{argv!r}]
+runpy.run_path({stage!r}, run_name="__main__")
+"""
+
+
+def test_a_run_killed_between_estimates_then_resumed_is_the_uninterrupted_run_row_for_row(
+    small_text_file, tmp_path, run_cli
+):
+    module = load_stage(next(s for s in STAGE_IDS if s.startswith("02")))
+    straight, killed = tmp_path / "straight.pt", tmp_path / "killed.pt"
+    flags = dict(max_iters=30, eval_interval=5)
+    assert run_cli(module, train_flags(module, small_text_file, straight, **flags))[0] == 0
+    argv = train_flags(module, small_text_file, killed, **flags)
+    script = KILLED_RUN.format(root=str(ROOT), kill_at=17, stage=module.__file__, argv=argv)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert torch.load(killed, weights_only=True)["step"] == 15  # saved at the estimate of step 15
+    code, _, err = run_cli(module, argv + ["--resume"])
+    assert code == 0, err
+    a, b = torch.load(straight, weights_only=True), torch.load(killed, weights_only=True)
+    losses = [[(r["step"], r["train_loss"], r["val_loss"]) for r in ckpt["history"]] for ckpt in (a, b)]
+    assert losses[0] == losses[1]  # one row a step, every loss the same to the last bit
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
 
 
 def nan_loss_at(module, monkeypatch, step: int) -> None:
@@ -717,3 +760,20 @@ def test_an_error_that_is_not_out_of_memory_is_not_dressed_up_as_one(bigram, sma
     state["error"] = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x16 and 8x16)")
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         harness.run_main(bigram.main, train_flags(bigram, small_text_file, tmp_path / "c.pt"))
+
+
+def test_a_checkpoint_trained_with_a_hyperparameter_the_stage_no_longer_has_is_not_resumed(
+    small_text_file, tmp_path, run_cli
+):
+    """A stage-10 checkpoint from before its schedule moved out (lr_decay, warmup_iters): one line on
+    --resume, since the run would go on with another recipe; --sample still works."""
+    module = load_stage(STAGE_IDS[-1])
+    ckpt = tmp_path / "old.pt"
+    assert run_cli(module, train_flags(module, small_text_file, ckpt))[0] == 0
+    saved = torch.load(ckpt, weights_only=True)
+    saved["config"] |= {"lr_decay": True, "warmup_iters": 100}
+    torch.save(saved, ckpt)
+    code, _, err = run_cli(module, ["--resume", "--checkpoint", str(ckpt), "--data", str(small_text_file)])
+    one_line_error(code, err, "trained with lr_decay True, warmup_iters 100, which this stage no longer has")
+    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "5", "--device", "cpu"])
+    assert code == 0, err

@@ -1,7 +1,11 @@
 """Every stage: its names, its model's behaviour, and its command line end to end, at tiny sizes."""
 
+import dataclasses
+import inspect
 import math
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +169,22 @@ def test_three_forms_of_the_causal_average_agree(stage):
     torch.testing.assert_close(loop[:, -1], x.mean(dim=1))  # the last averages everything
     model = build(module, n_embd=5)
     torch.testing.assert_close(model.average(x), loop)  # and the module the model uses computes the same
+
+
+@pytest.mark.parametrize("stage", stages_from(3)[:1])
+def test_stage_03_shows_its_weights_and_that_the_three_forms_agree_when_it_runs(stage, run_cli, capsys):
+    module = load_stage(stage)
+    module.show_the_three_forms()
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:5] == [
+        "  1.00 0.00 0.00 0.00",
+        "  0.50 0.50 0.00 0.00",
+        "  0.33 0.33 0.33 0.00",
+        "  0.25 0.25 0.25 0.25",
+    ]
+    gap = float(re.search(r"agree to (\S+) on", out[5]).group(1))
+    assert gap < 1e-6
+    assert "show_the_three_forms()" in inspect.getsource(module.main)  # shown by every run, not only here
 
 
 @pytest.mark.parametrize("stage", stages_from(4))
@@ -353,27 +373,21 @@ def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
-def test_stage_10_learning_rate_is_constant_or_warms_up_then_decays_to_a_tenth(stage):
+@pytest.mark.parametrize("preset", ["cpu", "video"])
+def test_every_preset_of_stage_10_is_the_lectures_recipe_dropout_on_and_a_constant_rate(stage, preset):
     module = load_stage(stage)
-    lecture = module.Config(max_iters=1000)
-    assert {module.learning_rate_at(s, lecture) for s in (0, 50, 999)} == {lecture.learning_rate}  # the lecture's loop
-    cfg = module.Config(max_iters=1000, learning_rate=3e-3, lr_decay=True, warmup_iters=100)
-    rates = [module.learning_rate_at(s, cfg) for s in range(cfg.max_iters + 1)]
-    assert rates[0] == pytest.approx(3e-5) and rates[99] == pytest.approx(3e-3)  # linear warm-up over 100 steps
-    assert all(a < b for a, b in zip(rates[:99], rates[1:100], strict=True))
-    assert all(a >= b for a, b in zip(rates[99:], rates[100:], strict=False))  # then only down ...
-    assert rates[550] == pytest.approx(3e-3 * 0.55)  # ... half-way down the cosine at the midpoint ...
-    assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
-    assert (
-        module.learning_rate_at(5, module.Config(max_iters=3, lr_decay=True, warmup_iters=3)) > 0
-    )  # a run shorter than its warm-up
+    cfg = module.Config(**module.PRESETS[preset])
+    assert 0.1 <= cfg.dropout <= 0.2  # the stage's one new idea is on wherever it runs
+    assert not {"lr_decay", "warmup_iters"} & {f.name for f in dataclasses.fields(module.Config)}  # no schedule
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert "harness.schedule" not in source and "learning_rate_at" not in source
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
-def test_stage_10_trains_each_step_at_the_rate_its_schedule_gives(
+def test_stage_10_trains_every_step_at_the_same_rate_and_says_so(
     stage, small_text_file, tmp_path, run_cli, monkeypatch
 ):
-    """The schedule is what the optimizer uses, step by step: not only what learning_rate_at computes."""
+    """The lecture's loop: the rate the optimizer uses is --learning_rate at every step."""
     module = load_stage(stage)
     used = []  # the rate of each optimizer step, in order
     step = torch.optim.AdamW.step
@@ -383,18 +397,8 @@ def test_stage_10_trains_each_step_at_the_rate_its_schedule_gives(
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    schedule = dict(max_iters=12, learning_rate=1e-2, lr_decay=True, warmup_iters=4)
-    flags = tiny_flags(module, **schedule) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")]
-    code, _, err = run_cli(module, flags)
+    flags = tiny_flags(module, max_iters=12, learning_rate=1e-2, dropout=0.1)
+    code, out, err = run_cli(module, flags + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")])
     assert code == 0, err
-    cfg = module.Config(**schedule)
-    assert used == pytest.approx([module.learning_rate_at(s, cfg) for s in range(12)])
-    assert used[0] < used[3] > used[-1]  # up through the warm-up, then down
-
-
-@pytest.mark.parametrize("stage", stages_from(10))
-def test_stage_10_accepts_no_warm_up(stage, run_cli):
-    module = load_stage(stage)
-    assert module.learning_rate_at(0, module.Config(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)
-    code, _, err = run_cli(module, ["--warmup_iters", "-1"])
-    assert code == harness.errors.EXIT_USER_ERROR and "'-1' must be 0 or more" in err
+    assert used == [1e-2] * 12
+    assert "dropout 0.1 while training, none in eval mode; learning rate 0.01, constant" in out

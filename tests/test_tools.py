@@ -218,7 +218,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
             f"{parameters:,}",
             f"{last['train_loss']:.4f}",
             f"{last['val_loss']:.4f}",
-            harness.references.lecture_figure(stage),
+            harness.references.lecture_figure(stage, result["preset"]),
         ]
         assert row[7].endswith(" s") and float(row[7][:-2]) > 0
         assert row[8] == harness.machine.machine_name()

@@ -101,7 +101,7 @@ def _loss(value: float | None) -> str:
 
 def stage_facts(stage: str) -> tuple[str, bool]:
     """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
-    A stage has presets when it defines PRESETS or imports it (stage 10 from stages/short_run.py)."""
+    A stage has presets when it defines PRESETS or imports it."""
     tree = ast.parse((harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").strip()
     first = doc.splitlines()[0] if doc else ""
@@ -254,7 +254,7 @@ def collect(
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
-        lecture_val=harness.references.lecture_figure(stage),
+        lecture_val=harness.references.lecture_figure(stage, preset),
         wall_time_s=round(seconds, 1),
         machine=machine,
         preset=preset,

@@ -18,7 +18,6 @@ import torch.nn as nn
 import common
 from exercises import runner
 from exercises.checks import Check, Failed
-from stages.short_run import PRESETS
 
 NAME = "ex1_causal_self_attention"
 N_EMBD, N_HEAD, BLOCK = 24, 3, 8
@@ -359,7 +358,7 @@ def speed(sizes: dict, steps: int):
     return report
 
 
-CPU_SIZES = {k: PRESETS["cpu"][k] for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")}
+CPU_SIZES = {k: runner.stage_10_with(None).PRESETS["cpu"][k] for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")}
 
 
 SHAPE, OUTPUTS, GRADIENTS = (

@@ -22,7 +22,6 @@ import harness.checkpoints
 import harness.textfile
 from exercises import pretraining, runner
 from exercises.checks import Check, Failed
-from stages.short_run import PRESETS
 from tools import corpus
 
 NAME = "ex3_pretrain"
@@ -36,10 +35,10 @@ FINE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 SHARED = [ch for ch in FINE_VOCAB if ch in PRE_VOCAB]  # 38, at other ids in the two
 NEW = [ch for ch in FINE_VOCAB if ch not in PRE_VOCAB]  # 27: '$' and the capitals
 TINY = dict(batch_size=4, block_size=8, n_embd=16, n_head=2, n_layer=1, dropout=0.0)
-PRETRAINING_RATE, FINE_TUNING_RATE = 3e-3, 1e-4  # neither is a Config's default nor the cpu preset's
+PRETRAINING_RATE, FINE_TUNING_RATE = 3e-3, 1e-4  # the experiment's pre-training rate; a rate no preset has
 # what pre-training reads at the experiment's default budget (steps x batch_size x block_size): a
 # text smaller than this is read more than once, and a gap between train and val loss opens
-READS = pretraining.PRETRAIN_STEPS * PRESETS["cpu"]["batch_size"] * PRESETS["cpu"]["block_size"]
+READS = pretraining.PRETRAIN_STEPS * pretraining.RECIPE["batch_size"] * pretraining.RECIPE["block_size"]
 SMALL = dict(  # the small experiment: seconds on two cores
     pretrain_steps=150,
     steps=[100],
