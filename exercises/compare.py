@@ -4,15 +4,19 @@
     python exercises/compare.py stages/10_gpt.py A.py B.py --seeds 3 -- --max_iters 500
 
 The first file is the baseline; every other one is compared with it. Each file trains once per
-seed, all at the same budget: stage 10's cpu preset (wherever the file takes its presets from),
-changed only by the flags after --, which go to every run. Two files whose budgets differ (the
-training part of the Config: batch_size, block_size, max_iters, the learning rate and its
-schedule, eval_interval, eval_iters) are refused: a variant that changes its learning rate is
-another experiment, to be run as one by giving that rate to both after --.
+seed at its cpu preset, changed only by the flags after --, which go to every run. The budget
+(batch_size, block_size and max_iters: what a run trains on; eval_iters: how its loss is measured)
+must be the baseline's, or the comparison is refused; the model, the optimizer, the rate and its
+schedule are what a variant may change.
 
-The verdict, on the final val loss (lower is better): a variant is better, or worse, when the
-difference of the means is larger than the larger spread (max - min over the seeds) of the two;
-otherwise it is no better than the noise. Checkpoints and histories go to --out
+The verdict is a paired t-test on the final val loss (lower is better). A seed is the same start
+and the same batches for every file, so the runs are compared seed by seed: d = variant - baseline
+for each seed, and the 95% confidence interval of d's mean, mean(d) +- t * sd(d) / sqrt(n) with
+Student's t for n - 1 degrees of freedom. The variant is better when the whole interval is below 0,
+worse when it is above, and otherwise no difference is shown. The interval narrows with the
+seeds: when d spreads by sd 0.01, 3 seeds resolve a difference of 0.025, 5 seeds 0.012 and 7
+seeds 0.009; the table says how many seeds the measured spread needs to resolve 0.01.
+Checkpoints and histories go to --out
 (checkpoints/compare/ by default), never over a stage's own; with matplotlib, one chart of every
 run's val loss goes there too.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -74,21 +79,44 @@ def check_budgets(entries: list[Entry]) -> None:
             )
 
 
+# Student's t at 95%, two-sided, by degrees of freedom; between two rows the smaller count's (larger) t
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T_95 |= {12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
+RESOLVE = 0.01  # the difference the table says how many seeds it takes to resolve
+
+
+def t_95(dof: int) -> float:
+    return T_95[max(d for d in T_95 if d <= dof)]
+
+
 def mean_and_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), max(values) - min(values)
 
 
+def paired_interval(base: list[float], other: list[float]) -> tuple[float, float]:
+    """The mean of other - base, seed by seed, and the half-width of its 95% confidence interval."""
+    differences = [o - b for b, o in zip(base, other, strict=True)]
+    n = len(differences)
+    return statistics.fmean(differences), t_95(n - 1) * statistics.stdev(differences) / math.sqrt(n)
+
+
+def seeds_to_resolve(base: list[float], other: list[float]) -> int:
+    """How many seeds the measured spread of the paired differences needs to resolve RESOLVE."""
+    sd = statistics.stdev([o - b for b, o in zip(base, other, strict=True)])
+    return next((n for n in range(2, 1000) if t_95(n - 1) * sd / math.sqrt(n) <= RESOLVE), 1000)
+
+
 def verdict(base: list[float], other: list[float]) -> str:
-    """The rule in this module's docstring, in one phrase."""
-    if len(base) < 2 or len(other) < 2:
+    """The paired t-test of this module's docstring, in one phrase."""
+    if len(base) < 2:
         return "one seed: no noise to weigh the difference against (use --seeds 3)"
-    (base_mean, base_spread), (mean, spread) = mean_and_spread(base), mean_and_spread(other)
-    difference, noise = mean - base_mean, max(base_spread, spread)
-    if difference < -noise:
-        return f"better: {-difference:.4f} lower, more than the noise ({noise:.4f})"
-    if difference > noise:
-        return f"worse: {difference:.4f} higher, more than the noise ({noise:.4f})"
-    return f"no better than the noise: {difference:+.4f}, within the noise ({noise:.4f})"
+    mean, half = paired_interval(base, other)
+    interval = f"95% interval {mean - half:+.4f} to {mean + half:+.4f}"
+    if mean + half < 0:
+        return f"better: {-mean:.4f} lower ({interval})"
+    if mean - half > 0:
+        return f"worse: {mean:.4f} higher ({interval})"
+    return f"no difference shown: {mean:+.4f} ({interval}, which holds 0)"
 
 
 def train(entries: list[Entry], seeds: list[int], out: Path) -> None:
@@ -111,12 +139,14 @@ def train(entries: list[Entry], seeds: list[int], out: Path) -> None:
 
 def table(entries: list[Entry], seeds: list[int]) -> str:
     width = max(len(str(e.path)) for e in entries)
-    lines = [f"{'file':<{width}}  " + "  ".join(f"seed {s}" for s in seeds) + "    mean  spread  verdict"]
+    head = f"{'file':<{width}}  " + "  ".join(f"seed {s}" for s in seeds)
+    lines = [head + "    mean  spread  seeds for 0.01  verdict (paired t-test)"]
     for k, entry in enumerate(entries):
         mean, spread = mean_and_spread(entry.val)
         said = "(the baseline)" if k == 0 else verdict(entries[0].val, entry.val)
+        needed = "" if k == 0 or len(seeds) < 2 else str(seeds_to_resolve(entries[0].val, entry.val))
         values = "  ".join(f"{v:>9.4f}" for v in entry.val)
-        lines.append(f"{str(entry.path):<{width}}  {values}  {mean:.4f}  {spread:.4f}  {said}")
+        lines.append(f"{str(entry.path):<{width}}  {values}  {mean:.4f}  {spread:.4f}  {needed:>14}  {said}")
     return "\n".join(lines)
 
 
@@ -163,7 +193,7 @@ def compare_main(argv: list[str] | None) -> None:
         raise harness.UserError("give the baseline and at least one variant: compare.py stages/10_gpt.py VARIANT.py")
     entries = []
     for path in args.files:
-        module = load_learner_file(path)
+        module = load_learner_file(path, "give the paths of stage 10 and of your variants, e.g. exercises/ex4_mine.py")
         if not all(hasattr(module, name) for name in ("Config", "LanguageModel", "main")):
             raise harness.UserError(f"{path} is not a stage: it needs a Config, a LanguageModel and a main()")
         entries.append(Entry(path, module, cpu_preset_flags(module) + flags))

@@ -3,19 +3,20 @@
 From the lecture (its fourth exercise): "Read some transformer papers and implement one additional
 feature or change that people seem to use. Does it improve the performance of your GPT?"
 
-This file is stages/10_gpt.py, unchanged but for this docstring. Make ONE change to the model
-(a copy per idea: cp exercises/ex4_variant.py exercises/ex4_mine.py), so that
+This file is stages/10_gpt.py, unchanged but for this docstring. Make ONE change to the model or
+to how it trains (a copy per idea: cp exercises/ex4_variant.py exercises/ex4_mine.py), so that
 `diff -u stages/10_gpt.py exercises/ex4_variant.py` shows the idea and nothing else. Ideas people
 use: GELU instead of ReLU; the token embedding tied to the output head; GPT-2's N(0, 0.02)
-initialisation; RMSNorm instead of LayerNorm; rotary position embeddings. Change the model, not
-the budget (batch_size, block_size, max_iters, the learning rate and its schedule, eval_interval,
-eval_iters, and stages/short_run.py's cpu preset that sets them): a variant that trains longer or
-faster is a different experiment, and compare.py refuses it.
+initialisation; RMSNorm instead of LayerNorm; rotary position embeddings; a learning rate that
+warms up, then decays; gradient clipping; weight decay on the matrices only. Keep the budget: the
+same characters to train on (max_iters, batch_size, block_size, in the Config and in the cpu
+preset, and one batch a step) and the same measurement (eval_iters). A variant that trains on
+more is a different experiment: check.py 4 and compare.py refuse it.
 
 Check it:    python exercises/check.py 4   (a copy: python exercises/check.py 4 --file exercises/ex4_mine.py)
 Compare it:  python exercises/compare.py stages/10_gpt.py exercises/ex4_variant.py --seeds 3
-             (both trained at stage 10's cpu preset with the same seeds; the verdict weighs the
-             difference of the mean val losses against the spread between seeds)
+             (both trained at stage 10's cpu preset, seed by seed the same start and batches;
+             the verdict is a paired t-test on the final val losses)
 Worked solutions, measured, are in exercises/solutions/ex4_*.py: for after.
 """
 
@@ -31,11 +32,10 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
 import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
-from stages.short_run import PRESETS, Schedule, learning_rate_at  # noqa: E402  a short CPU run
 
 
 @dataclass
-class Config(Schedule):  # Schedule: lr_decay and warmup_iters, for the cpu preset (short_run.py)
+class Config:
     """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
 
     batch_size: int = 64  # independent sequences processed in parallel in each step
@@ -52,6 +52,25 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters, for the cpu pres
     def __post_init__(self) -> None:  # checked before anything is built or trained
         if self.n_embd % self.n_head:  # the heads' outputs, concatenated, must be n_embd wide
             raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
+
+
+# --preset: "video" is the Config above, the lecture's; "cpu" is the same recipe (dropout on, a
+# constant rate) shrunk to five minutes on 2 cores. Without --preset, the one named after the device.
+PRESETS = {
+    "video": {},
+    "cpu": dict(
+        batch_size=32,
+        block_size=64,
+        max_iters=2000,
+        eval_interval=250,
+        learning_rate=2e-3,
+        eval_iters=20,
+        n_embd=128,
+        n_head=4,
+        n_layer=4,
+        dropout=0.1,
+    ),
+}
 
 
 class Head(nn.Module):
@@ -178,6 +197,7 @@ class LanguageModel(nn.Module):
 def main(argv: list[str] | None = None) -> None:
     run = harness.start(__file__, Config, __doc__, argv, PRESETS)
     cfg = run.config
+    print(f"dropout {cfg.dropout} while training, none in eval mode; learning rate {cfg.learning_rate}, constant")
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
@@ -190,8 +210,6 @@ def main(argv: list[str] | None = None) -> None:
             losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
             trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
 
-        for group in optimizer.param_groups:  # constant, as in the lecture, unless --lr_decay
-            group["lr"] = learning_rate_at(step, cfg)
         # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
         # in each checkpoint, so that a resumed run draws the batches it would have drawn
         xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)

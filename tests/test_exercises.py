@@ -242,8 +242,10 @@ def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, 
 
 EXERCISE_4 = exercises.check.EXERCISE_DIR / "ex4_variant.py"
 SOLUTIONS_4 = sorted((exercises.check.EXERCISE_DIR / "solutions").glob("ex4_*.py"))
-LONGER = "from stages.short_run import PRESETS, Schedule, learning_rate_at  # noqa: E402  a short CPU run\n"
-LONGER_RUN = LONGER + 'PRESETS = {"video": {}, "cpu": {**PRESETS["cpu"], "max_iters": 3000}}  # trains longer\n'
+PRESET_STEPS = runner.stage_10_with(None).PRESETS["cpu"]["max_iters"]
+LONGER = (f"        max_iters={PRESET_STEPS},\n", f"        max_iters={3 * PRESET_STEPS},  # trains longer\n")
+LOOP = '        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)\n'
+ACCUMULATE = "        xb, yb = torch.cat([xb, x2]), torch.cat([yb, y2])  # two batches in one step\n"
 TINY_BUDGET = ["--max_iters", "6", "--eval_interval", "3", "--eval_iters", "2", "--batch_size", "4"]
 TINY_BUDGET += ["--block_size", "8", "--n_embd", "16", "--n_head", "2", "--n_layer", "1", "--device", "cpu"]
 
@@ -269,12 +271,70 @@ def test_check_4_fails_on_the_untouched_starting_file():
     assert "no change from stage 10 yet" in results["differs from stage 10"].message
 
 
-def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_model(tmp_path):
+REACH = "the change reaches the runs compare.py makes"
+BUDGET = "trains at stage 10's budget (its Config, its preset, its loop)"
+
+
+def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_runs(tmp_path):
     wider = ("    n_embd: int = 384  #", "    n_embd: int = 512  #")  # the cpu preset sets n_embd 128 over it
     results = outcomes_4(variant(tmp_path, "ex4_wider.py", wider))
     assert results["differs from stage 10"].status == "passed"
-    reach = results["the change reaches the model compare.py trains"]
-    assert reach.status == "FAILED" and "the preset sets n_embd" in reach.message, reach
+    reach = results[REACH]
+    assert reach.status == "FAILED" and "the preset sets the sizes" in reach.message, reach
+
+
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        (
+            "gradient clipping",
+            (
+                "        optimizer.step()\n",
+                "        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)\n        optimizer.step()\n",
+            ),
+        ),
+        (
+            "weight decay on the matrices only",
+            (
+                "torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)",
+                "torch.optim.AdamW([{'params': [p for p in model.parameters() if p.dim() >= 2], 'weight_decay': 0.1},"
+                " {'params': [p for p in model.parameters() if p.dim() < 2], 'weight_decay': 0.0}],"
+                " lr=cfg.learning_rate, fused=True)",
+            ),
+        ),
+    ],
+)
+def test_a_change_to_how_it_trains_is_a_change_compare_can_measure(tmp_path, name, change):
+    results = outcomes_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change))
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+    assert results[REACH].message == "a change to how it trains: the same model, other weights after a few steps"
+
+
+@pytest.mark.parametrize(
+    "name, change, said",
+    [
+        (
+            "two batches a step",
+            (LOOP, LOOP + LOOP.replace("xb, yb", "x2, y2") + ACCUMULATE),
+            "drew 6 batches of text to train on (12,288 characters) where stage 10 draws 3 (6,144)",
+        ),
+        (
+            "a larger batch in the loop",
+            (LOOP, LOOP.replace("cfg.batch_size, cfg.block_size", "2 * cfg.batch_size, cfg.block_size")),
+            "drew 3 batches of text to train on (12,288 characters) where stage 10 draws 3 (6,144)",
+        ),
+        (
+            "the val split trained on too",
+            (LOOP, LOOP + LOOP.replace('run.data["train"]', 'run.data["val"]')),
+            "drew 6 batches of text to train on (12,288 characters) where stage 10 draws 3 (6,144)",
+        ),
+    ],
+)
+def test_a_loop_that_trains_on_more_than_stage_10_is_refused(tmp_path, name, change, said):
+    results = outcomes_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change))
+    budget = results[BUDGET]
+    assert budget.status == "FAILED", budget
+    assert said is None or said in budget.message, budget.message
 
 
 def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
@@ -287,9 +347,10 @@ def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
 
 
 def test_check_4_fails_on_a_variant_that_trains_longer_or_breaks_training(tmp_path):
-    results = outcomes_4(variant(tmp_path, "ex4_longer.py", (LONGER, LONGER_RUN)))
-    budget = results["trains at stage 10's budget (its Config and preset)"]
-    assert budget.status == "FAILED" and "max_iters 3000 here, 2000 in stage 10" in budget.message, budget
+    results = outcomes_4(variant(tmp_path, "ex4_longer.py", LONGER))
+    budget = results[BUDGET]
+    said = f"max_iters {3 * PRESET_STEPS} here, {PRESET_STEPS} in stage 10"
+    assert budget.status == "FAILED" and said in budget.message, budget
     inverted = ("self.tril[:T, :T] == 0", "self.tril[:T, :T] == 1")  # the mask hides the past instead
     results = outcomes_4(variant(tmp_path, "ex4_inverted.py", inverted))
     trains = results["builds and trains without nan"]
@@ -309,7 +370,7 @@ def test_compare_gives_the_same_losses_for_the_same_code_and_seed(small_text_fil
     out = capsys.readouterr().out
     assert "[run 4 of 4] " in out
     row = next(line for line in out.splitlines() if line.startswith(str(EXERCISE_4)))
-    assert "no better than the noise: +0.0000" in row
+    assert "no difference shown: +0.0000" in row
     runs = json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"]
     assert runs[str(stage_10)] == runs[str(EXERCISE_4)] and runs[str(stage_10)][0] != runs[str(stage_10)][1]
     assert sorted(p.name for p in (tmp_path / "cmp").glob("*.pt")) == [
@@ -321,26 +382,43 @@ def test_compare_gives_the_same_losses_for_the_same_code_and_seed(small_text_fil
 
 
 def test_compare_refuses_two_budgets_in_one_line(tmp_path, capsys):
-    longer = variant(tmp_path, "ex4_longer.py", (LONGER, LONGER_RUN))
+    longer = variant(tmp_path, "ex4_longer.py", LONGER)
     code = exercises.compare.main([str(harness.stages.STAGE_DIR / "10_gpt.py"), str(longer), "--out", str(tmp_path)])
-    one_line_error(
-        code, capsys.readouterr().err, "trains at another budget (max_iters 3000 in ex4_longer, 2000 in 10_gpt)"
-    )
+    said = f"trains at another budget (max_iters {3 * PRESET_STEPS} in ex4_longer, {PRESET_STEPS} in 10_gpt)"
+    one_line_error(code, capsys.readouterr().err, said)
 
 
 @pytest.mark.parametrize(
     "other, said",
     [
-        ([1.50, 1.51, 1.52], "better: 0.0500 lower, more than the noise (0.0200)"),
-        ([1.60, 1.61, 1.62], "worse: 0.0500 higher, more than the noise (0.0200)"),
-        ([1.54, 1.56, 1.57], "no better than the noise: -0.0033, within the noise (0.0300)"),
-        ([1.56], "one seed: no noise to weigh the difference against"),
+        ([1.50, 1.51, 1.52], "better: 0.0500 lower (95% interval -0.0500 to -0.0500)"),
+        ([1.60, 1.61, 1.62], "worse: 0.0500 higher (95% interval +0.0500 to +0.0500)"),
+        # d = -0.02, -0.01, 0.00: mean -0.01, sd 0.01, half-width t(2) * 0.01 / sqrt(3) = 4.303 * 0.00577
+        ([1.53, 1.55, 1.57], "no difference shown: -0.0100 (95% interval -0.0348 to +0.0148, which holds 0)"),
+        ([1.54, 1.56, 1.57], "no difference shown: -0.0033 (95% interval -0.0177 to +0.0110, which holds 0)"),
+        ([1.56], "one seed: no noise to weigh the difference against (use --seeds 3)"),
     ],
-    ids=["better", "worse", "within the noise", "one seed"],
+    ids=["better", "worse", "the pairs disagree", "within the noise", "one seed"],
 )
-def test_the_verdict_weighs_the_difference_of_means_against_the_larger_spread(other, said):
-    baseline = [1.55, 1.56, 1.57]  # mean 1.56, spread 0.02
-    assert exercises.compare.verdict(baseline, other).startswith(said)
+def test_the_verdict_is_a_paired_t_test_seed_by_seed(other, said):
+    baseline = [1.55, 1.56, 1.57][: len(other)]
+    assert exercises.compare.verdict(baseline, other) == said
+
+
+def test_pairing_sees_a_small_steady_gain_that_the_spread_between_seeds_would_hide():
+    """Seeds far apart, each one 0.01 better: the means differ by less than the spread, the pairs all agree."""
+    baseline, other = [1.50, 1.60, 1.70], [1.49, 1.588, 1.691]  # d = -0.010, -0.012, -0.009
+    mean, half = exercises.compare.paired_interval(baseline, other)
+    assert mean == pytest.approx(-0.0103333, abs=1e-6)
+    assert half == pytest.approx(4.303 * 0.0015275 / 3**0.5, rel=1e-3)
+    assert exercises.compare.verdict(baseline, other).startswith("better: 0.0103 lower")
+
+
+def test_how_many_seeds_resolve_a_difference_of_0_01():
+    """sd 0.01 of the paired differences: t(n-1) * 0.01 / sqrt(n) first reaches 0.01 at n = 7 (2.447 / 2.646)."""
+    assert exercises.compare.seeds_to_resolve([0.0, 0.0, 0.0], [-0.01, 0.0, 0.01]) == 7
+    assert exercises.compare.seeds_to_resolve([0.0, 0.0], [0.0, 0.0]) == 2  # no spread: any two seeds
+    assert exercises.compare.t_95(2) == 4.303 and exercises.compare.t_95(11) == 2.228  # between rows: the larger t
 
 
 # -- exercise 2: a GPT that adds -------------------------------------------------------------------
@@ -541,3 +619,10 @@ def test_bad_flags_of_exercise_2_are_one_line(flags, said, capsys):
 def test_the_starting_file_asks_for_its_parts_before_it_trains(tmp_path, capsys):
     code, _, err = run_2(EXERCISE_2, [*TINY_RUN, "--checkpoint", str(tmp_path / "c.pt")], capsys)
     one_line_error(code, err, "() is not written yet: write it, then check it with python exercises/check.py 2")
+
+
+def test_compare_names_its_own_way_to_give_a_file_when_one_is_missing(tmp_path, capsys):
+    code = exercises.compare.main([str(harness.stages.STAGE_DIR / "10_gpt.py"), "nope.py", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    one_line_error(code, err, "no exercise file at nope.py: give the paths of stage 10 and of your variants")
+    assert "--file" not in err  # compare takes paths; --file is check.py's

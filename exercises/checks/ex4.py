@@ -1,16 +1,24 @@
-"""Exercise 4's checks: a variant of stage 10 that is a stage, trains, changes something, and keeps
-stage 10's budget, so that exercises/compare.py can weigh it against stage 10."""
+"""Exercise 4's checks: a variant of stage 10 that is a stage, trains, changes something (the model
+or how it trains), and keeps stage 10's budget (what it trains on and how its loss is measured), so
+that exercises/compare.py can weigh it against stage 10."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import io
 import math
+import tempfile
+from pathlib import Path
 from types import ModuleType
 
 import torch
 
 import common
+import harness
+import harness.checkpoints
+import harness.stages
 from exercises import runner
 from exercises.checks import Check, Failed
 
@@ -52,24 +60,86 @@ def differs_from_stage_10(module: ModuleType) -> None:
             )
 
 
-def reaches_the_compared_model(module: ModuleType) -> None:
-    """The change shows in the model compare.py trains: the cpu preset's sizes, the same seed."""
+@dataclasses.dataclass
+class ShortRun:
+    """What a few steps of a file's own main() did: where the weights ended, what training drew."""
+
+    weights: dict[str, torch.Tensor]
+    drawn: list[tuple[int, int, int]]  # each training batch: (the split's length, batch, context)
+
+
+SHORT_RUNS: dict[str, ShortRun] = {}  # by file: the budget check reuses the run the change check made
+SHORT = ["--max_iters", "3", "--eval_interval", "3", "--eval_iters", "1", "--num_tokens", "1"]
+SHORT += ["--device", "cpu", "--seed", "0"]
+
+
+def short_run(module: ModuleType) -> ShortRun:
+    """module's main() at the cpu preset's sizes for a few steps on a small text, as compare.py runs
+    it: the weights it ends with, and every batch it drew outside the loss estimate."""
+    if module.__file__ in SHORT_RUNS:
+        return SHORT_RUNS[module.__file__]
+    drawn: list[tuple[int, int, int]] = []
+    estimating = False
+    get_batch, estimate_loss = common.get_batch, common.estimate_loss
+
+    def counting_get_batch(data, batch_size, block_size, *rest, **named):
+        if not estimating:
+            drawn.append((len(data), batch_size, block_size))
+        return get_batch(data, batch_size, block_size, *rest, **named)
+
+    def marked_estimate_loss(*args, **named):
+        nonlocal estimating
+        estimating = True
+        try:
+            return estimate_loss(*args, **named)
+        finally:
+            estimating = False
+
+    letters = torch.randint(26, (4000,), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        text, ckpt = Path(tmp) / "text.txt", Path(tmp) / "run.pt"
+        text.write_text("".join(chr(97 + i) for i in letters.tolist()), encoding="utf-8")
+        argv = [*runner.cpu_preset_flags(module), *SHORT, "--data", str(text), "--checkpoint", str(ckpt)]
+        common.get_batch, common.estimate_loss = counting_get_batch, marked_estimate_loss
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                code = harness.run_main(module.main, argv)
+        finally:
+            common.get_batch, common.estimate_loss = get_batch, estimate_loss
+        if code != 0:
+            said = err.getvalue().strip().splitlines()[-1:] or ["nothing"]
+            raise Failed(f"a short run of the file at the cpu preset stopped (exit status {code}): {said[0]}")
+        weights = harness.checkpoints.load(ckpt, harness.stages.stage_name(module.__file__)).model
+    SHORT_RUNS[module.__file__] = ShortRun(weights, drawn)
+    return SHORT_RUNS[module.__file__]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def first_logits(module: ModuleType) -> torch.Tensor:
+    """The logits of module's model at the cpu preset's sizes, freshly built with seed 0, in eval mode."""
+    cfg = runner.resolved_config(module, runner.cpu_preset_flags(module))
+    torch.manual_seed(0)
+    model = module.LanguageModel(65, cfg).eval()
+    idx = torch.randint(65, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
+    return model(idx)[0].detach()
+
+
+def reaches_the_compared_runs(module: ModuleType) -> str:
+    """The change shows in what compare.py trains: the weights after a few steps at the cpu preset."""
     stage = runner.stage_10_with(None)
-    outputs = []
-    for m in (stage, module):
-        cfg = runner.resolved_config(m, runner.cpu_preset_flags(m))
-        torch.manual_seed(0)
-        model = m.LanguageModel(65, cfg)
-        torch.manual_seed(1)  # the same dropout draws, where there is dropout
-        idx = torch.randint(65, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
-        outputs.append((sum(p.numel() for p in model.parameters()), model(idx)[0].detach()))
-    (n_theirs, theirs), (n_mine, mine) = outputs
-    if n_theirs == n_mine and theirs.shape == mine.shape and torch.equal(theirs, mine):
+    if same_weights(short_run(stage).weights, short_run(module).weights):
         raise Failed(
-            "the change does not reach the model compare.py trains: at stage 10's cpu preset it builds "
-            "the same weights and gives the same logits (the preset sets n_embd, n_head, n_layer and "
-            "dropout 0.0 over the Config's defaults; a change to those, or to dropout, shows nothing there)"
+            "the change does not reach the runs compare.py makes: a few steps at stage 10's cpu preset end "
+            "at the same weights as stage 10's (the preset sets the sizes, the rate and dropout over the "
+            "Config's defaults: a change there shows nothing; change it in PRESETS['cpu'] too)"
         )
+    theirs, mine = first_logits(stage), first_logits(module)
+    if theirs.shape == mine.shape and torch.equal(theirs, mine):
+        return "a change to how it trains: the same model, other weights after a few steps"
+    return "a change to the model: other logits from the first step"
 
 
 def trains_without_nan(module: ModuleType) -> str:
@@ -93,7 +163,7 @@ def trains_without_nan(module: ModuleType) -> str:
     return f"{STEPS} steps at a tiny size, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
-def keeps_the_budget(module: ModuleType) -> None:
+def keeps_the_budget(module: ModuleType) -> str:
     stage = runner.stage_10_with(None)
     theirs = runner.budget_of(stage, runner.cpu_preset_flags(stage))
     mine = runner.budget_of(module, runner.cpu_preset_flags(module))
@@ -101,23 +171,33 @@ def keeps_the_budget(module: ModuleType) -> None:
     if differ:
         shown = ", ".join(f"{k} {mine.get(k)} here, {theirs.get(k)} in stage 10" for k in differ)
         raise Failed(
-            f"it trains at another budget ({shown}): change the model, not how long or how fast it trains "
-            "(compare.py refuses two budgets)"
+            f"it trains at another budget ({shown}): change the model or how it trains, not how much it "
+            "trains on or how its loss is measured (compare.py refuses two budgets)"
         )
+    drawn, expected = short_run(module).drawn, short_run(stage).drawn
+    if drawn != expected:
+        characters = sum(b * t for _, b, t in drawn), sum(b * t for _, b, t in expected)
+        raise Failed(
+            f"in {len(expected)} steps its loop drew {len(drawn)} batches of text to train on "
+            f"({characters[0]:,} characters) where stage 10 draws {len(expected)} ({characters[1]:,}): one "
+            "batch of the train split a step, batch_size by block_size"
+        )
+    return f"{', '.join(f'{k} {v}' for k, v in mine.items())}; one batch of the train split a step"
 
 
 STAGE = "a stage: Config, LanguageModel, main()"
 
 
 def checks() -> list[Check]:
+    SHORT_RUNS.clear()  # a file edited since the last check is run again
     return [
         Check(STAGE, is_a_stage),
         Check("differs from stage 10", differs_from_stage_10, needs=(STAGE,)),
         Check(
-            "the change reaches the model compare.py trains",
-            reaches_the_compared_model,
+            "the change reaches the runs compare.py makes",
+            reaches_the_compared_runs,
             needs=("differs from stage 10",),
         ),
         Check("builds and trains without nan", trains_without_nan, needs=(STAGE,)),
-        Check("trains at stage 10's budget (its Config and preset)", keeps_the_budget, needs=(STAGE,)),
+        Check("trains at stage 10's budget (its Config, its preset, its loop)", keeps_the_budget, needs=(STAGE,)),
     ]

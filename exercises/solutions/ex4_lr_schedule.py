@@ -1,0 +1,222 @@
+"""Exercise 4, worked: nanoGPT's learning-rate schedule, a warm-up and then a cosine decay.
+
+stages/10_gpt.py with one change, to the training loop rather than the model: the rate climbs
+from almost 0 to its peak over the first 100 steps, then falls along half a cosine to a tenth of
+the peak at the last step (harness/schedule.py has the formula). Small steps first, while the
+weights are random and the gradients large and noisy; small steps last, to settle into a minimum.
+It affords a higher peak than a constant rate: 3e-3 at the cpu preset.
+diff -u stages/10_gpt.py exercises/solutions/ex4_lr_schedule.py shows it.
+
+Compare it:  python exercises/compare.py stages/10_gpt.py exercises/solutions/ex4_lr_schedule.py \
+                 --seeds 3
+(the README's Exercises section gives what that measured)
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, two up
+import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
+import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
+from harness.schedule import Schedule, learning_rate_at  # noqa: E402  warm-up, then a cosine
+
+
+@dataclass
+class Config(Schedule):  # Schedule: lr_decay and warmup_iters
+    """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
+
+    batch_size: int = 64  # independent sequences processed in parallel in each step
+    block_size: int = 256  # context length: the most characters a prediction looks back at
+    max_iters: int = 5000  # training steps
+    eval_interval: int = 500  # steps between loss estimates
+    learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
+    eval_iters: int = 200  # batches of each split averaged in one loss estimate
+    n_embd: int = 384  # width of the token and position embeddings
+    n_head: int = 6  # attention heads, each of size n_embd // n_head
+    n_layer: int = 6  # Transformer blocks stacked one after another
+    dropout: float = field(default=0.2, metadata={"below": 1})  # the fraction zeroed in training
+
+    def __post_init__(self) -> None:  # checked before anything is built or trained
+        if self.n_embd % self.n_head:  # the heads' outputs, concatenated, must be n_embd wide
+            raise ValueError("n_embd must be divisible by n_head: each head gets n_embd // n_head")
+
+
+# --preset: "video" is the Config above, the lecture's; "cpu" is the same recipe (dropout on, a
+# constant rate) shrunk to five minutes on 2 cores. Without --preset, the one named after the device.
+PRESETS = {
+    "video": {},
+    "cpu": dict(
+        batch_size=32,
+        block_size=64,
+        max_iters=2000,
+        eval_interval=250,
+        learning_rate=3e-3,
+        lr_decay=True,
+        eval_iters=20,
+        n_embd=128,
+        n_head=4,
+        n_layer=4,
+        dropout=0.1,
+    ),
+}
+
+
+class Head(nn.Module):
+    """One head of self-attention."""
+
+    def __init__(self, config: Config, head_size: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(config.n_embd, head_size, bias=False)
+        self.query = nn.Linear(config.n_embd, head_size, bias=False)
+        self.value = nn.Linear(config.n_embd, head_size, bias=False)
+        # a buffer, not a parameter: it moves with .to(device) but is never trained
+        self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, hs) what each position contains
+        q = self.query(x)  # (B, T, hs) what each position looks for
+        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
+        wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
+        wei = self.dropout(wei)  # randomly cut some of the communication
+        v = self.value(x)  # (B, T, hs) what each position offers
+        out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
+        return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads of self-attention in parallel, their outputs concatenated."""
+
+    def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # back into the residual stream
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)
+        out = self.dropout(self.proj(out))  # (B, T, C)
+        return out
+
+
+class FeedForward(nn.Module):
+    """A linear layer and a non-linearity, applied to each position on its own."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),  # 4x wider inside, as in the paper
+            nn.ReLU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),  # projection back into the residual stream
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, T, C): the same weights at every position, no mixing across time
+
+
+class Block(nn.Module):
+    """Transformer block: communication (attention) followed by computation (feed-forward)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
+        self.sa = MultiHeadAttention(config, config.n_head, head_size)
+        self.ffwd = FeedForward(config)
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.sa(self.ln1(x))  # (B, T, C) normalise the sublayer's input, not the stream
+        x = x + self.ffwd(self.ln2(x))  # (B, T, C)
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Token + position embeddings, n_layer pre-norm blocks, a final norm, then a linear head."""
+
+    def __init__(self, vocab_size: int, config: Config) -> None:
+        super().__init__()
+        self.block_size = config.block_size
+        # each token id and each position looks up a learned vector of n_embd numbers
+        self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)  # final layer norm, before the head
+        self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        B, T = idx.shape
+        # idx and targets are both (B, T) tensors of integers
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
+        x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        x = self.blocks(x)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+
+        if targets is None:
+            loss = None
+        else:
+            B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # cross_entropy wants the classes in the second dimension: flatten batch and time
+            loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature=1.0, top_k=None) -> Tensor:
+        """Extend idx (B, T) with max_new_tokens sampled tokens: returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            # the position table has block_size rows: keep the last block_size tokens
+            idx_cond = idx[:, -self.block_size :]  # (B, T') with T' <= block_size
+            logits, _ = self(idx_cond)  # (B, T', vocab_size)
+            logits = logits[:, -1, :]  # (B, vocab_size) only the last position predicts the next
+            # temperature and top_k reshape the logits (safely, even at 0); then sample from them
+            logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
+            probs = F.softmax(logits, dim=-1)  # (B, vocab_size) the next token's probabilities
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
+        return idx
+
+
+def main(argv: list[str] | None = None) -> None:
+    run = harness.start(__file__, Config, __doc__, argv, PRESETS)
+    cfg = run.config
+    print(f"dropout {cfg.dropout} while training, none in eval mode; learning rate {cfg.learning_rate}, scheduled")
+    model = LanguageModel(run.vocab_size, cfg).to(run.device)
+    # fused: one kernel updates every parameter, instead of a Python loop over them
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
+    trainer = harness.Trainer(run, model, optimizer)
+    model = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
+
+    for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
+        # every once in a while estimate the loss on the train and val sets
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
+            losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
+            trainer.log(step, losses)  # prints it, adds it to the history, saves a checkpoint
+
+        for group in optimizer.param_groups:  # warm up, then decay (or constant, --no-lr_decay)
+            group["lr"] = learning_rate_at(step, cfg)
+        # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
+        # in each checkpoint, so that a resumed run draws the batches it would have drawn
+        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
+        logits, loss = model(xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        trainer.record(loss)  # progress bar; stops on a nan or inf loss
+
+    trainer.finish()  # saves the final checkpoint and prints a sample from the model
+
+
+if __name__ == "__main__":
+    sys.exit(harness.run_main(main))
