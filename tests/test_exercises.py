@@ -63,6 +63,48 @@ def test_every_check_passes_on_the_worked_solution(variant, tmp_path):
     assert "ms a training step per head" in results["speed"].message
 
 
+LOOPED_HEADS = """
+
+class CausalSelfAttention(CausalSelfAttention):
+    \"\"\"The heads one after another: each slices its rows of the query, key and value weights.\"\"\"
+
+    def forward(self, x):
+        B, T, C = x.shape
+        hs, outs = self.head_size, []
+        for h in range(self.n_head):
+            rows = slice(h * hs, (h + 1) * hs)
+            q = F.linear(x, self.query.weight[rows])  # (B, T, hs)
+            k = F.linear(x, self.key.weight[rows])
+            v = F.linear(x, self.value.weight[rows])
+            wei = q @ k.transpose(-2, -1) * hs**-0.5  # (B, T, T)
+            wei = wei.masked_fill(self.tril[0, 0, :T, :T] == 0, float("-inf"))
+            wei = self.attn_dropout(F.softmax(wei, dim=-1))
+            outs.append(wei @ v)  # (B, T, hs)
+        return self.resid_dropout(self.proj(torch.cat(outs, dim=-1)))  # (B, T, C)
+"""
+EINSUM = (
+    "        wei = q @ k.transpose(-2, -1) * hs**-0.5  #",
+    '        wei = torch.einsum("bhqd,bhkd->bhqk", q, k) * hs**-0.5  #',
+)
+
+
+def test_heads_computed_one_by_one_fail_only_the_check_that_asks_for_them_together(tmp_path):
+    path = broken(tmp_path)
+    path.write_text(path.read_text() + LOOPED_HEADS)
+    results = outcomes(path)
+    together = results["every head at once: the heads as a batch dimension"]
+    assert together.status == "FAILED", together
+    assert "4 attention products with 2 heads and 16 with 8" in together.message
+    assert "every head at once" in together.message
+    others = {n: o for n, o in results.items() if n != together.name}
+    assert all(o.status == "passed" for o in others.values()), {n: o.message for n, o in others.items()}
+
+
+def test_an_einsum_form_computes_the_heads_together(tmp_path):
+    results = outcomes(broken(tmp_path, EINSUM))
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+
+
 MASK = '        wei = wei.masked_fill(self.tril[:, :, :T, :T] == 0, float("-inf"))  # hide the future\n'
 ATTN_DROPOUT = "        wei = self.attn_dropout(wei)  # randomly cut some of the communication\n"
 SPLIT = ".view(B, T, nh, hs).transpose(1, 2)"
@@ -195,11 +237,11 @@ def test_the_command_exits_1_on_the_starting_file_and_0_on_the_solution(capsys, 
     assert exercises.check.main(["1"]) == 1
     out, _ = capsys.readouterr()
     assert " FAILED  shape: (B, T, C) in and out: not written yet" in out and out.rstrip().endswith(
-        "0 of 10 checks passed"
+        "0 of 11 checks passed"
     )
     assert exercises.check.main(["1", "--file", str(SOLUTION_1)]) == 0
     out, _ = capsys.readouterr()
-    assert out.rstrip().endswith("all 10 checks passed")
+    assert out.rstrip().endswith("all 11 checks passed")
     code = exercises.check.main(["1", "--file", "no/such/file.py"])
     _, err = capsys.readouterr()
     one_line_error(code, err, "no exercise file at no/such/file.py")

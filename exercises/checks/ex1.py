@@ -14,6 +14,8 @@ from types import ModuleType
 
 import torch
 import torch.nn as nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 import common
 from exercises import runner
@@ -205,6 +207,56 @@ def causal(module: ModuleType) -> None:
                 )
 
 
+# the calls that multiply queries by keys, or weights by values: what a loop over the heads repeats
+PRODUCTS = {
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.Tensor.__rmatmul__,
+    torch.bmm,
+    torch.Tensor.bmm,
+    torch.baddbmm,
+    torch.mm,
+    torch.Tensor.mm,
+    torch.einsum,
+    F.scaled_dot_product_attention,
+}
+
+
+class CountProducts(TorchFunctionMode):
+    """Counts the calls of PRODUCTS made inside it (F.linear, the layers' own product, is not one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in PRODUCTS
+        return func(*args, **(kwargs or {}))
+
+
+def products_in_a_forward(module: ModuleType, n_head: int) -> int:
+    """The attention products in one forward pass of the learner's module with n_head heads, n_embd 32."""
+    cfg = config(n_embd=32, n_head=n_head)
+    torch.manual_seed(0)
+    mine = learner_class(module)(cfg, n_head, 32 // n_head).eval()
+    x = torch.randn(2, BLOCK, 32, generator=torch.Generator().manual_seed(0))  # (B, T, C)
+    with CountProducts() as counter:
+        mine(x)
+    return counter.count
+
+
+def heads_together(module: ModuleType) -> str:
+    two, eight = products_in_a_forward(module, 2), products_in_a_forward(module, 8)
+    if two != eight:
+        raise Failed(
+            f"one forward pass makes {two} attention products with 2 heads and {eight} with 8: the heads are "
+            "computed one after another; the exercise asks for every head at once, the heads as one more batch "
+            "dimension: view(B, T, n_head, head_size).transpose(1, 2), then one q @ k.transpose(-2, -1) for all"
+        )
+    return f"{two} attention product(s) in a forward pass, with 2 heads as with 8"
+
+
 def dropout_probe(module: ModuleType, values: str, attn: float, resid: float, proj: str) -> torch.Tensor:
     """The learner's module in training, its weights set so that dropout's work can be read off the output.
 
@@ -358,7 +410,9 @@ def speed(sizes: dict, steps: int):
     return report
 
 
-CPU_SIZES = {k: runner.stage_10_with(None).PRESETS["cpu"][k] for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")}
+CPU_SIZES = {
+    k: runner.stage_10_with(None).PRESETS["cpu"][k] for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")
+}
 
 
 SHAPE, OUTPUTS, GRADIENTS = (
@@ -373,6 +427,7 @@ def checks(speed_sizes: dict | None = None, speed_steps: int = 5) -> list[Check]
     return [
         Check(SHAPE, runs),
         Check(OUTPUTS, same_outputs, needs=(SHAPE,)),
+        Check("every head at once: the heads as a batch dimension", heads_together, needs=(SHAPE,)),
         Check("same input gradients", same_input_gradients, needs=(OUTPUTS,)),
         Check(GRADIENTS, same_parameter_gradients, needs=(OUTPUTS,)),
         Check("causal: no output depends on a later position", causal, needs=(SHAPE,)),
