@@ -401,4 +401,4 @@ def test_stage_10_trains_every_step_at_the_same_rate_and_says_so(
     code, out, err = run_cli(module, flags + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")])
     assert code == 0, err
     assert used == [1e-2] * 12
-    assert "dropout 0.1 while training, none in eval mode; learning rate 0.01, constant" in out
+    assert "dropout 0.1 in training, off in eval; constant rate 0.01" in out
