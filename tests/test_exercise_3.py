@@ -9,8 +9,10 @@ import tarfile
 
 import pytest
 
+import common
 import exercises.check
 import harness.checkpoints
+import harness.stages
 from conftest import SMALL_TEXT, one_line_error
 from exercises import pretraining
 from exercises.checks import ex3
@@ -122,6 +124,15 @@ def test_the_tool_reads_the_debian_package_and_refuses_a_missing_file_in_one_lin
     assert out.read_text(encoding="utf-8").count("\n\n") == 1  # two entries
     code = corpus.main([str(tmp_path / "none.deb")])
     one_line_error(code, capsys.readouterr().err, "none.deb: no such file; get it with apt-get download dict-gcide")
+
+
+def test_a_file_that_is_not_the_dictionary_leaves_a_good_corpus_as_it_was(tmp_path, capsys):
+    out = tmp_path / "gcide.txt"
+    out.write_text("a good corpus, made before", encoding="utf-8")
+    readme = harness.stages.STAGE_DIR.parent / "README.md"  # the mistake seen: any file given by accident
+    code = corpus.main([str(readme), "--out", str(out)])
+    one_line_error(code, capsys.readouterr().err, "README.md is not the dictionary", "gcide.txt is left as it was")
+    assert out.read_text(encoding="utf-8") == "a good corpus, made before"
 
 
 # -- the checks ---------------------------------------------------------------------------------------
@@ -346,3 +357,12 @@ def test_the_starting_file_asks_for_its_text_then_for_its_parts(tiny_run, texts,
         code, err, "carry_over() is not written yet: write it, then check it with python exercises/check.py 3"
     )
     assert (folder / "pre.pt").read_bytes() == before  # the pre-trained model, reused as it was
+
+
+def test_a_copy_kept_elsewhere_finds_the_corpus_in_the_project(tmp_path):
+    """check.py 3 --file /some/dir/copy.py: the corpus is the project's data/gcide.txt, not /some/data/."""
+    copy = tmp_path / "elsewhere" / "copy.py"
+    copy.parent.mkdir()
+    copy.write_text((exercises.check.EXERCISE_DIR / "solutions" / "ex3_pretrain.py").read_text(encoding="utf-8"))
+    module = exercises.check.load_learner_file(copy)
+    assert pretraining.chosen_text(module.PRETRAINING_TEXT) == common.ROOT / "data" / "gcide.txt"

@@ -599,6 +599,35 @@ def test_a_batch_masks_the_problem_and_keeps_the_answer():
     assert problems.tokenizer.decode(y[0, task.prompt_length - 1 :].tolist()) == "7530."
 
 
+class ScriptedModel(torch.nn.Module):
+    """A stand-in that writes a given answer for each problem, and notes the mode it generated in."""
+
+    def __init__(self, problems, written: list[str]) -> None:
+        super().__init__()
+        self.problems, self.written, self.modes = problems, written, []
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        self.modes.append(self.training)
+        rows = [self.problems.tokenizer.encode(w)[:max_new_tokens] for w in self.written[: len(idx)]]
+        return torch.cat([idx, torch.tensor(rows)], dim=1)
+
+
+def test_the_accuracy_is_exact_match_of_the_whole_answer_in_eval_mode():
+    """A known case: of 10 held-out problems, 6 answered right, 2 wrong in the last digit only (the
+    first right), 1 without the end mark, 1 wrong from the first digit: 60%."""
+    solution = exercises.check.load_learner_file(SOLUTION_2)
+    task = arithmetic.Task(2)
+    problems = arithmetic.Problems(solution, task, 10)
+    right = [solution.encode(a, op, b, task)[task.prompt_length :] for a, op, b in problems.test]
+    last_digit = [r[:-2] + str((int(r[-2]) + 1) % 10) + r[-1] for r in right]
+    first_digit = [str((int(r[0]) + 1) % 10) + r[1:] for r in right]
+    no_end = [r[:-1] + r[-2] for r in right]
+    written = right[:6] + last_digit[6:8] + no_end[8:9] + first_digit[9:]
+    model = ScriptedModel(problems, written).train()
+    assert problems.accuracy(model, torch.device("cpu")) == {"+": 0.6}
+    assert model.modes == [False] and model.training  # generated in eval mode, left as it was found
+
+
 def run_2(path, argv, capsys) -> tuple[int, str, str]:
     module = exercises.check.load_learner_file(path)
     code = arithmetic.train_or_ask(module, argv)

@@ -402,3 +402,24 @@ def test_stage_10_trains_every_step_at_the_same_rate_and_says_so(
     assert code == 0, err
     assert used == [1e-2] * 12
     assert "dropout 0.1 in training, off in eval; constant rate 0.01" in out
+
+
+@pytest.mark.parametrize("stage", [STAGE_IDS[0], *stages_from(10)])
+def test_every_sample_is_drawn_in_eval_mode_after_training_and_with_sample(
+    stage, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """Dropout off while sampling: the closing sample of a run and --sample both generate in eval mode."""
+    module = load_stage(stage)
+    modes = []  # model.training at each call of generate()
+    generate = module.LanguageModel.generate
+
+    def noting_generate(self, *args, **kwargs):
+        modes.append(self.training)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.LanguageModel, "generate", noting_generate)
+    ckpt = tmp_path / "c.pt"
+    flags = tiny_flags(module, max_iters=4, dropout=0.2) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+    assert run_cli(module, flags)[0] == 0
+    assert run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "5", "--device", "cpu"])[0] == 0
+    assert modes == [False, False]

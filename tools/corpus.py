@@ -212,6 +212,7 @@ def dict_from_deb(raw: bytes, path: Path) -> bytes:
     raise harness.UserError(f"{path} holds no {DICT_MEMBER}: give the dict-gcide package or its .dict.dz")
 
 
+DICTD_HEADER = "00-database-short"  # the first entry of every dictd file: the dictionary's name
 HEADWORD = re.compile(r"^[^\s\\][^\\\n]*\\[^\\\n]+\\")  # "Abandon \A*ban"don\ ..." at the line's start
 PRONUNCIATION = re.compile(r"\\[^\\]{0,200}\\")  # \A*ban"don\, sometimes over two lines
 PHONETIC = re.compile(r"\([^()]*[*\"`#][^()]*\)")  # (ab*an"dun), (#; 277): spellings of sounds
@@ -335,6 +336,12 @@ def corpus_main(argv: list[str] | None) -> None:
     same = (
         f"{DICT_FILE.name}, sha256 as measured" if digest == DICT_FILE.sha256 else f"not the {DICT_FILE.name} measured"
     )
+    if DICTD_HEADER not in text[:1000]:  # before anything is written: a good --out stays as it is
+        kept = f"; {args.out} is left as it was" if args.out.exists() else ""
+        raise harness.UserError(
+            f"{args.source} is not the dictionary (no '{DICTD_HEADER}' line at its start, as dictd files "
+            f"have): give {DEB_FILE.name} or the {DICT_FILE.name} inside it{kept}"
+        )
     print(f"read {args.source}: {len(text):,} characters ({same})")
     shakespeare, where = harness.textfile.load_text(args.shakespeare)
     try:

@@ -48,8 +48,9 @@ sys.path.insert(0, str(ROOT))
 from exercises.pretraining import pretrain_and_compare  # noqa: E402
 from harness.checkpoints import Checkpoint  # noqa: E402
 
-# Webster's 1913 dictionary without its overlap with tiny Shakespeare: python tools/corpus.py
-PRETRAINING_TEXT = ROOT / "data" / "gcide.txt"
+# Webster's 1913 dictionary without its overlap with tiny Shakespeare: python tools/corpus.py. A
+# relative path is from the project's folder, so a copy of this file kept elsewhere finds it too
+PRETRAINING_TEXT = "data/gcide.txt"
 # the tensors with one row for each character, by id
 PER_CHARACTER = ("token_embedding_table.weight", "lm_head.weight", "lm_head.bias")
 
