@@ -502,10 +502,15 @@ MISTAKES_2 = {  # mistake: (what the learner wrote instead, the check that fails
         ex2.MASKS,
         "but it is the answer's first character",
     ),
-    "the '=' left unmasked": (
-        (MASKED, MASKED.replace("prompt_length - 1", "prompt_length - 2")),
+    "a random digit left in the loss": (
+        (MASKED, MASKED.replace("[:, :", "[:, 1:")),
         ex2.MASKS,
-        "are not masked",
+        "targets [0] are not masked (a 3-digit + task",
+    ),
+    "the operation left in the loss where three are served": (
+        (MASKED, MASKED + "    masked[:, task.digits - 1] = targets[:, task.digits - 1]\n"),
+        ex2.MASKS,
+        "targets [1] are not masked (a 2-digit +-* task",
     ),
     "the mask written for 5 digits only": ((MASKED, "    masked[:, :11] = IGNORE\n"), ex2.MASKS, "is masked, but"),
     "the answer not reversed back": (
@@ -626,6 +631,29 @@ def test_the_accuracy_is_exact_match_of_the_whole_answer_in_eval_mode():
     model = ScriptedModel(problems, written).train()
     assert problems.accuracy(model, torch.device("cpu")) == {"+": 0.6}
     assert model.modes == [False] and model.training  # generated in eval mode, left as it was found
+
+
+@pytest.mark.parametrize(
+    "choice, change, said",
+    [
+        (
+            "the '=' left in the loss",
+            MASKED.replace("prompt_length - 1", "prompt_length - 2"),
+            "the '=' left in the loss",
+        ),
+        (
+            "the '=' and a lone operation left in",
+            MASKED.replace("prompt_length - 1", "prompt_length - 2")
+            + "    if len(task.operations) == 1:\n"
+            + "        masked[:, task.digits - 1] = targets[:, task.digits - 1]\n",
+            "the '=' and the operation where only one is served left in the loss",
+        ),
+    ],
+)
+def test_a_mask_that_keeps_only_fixed_characters_in_the_loss_is_right_and_said_so(tmp_path, choice, change, said):
+    path = broken_2(tmp_path, (MASKED, change))
+    result = outcomes_2(path, only=ex2.MASKS)[ex2.MASKS]
+    assert result.status == "passed" and said in result.message, result
 
 
 def run_2(path, argv, capsys) -> tuple[int, str, str]:
