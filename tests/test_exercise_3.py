@@ -366,3 +366,10 @@ def test_a_copy_kept_elsewhere_finds_the_corpus_in_the_project(tmp_path):
     copy.write_text((exercises.check.EXERCISE_DIR / "solutions" / "ex3_pretrain.py").read_text(encoding="utf-8"))
     module = exercises.check.load_learner_file(copy)
     assert pretraining.chosen_text(module.PRETRAINING_TEXT) == common.ROOT / "data" / "gcide.txt"
+
+
+def test_new_rows_as_the_mean_of_the_pre_trained_rows_are_a_right_answer_said_so(texts, tmp_path):
+    mean_first = "                mine[:] = theirs.mean(dim=0)  # a new character starts as the average one\n"
+    path = broken(tmp_path, (ROWS, mean_first + ROWS))
+    result = outcomes(path, only=ex3.NEW_ROWS, texts=texts)[ex3.NEW_ROWS]
+    assert result.status == "passed" and result.message.endswith(": the mean of the pre-trained rows"), result

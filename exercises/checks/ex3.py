@@ -170,34 +170,57 @@ def shared_rows(module: ModuleType) -> str:
     )
 
 
+def rms(t: torch.Tensor) -> float:
+    return t.pow(2).mean().sqrt().item()
+
+
 def new_rows(module: ModuleType) -> str:
+    """The rows of characters the pre-training text never had: as the fresh model initialised them,
+    the mean of the pre-trained rows, or rows of the learner's own at the pre-trained rows' scale;
+    never zeros, nor a copy of one character's row for another."""
     c = carried(module)
     new_id = ids(FINE_VOCAB)
     shown = ", ".join(repr(ch) for ch in NEW[:4]) + f" and {len(NEW) - 4} more"
+    choices = {}
     for name, (row, rows) in PER_CHARACTER.items():
         got, theirs, fresh = c.got[name], c.theirs[name], c.fresh[name]
-        for ch in NEW:
-            mine = got[new_id[ch]]
-            if torch.equal(mine, fresh[new_id[ch]]):
-                continue
-            if not mine.any():
-                raise Failed(
-                    f"in {name} the {rows} of the characters the pre-training text never had ({shown}) are zero: "
-                    "leave them as the fresh model initialised them (zero rows make all of those characters look "
-                    "alike to the model at first: the same vector in, the same score out)"
-                )
-            copied = [k for k in range(len(theirs)) if torch.equal(mine, theirs[k])]
+        mine = got[[new_id[ch] for ch in NEW]]  # (len(NEW), ...) the new characters' rows
+        if torch.equal(mine, fresh[[new_id[ch] for ch in NEW]]):
+            choices[name] = "as the fresh model initialised them"
+            continue
+        mean = theirs.mean(dim=0)
+        if torch.allclose(mine, mean.expand_as(mine), atol=1e-6):
+            choices[name] = "the mean of the pre-trained rows"
+            continue
+        if not mine.any():
+            raise Failed(
+                f"in {name} the {rows} of the characters the pre-training text never had ({shown}) are zero: "
+                "leave them as the fresh model initialised them, or give them the mean of the pre-trained rows "
+                "(zero rows make all of those characters look alike to the model at first)"
+            )
+        for i, ch in enumerate(NEW):
+            copied = [k for k in range(len(theirs)) if torch.equal(mine[i], theirs[k])]
             if copied:
                 raise Failed(
-                    f"in {name} the {row} of {ch!r}, a character the pre-training text never had, is a copy of the "
-                    f"pre-trained {row} of id {copied[0]} ({PRE_VOCAB[copied[0]]!r}); leave it as the fresh model "
-                    "initialised it"
+                    f"in {name} the {row} of {ch!r}, a character the pre-training text never had, is a copy of "
+                    f"the pre-trained {row} of id {copied[0]} ({PRE_VOCAB[copied[0]]!r}): the model would take "
+                    "one for the other; leave it as the fresh model initialised it"
                 )
+            twins = [NEW[j] for j in range(i) if torch.equal(mine[i], mine[j])]
+            if twins:
+                raise Failed(
+                    f"in {name} the {row} of {ch!r} is the {row} of {twins[0]!r}: two new characters that look "
+                    "alike to the model; leave them as the fresh model initialised them"
+                )
+        if not 0.25 <= rms(mine) / rms(theirs) <= 4:
             raise Failed(
-                f"in {name} the {row} of {ch!r}, a character the pre-training text never had, is not the fresh "
-                f"model's: leave it as the model initialised it"
+                f"in {name} the {rows} of the new characters have a root mean square of {rms(mine):.3g}, far "
+                f"from the pre-trained {rows}' {rms(theirs):.3g}: leave them as the fresh model initialised them"
             )
-    return f"{len(NEW)} characters new to the model ({shown}): their rows as initialised"
+        choices[name] = f"{rows} of your own, at the pre-trained {rows}' scale"
+    said = set(choices.values())
+    how = said.pop() if len(said) == 1 else "; ".join(f"{k}: {v}" for k, v in choices.items())
+    return f"{len(NEW)} characters new to the model ({shown}): {how}"
 
 
 def other_weights(module: ModuleType) -> str:
