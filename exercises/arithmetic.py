@@ -26,8 +26,9 @@ import harness
 import harness.checkpoints
 import harness.cli
 import harness.stages
+from exercises import training
 from harness.run import pick_device
-from harness.schedule import Schedule, learning_rate_at
+from harness.schedule import Schedule
 
 OPERATIONS = "+-*"
 END = "."  # the end mark: the model writes it after the answer
@@ -383,19 +384,21 @@ def train(trainer, problems: Problems, model, optimizer, cfg: Config, run) -> No
         f"task: {task.digits}-digit {' '.join(task.operations)}, answers {order}, {task.length} characters a "
         f"problem; {len(problems.test):,} held out"
     )
-    for step in trainer.steps():
-        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            trainer.log(step, problems.estimate_loss(model, cfg, run.eval_gen, run.device))
-            if 0 < step < cfg.max_iters - 1:  # none untrained; the last comes after the last step
-                tqdm.write(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, cfg)
-        xb, yb = problems.batch(problems.training(cfg.batch_size, run.train_gen), run.device)
-        _, loss = model(xb, yb)  # stage 10's loss: F.cross_entropy skips the IGNORE targets
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        trainer.record(loss)
+
+    def accuracy_now(step: int) -> None:
+        if 0 < step < cfg.max_iters - 1:  # none untrained; the last comes after the last step
+            tqdm.write(accuracy_line(problems.accuracy(model, run.device), cfg.held_out))
+
+    # stage 10's loss: F.cross_entropy skips the IGNORE targets that mask_problem wrote
+    training.train(
+        trainer,
+        model,
+        optimizer,
+        cfg,
+        batch=lambda: problems.batch(problems.training(cfg.batch_size, run.train_gen), run.device),
+        estimate=lambda: problems.estimate_loss(model, cfg, run.eval_gen, run.device),
+        after_estimate=accuracy_now,
+    )
     if trainer.trained:
         trainer.save()
         print(f"saved {run.checkpoint_path} (step {trainer.step}, {trainer.seconds():.1f} s of training)")

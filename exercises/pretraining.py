@@ -38,10 +38,10 @@ import harness.checkpoints
 import harness.cli
 import harness.machine
 import harness.textfile
-from exercises import runner
+from exercises import runner, training
 from exercises.compare import verdict
 from harness.run import init_record
-from harness.schedule import Schedule, learning_rate_at
+from harness.schedule import Schedule
 from tools import corpus, plot
 
 STAGE_10 = runner.STAGE_10
@@ -153,17 +153,14 @@ def train(run: harness.Run, model: torch.nn.Module, optimizer: torch.optim.Optim
     cfg = run.config
     trainer = harness.Trainer(run, model, optimizer)
     fast = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
-    for step in trainer.steps():
-        if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            trainer.log(step, common.estimate_loss(fast, run.data, cfg, run.eval_gen))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, cfg)
-        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)  # (B, T) each
-        _, loss = fast(xb, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        trainer.record(loss)
+    training.train(
+        trainer,
+        fast,
+        optimizer,
+        cfg,
+        batch=lambda: common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen),
+        estimate=lambda: common.estimate_loss(fast, run.data, cfg, run.eval_gen),
+    )
     if trainer.trained:
         trainer.save()
         print(f"saved {run.checkpoint_path} (step {trainer.step}, {trainer.seconds():.1f} s of training)")

@@ -12,6 +12,7 @@ import common
 from exercises import arithmetic
 from exercises.arithmetic import END, IGNORE, Task, result, worked
 from exercises.checks import Check, Failed
+from exercises.training import train_step
 
 NAME = "ex2_addition"
 PARTS = ("encode", "mask_problem", "decode", "training_problem")
@@ -178,13 +179,8 @@ def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, **training)
     generator = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for step in range(cfg.max_iters):
-        for group in optimizer.param_groups:
-            group["lr"] = arithmetic.learning_rate_at(step, cfg)
         x, y = problems.batch(problems.training(cfg.batch_size, generator), torch.device("cpu"))
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, cfg, step, x, y)
     accuracy = problems.accuracy(model, torch.device("cpu"))["+"]
     seconds = time.perf_counter() - t0
     figures = (
