@@ -428,13 +428,36 @@ def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_pat
 # -- is the loss normal? ----------------------------------------------------------------------------
 
 
+REF_09 = harness.references.REFERENCES["09_layer_norm", None].measured
+REF_10 = harness.references.REFERENCES["10_gpt", "cpu"].measured
+REF_05 = harness.references.REFERENCES["05_multi_head_attention", None].measured
+
+
 @pytest.mark.parametrize(
     "stage, preset, defaults, val, said",
     [
-        ("09_layer_norm", None, True, 2.0704, "val loss 2.0704 is as expected: 2.0604 at 09_layer_norm's defaults"),
-        ("10_gpt", "cpu", True, 2.49, "is 0.912 above the 1.5777 measured at 10_gpt's defaults (preset cpu)"),
-        ("10_gpt", "cpu", True, 1.40, "below the 1.5777 measured"),
-        ("05_multi_head_attention", None, False, 2.30, "no reference for these settings: this project measured 2.2678"),
+        (
+            "09_layer_norm",
+            None,
+            True,
+            REF_09 + 0.01,
+            f"val loss {REF_09 + 0.01:.4f} is as expected: {REF_09:.4f} at 09_layer_norm's defaults",
+        ),
+        (
+            "10_gpt",
+            "cpu",
+            True,
+            REF_10 + 0.5,
+            f"is 0.500 above the {REF_10:.4f} measured at 10_gpt's defaults (preset cpu)",
+        ),
+        ("10_gpt", "cpu", True, REF_10 - 0.2, f"below the {REF_10:.4f} measured"),
+        (
+            "05_multi_head_attention",
+            None,
+            False,
+            2.30,
+            f"no reference for these settings: this project measured {REF_05:.4f}",
+        ),
         ("10_gpt", "video", True, 1.49, "no reference for the video preset: this project has not measured it"),
     ],
     ids=["within the noise", "above", "below", "other settings", "not measured"],
@@ -493,3 +516,13 @@ def test_the_schedule_is_constant_or_warms_up_then_decays_to_a_tenth():
     assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
     assert rate_at(5, Scheduled(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
     assert rate_at(0, Scheduled(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)  # no warm-up
+
+
+def test_each_stages_docstring_gives_the_val_loss_recorded_for_it():
+    """The figure a learner reads at the top of a stage is the one the "is my loss normal?" line uses."""
+    for (stage, preset), reference in harness.references.REFERENCES.items():
+        if reference.measured is None:
+            continue
+        doc = harness.stages.load_stage(stage).__doc__
+        said = re.search(r"Measured: val loss (\d\.\d{4})", doc)
+        assert said and float(said.group(1)) == reference.measured, (stage, preset, said and said.group(0))

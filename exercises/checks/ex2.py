@@ -169,14 +169,14 @@ def splits(module: ModuleType) -> None:
         raise Failed(f"2,000 draws never served {len(missed)} of the 75 problems not held out: draw them all")
 
 
-def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, **training) -> str:
+def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, seed: int = 0, **training) -> str:
     """Train 2-digit addition with the learner's parts; fail below pass_accuracy on the held-out problems."""
     cfg = arithmetic.Config(**{**TRAINING, **training})
     problems = arithmetic.Problems(module, cfg.task, cfg.held_out)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = arithmetic.load_stage_10().LanguageModel(len(arithmetic.VOCAB), cfg.model_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for step in range(cfg.max_iters):
         x, y = problems.batch(problems.training(cfg.batch_size, generator), torch.device("cpu"))
