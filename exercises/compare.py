@@ -16,13 +16,14 @@ Student's t for n - 1 degrees of freedom. The variant is better when the whole i
 worse when it is above, and otherwise no difference is shown. The interval narrows with the
 seeds: when d spreads by sd 0.01, 3 seeds resolve a difference of 0.025, 5 seeds 0.012 and 7
 seeds 0.009; the table says how many seeds the measured spread needs to resolve 0.01.
-Checkpoints and histories go to --out
-(checkpoints/compare/ by default), never over a stage's own; with matplotlib, one chart of every
-run's val loss goes there too.
+
+Checkpoints and histories go to --out (checkpoints/compare/ by default), never over a stage's own;
+with matplotlib, one chart of every run's val loss goes there too.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -176,8 +177,14 @@ def compare_main(argv: list[str] | None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     flags = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
+    paragraphs = __doc__.split("\n\n")
+    verdict = next(p for p in paragraphs if p.startswith("The verdict"))
     parser = harness.cli.Parser(
-        prog="python exercises/compare.py", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="python exercises/compare.py",
+        description=paragraphs[0],
+        epilog=verdict,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="the baseline first, then the variants")
     parser.add_argument("--seeds", type=harness.cli.positive(int), default=3, metavar="N", help="runs of each file")

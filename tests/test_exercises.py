@@ -725,3 +725,10 @@ def test_compare_names_its_own_way_to_give_a_file_when_one_is_missing(tmp_path, 
     err = capsys.readouterr().err
     one_line_error(code, err, "no exercise file at nope.py: give the paths of stage 10 and of your variants")
     assert "--file" not in err  # compare takes paths; --file is check.py's
+
+
+def test_compare_states_its_rule_in_its_help(capsys):
+    code = exercises.compare.main(["--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert code == 0
+    assert "paired t-test" in said and "95% confidence interval" in said and "resolve 0.01" in said

@@ -302,7 +302,7 @@ def test_tune_stage10_refuses_an_unknown_candidate():
     done = subprocess.run(
         [sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True
     )
-    assert done.returncode == 2 and "unknown: chosn; choose from throughput, constant" in done.stderr
+    assert done.returncode == 2 and "unknown: chosn; choose from throughput, lr2e-3-d0.1" in done.stderr
 
 
 # -- benchmarks/bench.py ------------------------------------------------------------------------------
