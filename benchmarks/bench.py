@@ -225,7 +225,7 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     """Stage 10's training step with each form of attention, at the cpu preset and the lecture's
     configuration: (rounds, steps a round) each, the forms alternating round by round, medians."""
     from exercises.check import load_learner_file
-    from exercises.runner import stage_10_with
+    from exercises.learner_stage import stage_10_with
 
     solution = load_learner_file(ROOT / "exercises" / "solutions" / "ex1_causal_self_attention.py")
     forms = {

@@ -27,8 +27,8 @@ import harness.checkpoints
 import harness.cli
 import harness.stages
 from exercises import training
-from harness.run import pick_device
 from harness.schedule import Schedule
+from harness.startup import pick_device
 
 OPERATIONS = "+-*"
 END = "."  # the end mark: the model writes it after the answer

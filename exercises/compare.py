@@ -42,7 +42,7 @@ import harness.cli  # noqa: E402
 import harness.files  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
-from exercises.runner import budget_of, cpu_preset_flags, load_learner_file  # noqa: E402
+from exercises.learner_stage import budget_of, cpu_preset_flags, load_learner_file  # noqa: E402
 from tools import plot  # noqa: E402
 
 FIRST_SEED = 1337  # the stages' default: seed 1 of a comparison is the run a learner gets

@@ -36,7 +36,7 @@ from torch.nn import functional as F  # noqa: F401  (F.softmax, F.scaled_dot_pro
 # exercises/check.py has put the project on the path already)
 ROOT = next((p for p in Path(__file__).resolve().parents if (p / "common.py").exists()), None)
 sys.path.insert(0, str(ROOT or Path.cwd()))
-from exercises.runner import train_stage_10_with  # noqa: E402
+from exercises.learner_stage import train_stage_10_with  # noqa: E402
 
 
 class CausalSelfAttention(nn.Module):

@@ -38,13 +38,13 @@ import harness.checkpoints
 import harness.cli
 import harness.machine
 import harness.textfile
-from exercises import runner, training
+from exercises import learner_stage, training
 from exercises.compare import verdict
-from harness.run import init_record
 from harness.schedule import Schedule
+from harness.startup import init_record
 from tools import corpus, plot
 
-STAGE_10 = runner.STAGE_10
+STAGE_10 = learner_stage.STAGE_10
 FIRST_SEED = 1337  # the stages' default
 # The experiment's own recipe: stage 10's model at 0.8 million parameters, without dropout, at a
 # rate that warms up then decays (harness/schedule.py). Not stage 10's cpu preset: the experiment
@@ -134,7 +134,7 @@ def overlap_error(path: Path, runs: list[str], fine_tuning_text: str) -> str:
 def stage_10() -> ModuleType:
     """Stage 10, freshly imported, with the experiment's recipe: its Config takes on the schedule's
     two hyperparameters, and its one preset is RECIPE."""
-    stage = runner.stage_10_with(None)
+    stage = learner_stage.stage_10_with(None)
 
     @dataclasses.dataclass
     class Config(stage.Config, Schedule):
@@ -225,7 +225,7 @@ def checked_flags(flags: list[str]) -> None:
 def pretrain(experiment: Experiment, source: Path, path: Path) -> harness.checkpoints.Checkpoint:
     """The pre-trained checkpoint at path: reused when it has the steps asked for, else trained or continued."""
     stage = stage_10()
-    asked = runner.resolved_config(stage, [*PRESET, *experiment.flags])  # parses the flags: a typo fails now
+    asked = learner_stage.resolved_config(stage, [*PRESET, *experiment.flags])  # parses the flags: a typo fails now
     if path.exists():
         ckpt = harness.checkpoints.load(path, STAGE_10, "--pretrained")
         differ = {k: (ckpt.config.get(k), getattr(asked, k)) for k in SIZES if ckpt.config.get(k) != getattr(asked, k)}

@@ -11,7 +11,7 @@ A stage's main() uses three names from here; the rest serves them, the tools and
 Modules, one job each:
     cli          the flags, built from a stage's Config, and presets
     textfile     downloading tiny Shakespeare, checking a text file before it is read
-    run          start() and the Run it returns; which vocabulary a run takes (--vocab_from)
+    startup      start() and the Run it returns; which vocabulary a run takes (--vocab_from)
     accelerate   --fast (the GPU fast path), --compile and --dtype
     training     the Trainer
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
@@ -26,7 +26,7 @@ Modules, one job each:
 """
 
 from harness.errors import UserError, run_main
-from harness.run import Run, start
+from harness.startup import Run, start
 from harness.training import Trainer
 
 __all__ = ["Run", "Trainer", "UserError", "run_main", "start"]

@@ -1,8 +1,8 @@
 """What a stage's val loss should be: the figure this project measured at the stage's defaults, and
-the lecture's. The stages' closing lines and tools/run_all.py's table read them from here.
+the lecture's. The stages' closing lines and tools/train_all.py's table read them from here.
 
 "Measured" is the final val loss of `python stages/NN.py` at its defaults (seed 1337, tiny
-Shakespeare), as tools/run_all.py recorded it on an AMD EPYC with 2 cores, torch 2.13.0 on the CPU.
+Shakespeare), as tools/train_all.py recorded it on an AMD EPYC with 2 cores, torch 2.13.0 on the CPU.
 The same machine and torch give the same run, loss for loss; another CPU sums in another order and
 moves the fourth decimal (stage 09: 2.0604 here, 2.0582 on another machine of the same kind), well
 inside the band below. The lecture's figures are read off the video, so they are bands ("about

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from harness import accelerate, errors, references
 from harness.checkpoints import Saver, history_path, load_weights, read_history, restore_training
 from harness.errors import Interrupted, UserError
-from harness.run import Run
 from harness.signals import StopSignals
 from harness.stages import previous_stage
+from harness.startup import Run
 
 # Reading a loss on a GPU (loss.item()) makes the CPU wait until the GPU has run every kernel queued
 # so far, which empties the queue the GPU works from. There the losses stay on the GPU and are read

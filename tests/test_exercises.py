@@ -12,7 +12,7 @@ import exercises.compare
 import harness.errors
 import harness.stages
 from conftest import one_line_error, tiny_flags
-from exercises import arithmetic, runner
+from exercises import arithmetic, learner_stage
 from exercises.checks import ex1, ex2
 
 EXERCISE_1 = exercises.check.EXERCISE_DIR / f"{ex1.NAME}.py"
@@ -249,31 +249,33 @@ def test_the_command_exits_1_on_the_starting_file_and_0_on_the_solution(capsys, 
 
 def test_the_solution_trains_stage_10_into_its_own_checkpoint(small_text_file, tmp_path, capsys):
     solution = exercises.check.load_learner_file(SOLUTION_1)
-    stage = runner.stage_10_with(solution.CausalSelfAttention)
+    stage = learner_stage.stage_10_with(solution.CausalSelfAttention)
     ckpt = tmp_path / "ex1.pt"
     flags = tiny_flags(stage) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
-    assert runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), flags) == 0, capsys.readouterr()
+    assert learner_stage.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), flags) == 0, (
+        capsys.readouterr()
+    )
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] == 20 and any(".sa.query.weight" in k for k in saved["model"])
     assert "no run of stage 10 to compare with" in capsys.readouterr().out
 
     own = harness.checkpoints.default_path("10_gpt")
-    code = runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), ["--checkpoint", str(own)])
+    code = learner_stage.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), ["--checkpoint", str(own)])
     one_line_error(code, capsys.readouterr().err, "is stage 10's own checkpoint")
 
 
 def test_sampling_before_training_names_the_exercise_to_run(tmp_path, capsys):
     solution = exercises.check.load_learner_file(SOLUTION_1)
     argv = ["--sample", "--checkpoint", str(tmp_path / "none.pt")]
-    code = runner.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), argv)
+    code = learner_stage.train_stage_10_with(solution.CausalSelfAttention, str(SOLUTION_1), argv)
     one_line_error(code, capsys.readouterr().err, "no checkpoint at", f"train first with python {SOLUTION_1}")
 
 
 def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, tmp_path, capsys):
     start = exercises.check.load_learner_file(EXERCISE_1)
-    stage = runner.stage_10_with(start.CausalSelfAttention)
+    stage = learner_stage.stage_10_with(start.CausalSelfAttention)
     flags = tiny_flags(stage) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt")]
-    code = runner.train_stage_10_with(start.CausalSelfAttention, str(EXERCISE_1), flags)
+    code = learner_stage.train_stage_10_with(start.CausalSelfAttention, str(EXERCISE_1), flags)
     one_line_error(
         code, capsys.readouterr().err, "not written yet: CausalSelfAttention.forward", "python exercises/check.py 1"
     )
@@ -284,7 +286,7 @@ def test_the_starting_file_asks_to_be_written_before_it_trains(small_text_file, 
 
 EXERCISE_4 = exercises.check.EXERCISE_DIR / "ex4_variant.py"
 SOLUTIONS_4 = sorted((exercises.check.EXERCISE_DIR / "solutions").glob("ex4_*.py"))
-PRESET_STEPS = runner.stage_10_with(None).PRESETS["cpu"]["max_iters"]
+PRESET_STEPS = learner_stage.stage_10_with(None).PRESETS["cpu"]["max_iters"]
 LONGER = (f"        max_iters={PRESET_STEPS},\n", f"        max_iters={3 * PRESET_STEPS},  # trains longer\n")
 LOOP = '        xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)\n'
 ACCUMULATE = "        xb, yb = torch.cat([xb, x2]), torch.cat([yb, y2])  # two batches in one step\n"

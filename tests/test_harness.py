@@ -20,9 +20,9 @@ import harness.checkpoints
 import harness.cli
 import harness.machine
 import harness.references
-import harness.run
 import harness.schedule
 import harness.stages
+import harness.startup
 import harness.textfile
 from conftest import SMALL_TEXT, tiny_flags
 
@@ -30,11 +30,11 @@ from conftest import SMALL_TEXT, tiny_flags
 
 
 def test_device_override():
-    assert harness.run.pick_device("cpu") == torch.device("cpu")
-    assert harness.run.pick_device("auto") == common.choose_device()
+    assert harness.startup.pick_device("cpu") == torch.device("cpu")
+    assert harness.startup.pick_device("auto") == common.choose_device()
     if not torch.cuda.is_available():
         with pytest.raises(harness.UserError, match="--device cuda: no CUDA GPU"):
-            harness.run.pick_device("cuda")
+            harness.startup.pick_device("cuda")
 
 
 # -- the text: checking and downloading ----------------------------------------------------------
@@ -485,7 +485,7 @@ def test_a_run_is_at_its_defaults_only_with_every_training_setting_and_the_text_
 
 
 def test_the_references_are_the_readmes_measured_figures():
-    """One place for the figures: the README's table (written by tools/run_all.py) agrees with them."""
+    """One place for the figures: the README's table (written by tools/train_all.py) agrees with them."""
     readme = (harness.stages.STAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
     for (stage, _), reference in harness.references.REFERENCES.items():
         if reference.measured is None:

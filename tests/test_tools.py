@@ -1,4 +1,4 @@
-"""tools/plot.py and tools/run_all.py: the charts, the README's results table, and their one-line failures."""
+"""tools/plot.py and tools/train_all.py: the charts, the README's results table, and their one-line failures."""
 
 import json
 import re
@@ -13,11 +13,11 @@ import harness.machine
 import harness.references
 import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
-from tools import plot, run_all
+from tools import plot, train_all
 
 PNG_MAGIC = b"\x89PNG"
-START, END = run_all.RESULTS_MARKERS
-SAMPLES_START, SAMPLES_END = run_all.SAMPLES_MARKERS
+START, END = train_all.RESULTS_MARKERS
+SAMPLES_START, SAMPLES_END = train_all.SAMPLES_MARKERS
 
 # tiny runs: flags every stage accepts (stage 01 has no --n_embd), given after `--` so they beat --quick's
 TINY_EXTRA = [
@@ -128,28 +128,28 @@ def test_plot_to_an_unwritable_place(tmp_path, capsys):
     one_line_error(code, capsys.readouterr().err, "error: cannot write", "--out")
 
 
-# -- run_all: reading a stage's results --------------------------------------------------------------
+# -- train_all: reading a stage's results --------------------------------------------------------------
 
 
 def test_the_preset_of_a_stage_with_presets(tmp_path):
-    chosen = run_all.collect(
+    chosen = train_all.collect(
         "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m"
     )
     assert (chosen.parameters, chosen.preset) == (1234, "cpu")
     assert "(preset: cpu)" in chosen.row()[2]
-    assert run_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
-    assert run_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
-    assert run_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
+    assert train_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
+    assert train_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
+    assert train_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
 
 
 def test_the_readme_keeps_its_line_endings_outside_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_bytes(f"# Title\r\n\r\n{START}\r\nold\r\n{END}\r\nend\r\n".encode())
-    text = run_all.replace_section(run_all.read_readme(readme), run_all.RESULTS_MARKERS, readme, "new\ntable")
+    text = train_all.replace_section(train_all.read_readme(readme), train_all.RESULTS_MARKERS, readme, "new\ntable")
     assert text == f"# Title\r\n\r\n{START}\r\nnew\r\ntable\r\n{END}\r\nend\r\n"
 
 
-# -- run_all end to end ----------------------------------------------------------------------------
+# -- train_all end to end ----------------------------------------------------------------------------
 
 
 def readme_with_markers(tmp_path):
@@ -164,7 +164,7 @@ def readme_with_markers(tmp_path):
     return path, outside
 
 
-def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
+def test_train_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
     data = tmp_path / "small.txt"
     data.write_text(SMALL_TEXT, encoding="utf-8")
     readme, outside = readme_with_markers(tmp_path)
@@ -181,7 +181,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
         "--",
     ]
 
-    code = run_all.main(argv + TINY_EXTRA)
+    code = train_all.main(argv + TINY_EXTRA)
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "[1/2] 01_bigram" in out and "[2/2] 02_position_embedding" in out  # the user sees which stage runs
@@ -193,7 +193,7 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
     assert [before + START, END + rest.split(SAMPLES_START)[0] + SAMPLES_START, SAMPLES_END + after] == outside
 
     lines = [line for line in table.strip().splitlines() if line.strip()]
-    assert "Made by `python tools/run_all.py --quick" in lines[0]
+    assert "Made by `python tools/train_all.py --quick" in lines[0]
     assert "quick mode: 20 iterations per stage, not the stages' defaults" in lines[0]  # the flags after -- won
     header = "| stage | file | concept | parameters | train loss | val loss | lecture val | wall time | machine |"
     assert lines[1] == header
@@ -231,10 +231,10 @@ def test_run_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
     assert (tmp_path / "curves.png").exists() == plot.have_matplotlib()
 
 
-def test_run_all_without_markers_changes_nothing(tmp_path, capsys):
+def test_train_all_without_markers_changes_nothing(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# A README without the results markers\n", encoding="utf-8")
-    code = run_all.main(
+    code = train_all.main(
         ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", *TINY_EXTRA]
     )
     out, err = capsys.readouterr()
@@ -243,16 +243,16 @@ def test_run_all_without_markers_changes_nothing(tmp_path, capsys):
     assert "01_bigram" not in out and not list(tmp_path.glob("*.pt"))  # checked before any training
 
 
-def test_run_all_unknown_stage(tmp_path, capsys):
+def test_train_all_unknown_stage(tmp_path, capsys):
     readme, _ = readme_with_markers(tmp_path)
-    code = run_all.main(["--stages", "01,99", "--checkpoints", str(tmp_path), "--readme", str(readme)])
+    code = train_all.main(["--stages", "01,99", "--checkpoints", str(tmp_path), "--readme", str(readme)])
     one_line_error(code, capsys.readouterr().err, "error: no stage '99'")
 
 
-def test_run_all_stops_at_a_failing_stage(tmp_path, capsys):
+def test_train_all_stops_at_a_failing_stage(tmp_path, capsys):
     readme, _ = readme_with_markers(tmp_path)
     unchanged = readme.read_text(encoding="utf-8")
-    code = run_all.main(
+    code = train_all.main(
         ["--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", "--max_iterz", "5"]
     )
     _, err = capsys.readouterr()
@@ -270,7 +270,7 @@ def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
     data.write_text(SMALL_TEXT, encoding="utf-8")
     readme = ROOT / "README.md"
     before = readme.read_bytes()
-    code = run_all.main(
+    code = train_all.main(
         ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA]
     )
     out, err = capsys.readouterr()

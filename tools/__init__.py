@@ -1,1 +1,1 @@
-"""Tools around the stages: loss curves (plot), every stage in a row (run_all)."""
+"""Tools around the stages: loss curves (plot), every stage in a row (train_all)."""

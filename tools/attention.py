@@ -37,8 +37,8 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.run  # noqa: E402
 import harness.stages  # noqa: E402
+import harness.startup  # noqa: E402
 from tools import plot  # noqa: E402
 
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters that would otherwise be invisible on an axis
@@ -89,7 +89,7 @@ def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
     block_size is cropped to its last block_size characters (the position table has no more rows).
     """
     if not prompt:
-        start = trained.tokenizer.chars[harness.run.empty_prompt_start(trained.tokenizer)]
+        start = trained.tokenizer.chars[harness.startup.empty_prompt_start(trained.tokenizer)]
         return start, "the prompt is empty: the model reads a newline, where the stages' generate starts"
     if len(prompt) > trained.block_size:
         return prompt[-trained.block_size :], (
@@ -393,7 +393,7 @@ def attention_main(argv: list[str] | None) -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     stage = harness.stages.resolve_stage(args.stage)
     trained = load_trained(stage, args.checkpoint or harness.checkpoints.default_path(stage))
-    harness.run.check_sampling_flags(args, trained.tokenizer)  # the stages' errors for --prompt and --top_k
+    harness.startup.check_sampling_flags(args, trained.tokenizer)  # the stages' errors for --prompt and --top_k
     text, note = model_input(args.prompt, trained)
     positions = check_positions(args.positions or [-1], len(text))
 

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 import common
-from exercises import runner
+from exercises import learner_stage
 from exercises.checks import Check, Failed
 
 NAME = "ex1_causal_self_attention"
@@ -35,7 +35,7 @@ TRAIN_STEPS, LOSS_TOLERANCE = 30, 1e-4  # the model check: steps, and relative d
 @functools.cache
 def per_head() -> ModuleType:
     """Stage 10 as it is: the reference."""
-    return runner.stage_10_with(None)
+    return learner_stage.stage_10_with(None)
 
 
 def config(**overrides):
@@ -340,7 +340,7 @@ def model_pair(module: ModuleType, **overrides) -> tuple[nn.Module, nn.Module]:
     cfg = config(**overrides)
     torch.manual_seed(0)
     reference = per_head().LanguageModel(VOCAB, cfg)
-    batched_stage = runner.stage_10_with(learner_class(module))
+    batched_stage = learner_stage.stage_10_with(learner_class(module))
     mine = batched_stage.LanguageModel(VOCAB, batched_stage.Config(**vars(cfg)))
     rest = {k: v for k, v in reference.state_dict().items() if ".sa." not in k}
     missing, unexpected = mine.load_state_dict(rest, strict=False)
@@ -411,7 +411,8 @@ def speed(sizes: dict, steps: int):
 
 
 CPU_SIZES = {
-    k: runner.stage_10_with(None).PRESETS["cpu"][k] for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")
+    k: learner_stage.stage_10_with(None).PRESETS["cpu"][k]
+    for k in ("batch_size", "block_size", "n_embd", "n_head", "n_layer")
 }
 
 

@@ -20,7 +20,7 @@ import torch
 import harness
 import harness.checkpoints
 import harness.textfile
-from exercises import pretraining, runner
+from exercises import learner_stage, pretraining
 from exercises.checks import Check, Failed
 from tools import corpus
 
@@ -50,7 +50,7 @@ SMALL = dict(  # the small experiment: seconds on two cores
 
 @functools.cache
 def stage() -> ModuleType:
-    return runner.stage_10_with(None)
+    return learner_stage.stage_10_with(None)
 
 
 def config(**overrides):
@@ -76,7 +76,7 @@ def pretrained_checkpoint() -> harness.checkpoints.Checkpoint:
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=batches))
     return harness.checkpoints.Checkpoint(
-        stage=runner.STAGE_10,
+        stage=learner_stage.STAGE_10,
         config=dataclasses.asdict(cfg),
         vocab=PRE_VOCAB,
         step=2,

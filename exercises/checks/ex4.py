@@ -19,7 +19,7 @@ import common
 import harness
 import harness.checkpoints
 import harness.stages
-from exercises import runner
+from exercises import learner_stage
 from exercises.checks import Check, Failed
 
 NAME = "ex4_variant"
@@ -51,7 +51,7 @@ def is_a_stage(module: ModuleType) -> None:
 
 
 def differs_from_stage_10(module: ModuleType) -> None:
-    theirs = runner.stage_10_with(None)
+    theirs = learner_stage.stage_10_with(None)
     with open(module.__file__, encoding="utf-8") as mine, open(theirs.__file__, encoding="utf-8") as stage:
         if code_of(mine.read()) == code_of(stage.read()):
             raise Failed(
@@ -99,7 +99,7 @@ def short_run(module: ModuleType) -> ShortRun:
     with tempfile.TemporaryDirectory() as tmp:
         text, ckpt = Path(tmp) / "text.txt", Path(tmp) / "run.pt"
         text.write_text("".join(chr(97 + i) for i in letters.tolist()), encoding="utf-8")
-        argv = [*runner.cpu_preset_flags(module), *SHORT, "--data", str(text), "--checkpoint", str(ckpt)]
+        argv = [*learner_stage.cpu_preset_flags(module), *SHORT, "--data", str(text), "--checkpoint", str(ckpt)]
         common.get_batch, common.estimate_loss = counting_get_batch, marked_estimate_loss
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
@@ -120,7 +120,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 def first_logits(module: ModuleType) -> torch.Tensor:
     """The logits of module's model at the cpu preset's sizes, freshly built with seed 0, in eval mode."""
-    cfg = runner.resolved_config(module, runner.cpu_preset_flags(module))
+    cfg = learner_stage.resolved_config(module, learner_stage.cpu_preset_flags(module))
     torch.manual_seed(0)
     model = module.LanguageModel(65, cfg).eval()
     idx = torch.randint(65, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
@@ -129,7 +129,7 @@ def first_logits(module: ModuleType) -> torch.Tensor:
 
 def reaches_the_compared_runs(module: ModuleType) -> str:
     """The change shows in what compare.py trains: the weights after a few steps at the cpu preset."""
-    stage = runner.stage_10_with(None)
+    stage = learner_stage.stage_10_with(None)
     if same_weights(short_run(stage).weights, short_run(module).weights):
         raise Failed(
             "the change does not reach the runs compare.py makes: a few steps at stage 10's cpu preset end "
@@ -164,9 +164,9 @@ def trains_without_nan(module: ModuleType) -> str:
 
 
 def keeps_the_budget(module: ModuleType) -> str:
-    stage = runner.stage_10_with(None)
-    theirs = runner.budget_of(stage, runner.cpu_preset_flags(stage))
-    mine = runner.budget_of(module, runner.cpu_preset_flags(module))
+    stage = learner_stage.stage_10_with(None)
+    theirs = learner_stage.budget_of(stage, learner_stage.cpu_preset_flags(stage))
+    mine = learner_stage.budget_of(module, learner_stage.cpu_preset_flags(module))
     differ = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
     if differ:
         shown = ", ".join(f"{k} {mine.get(k)} here, {theirs.get(k)} in stage 10" for k in differ)

@@ -1,8 +1,8 @@
 """Train every stage one after another and write the results table into the README.
 
-    python tools/run_all.py                          every stage at its defaults
-    python tools/run_all.py --quick                  500 steps each: a first look in a fraction of the time
-    python tools/run_all.py --stages 01,09 -- --device cpu --seed 1
+    python tools/train_all.py                          every stage at its defaults
+    python tools/train_all.py --quick                  500 steps each: a first look in a fraction of the time
+    python tools/train_all.py --stages 01,09 -- --device cpu --seed 1
 
 Each stage runs as its own process, exactly as a user would type it, with --checkpoint DIR/<stage>.pt;
 flags after `--` go to every stage. The results come from what the stages leave behind: the
@@ -267,14 +267,14 @@ def collect(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = harness.cli.Parser(
-        prog="python tools/run_all.py",
+        prog="python tools/train_all.py",
         usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--readme PATH] [--data PATH] "
         "[-- STAGE FLAGS ...]",
         description="Train every stage (or the listed ones) one after another, "
         "then write the results table into the README, "
         "the results to DIR/results.json and, with matplotlib installed, the loss curves to DIR/curves.png.",
         epilog="Flags after -- go to every stage and win over --quick's: "
-        "python tools/run_all.py --quick -- --max_iters 200 --device cpu. "
+        "python tools/train_all.py --quick -- --max_iters 200 --device cpu. "
         "A failed stage stops the run (exit status 1) and leaves the README as it was.",
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_all_main(argv: list[str] | None) -> int:
+def train_all_main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = build_parser()
@@ -323,16 +323,16 @@ def run_all_main(argv: list[str] | None) -> int:
     if unknown:  # most likely a stage's flag typed without the `--` before it
         raise harness.UserError(
             f"unknown argument(s): {parser.suggest(unknown)}; flags for the stages go after --, "
-            "as in: python tools/run_all.py --quick -- --max_iters 200"
+            "as in: python tools/train_all.py --quick -- --max_iters 200"
         )
-    return run_all(args, argv, extra)
+    return train_all(args, argv, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return harness.run_main(run_all_main, argv)
+    return harness.run_main(train_all_main, argv)
 
 
-def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
+def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     # every check a user can fail comes before the first stage trains, not an hour later
     if args.stages is not None:
         names = [s for s in args.stages.split(",") if s.strip()]
@@ -391,7 +391,7 @@ def run_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> int:
     )
     print(f"results: {results_json}")
 
-    command = shlex.join(["python", "tools/run_all.py", *argv])
+    command = shlex.join(["python", "tools/train_all.py", *argv])
     made_by = f"Made by `{command}` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d} (UTC)"
     iterations = harness.cli.flag_value(flags, "--max_iters")
     if args.quick:
