@@ -1,17 +1,20 @@
 """What a stage's val loss should be: the figure this project measured at the stage's defaults, and
-the lecture's. The stages' closing lines and tools/train_all.py's table read them from here.
+the lecture's. The stages' closing lines ("is my loss normal?") and the pages read them from here.
 
 "Measured" is the final val loss of `python stages/NN.py` at its defaults (seed 1337, tiny
-Shakespeare), as tools/train_all.py recorded it on an AMD EPYC with 2 cores, torch 2.13.0 on the CPU.
-The same machine and torch give the same run, loss for loss; another CPU sums in another order and
-moves the fourth decimal (stage 09: 2.0604 here, 2.0582 on another machine of the same kind), well
-inside the band below. The lecture's figures are read off the video, so they are bands ("about
-2.49"), not targets; stage 10's belongs to its video preset only, as the lecture trains no other.
+Shakespeare), as `python tools/train_all.py` recorded it in docs/runs.json, with the machine, the
+torch and the date; nothing here writes a figure a second time. The same machine and torch give the
+same run, loss for loss; another CPU sums in another order and moves the fourth decimal (stage 09:
+2.0604 on one machine of this project's kind, 2.0582 on another), well inside the band below. The
+lecture's figures are read off the video, so they are bands ("about 2.49"), not targets; stage 10's
+belongs to its video preset only, as the lecture trains no other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU (measured: ±0.02)
@@ -20,30 +23,60 @@ LEARNED_BIGRAMS = "a loss near 2.5 means the model learned only which character 
 FUTURE = "a loss well below it usually means the model sees the characters it must predict (the mask)"
 
 
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
+
+# (stage, preset): the lecture's figure for that stage's defaults (and that preset, for stage 10),
+# as the tables show it
+LECTURE: dict[tuple[str, str | None], str] = {
+    ("01_bigram", None): "≈ 2.49",
+    ("02_position_embedding", None): "≈ 2.5",
+    ("03_causal_average", None): "— (not in the lecture)",
+    ("04_self_attention_head", None): "≈ 2.4",
+    ("05_multi_head_attention", None): "≈ 2.28",
+    ("06_feed_forward", None): "≈ 2.24",
+    ("07_transformer_blocks", None): "worse than 06 (≈ 2.3)",
+    ("08_residual_connections", None): "≈ 2.08",
+    ("09_layer_norm", None): "≈ 2.06",
+    ("10_gpt", "cpu"): "— (the lecture trains only the video preset)",
+    ("10_gpt", "video"): "≈ 1.48 (video preset, GPU)",
+}
+
+# what a loss far from the reference usually means, where it means something other than the default
+ABOVE = {"10_gpt": LEARNED_BIGRAMS}
+BELOW = {"01_bigram": "a lower loss than a bigram table can reach: check the data"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     measured: float | None  # this project's final val loss at the defaults; None: not measured
-    lecture: str  # the lecture's figure, as the README's table shows it
+    lecture: str  # the lecture's figure, as the tables show it
     above: str = "a higher loss with the defaults usually means a change that broke something: diff the stage"
     below: str = FUTURE
 
 
-REFERENCES: dict[tuple[str, str | None], Reference] = {
-    # (stage, preset): the reference for that stage's defaults (and that preset, for stage 10)
-    ("01_bigram", None): Reference(
-        2.4874, "≈ 2.49", below="a lower loss than a bigram table can reach: check the data"
-    ),
-    ("02_position_embedding", None): Reference(2.5125, "≈ 2.5"),
-    ("03_causal_average", None): Reference(2.8208, "— (not in the lecture)"),
-    ("04_self_attention_head", None): Reference(2.4031, "≈ 2.4"),
-    ("05_multi_head_attention", None): Reference(2.2703, "≈ 2.28"),
-    ("06_feed_forward", None): Reference(2.2461, "≈ 2.24"),
-    ("07_transformer_blocks", None): Reference(2.3471, "worse than 06 (≈ 2.3)"),
-    ("08_residual_connections", None): Reference(2.0844, "≈ 2.08"),
-    ("09_layer_norm", None): Reference(2.0683, "≈ 2.06"),
-    ("10_gpt", "cpu"): Reference(1.7202, "— (the lecture trains only the video preset)", above=LEARNED_BIGRAMS),
-    ("10_gpt", "video"): Reference(None, "≈ 1.48 (video preset, GPU)"),
-}
+def load_record(path: Path = RECORD) -> dict:
+    """The recorded runs ({} when there is none): what tools/train_all.py wrote after a full run."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def recorded_val_losses(record: dict) -> dict[tuple[str, str | None], float]:
+    """(stage, preset) -> the final val loss the record holds for it."""
+    return {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
+
+
+def references(record: dict) -> dict[tuple[str, str | None], Reference]:
+    measured = recorded_val_losses(record)
+    return {key: Reference(measured.get(key), lecture, **_meanings(key[0])) for key, lecture in LECTURE.items()}
+
+
+def _meanings(stage: str) -> dict[str, str]:
+    return {k: v for k, v in (("above", ABOVE.get(stage)), ("below", BELOW.get(stage))) if v}
+
+
+REFERENCES = references(load_record())
 
 
 def lecture_figure(stage: str, preset: str | None = None) -> str:
@@ -52,17 +85,17 @@ def lecture_figure(stage: str, preset: str | None = None) -> str:
     return reference.lecture if reference else "—"
 
 
-def judge(stage: str, preset: str | None, defaults: bool, val: float) -> str | None:
+def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dict | None = None) -> str | None:
     """One line: is this run's final val loss what the stage's defaults give? None for a file that is
     not one of the stages (a learner's copy, an exercise 4 variant). Exercise 1 trains as stage 10, with
-    the learner's attention, so stage 10's reference is the one its answer should meet."""
-    reference = REFERENCES.get((stage, preset))
+    the learner's attention, so stage 10's reference is the one its answer should meet. known: the
+    references to judge by (those of docs/runs.json unless given)."""
+    reference = (REFERENCES if known is None else known).get((stage, preset))
     if reference is None:
         return None
     if reference.measured is None:
-        return (
-            f"no reference for the {preset} preset: this project has not measured it (the lecture: {reference.lecture})"
-        )
+        what = f"the {preset} preset" if preset else f"{stage}'s defaults"
+        return f"no reference for {what}: this project has not measured it (the lecture: {reference.lecture})"
     where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
     if not defaults:
         return (

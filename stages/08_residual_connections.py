@@ -13,8 +13,8 @@ with its output projection. The last two follow the lecture and add capacity (16
 become 41,921), so not all of the gain over stage 07 is the residual connections' own.
 
 Run:     python stages/08_residual_connections.py            (--help lists every flag)
-Measured: val loss 2.0844, train 1.9917, after 5000 steps in 61 s
-          on an AMD EPYC, 2 cores (lecture: about 2.08).
+Measured: val loss 2.0844, train 1.9917, after 5000 steps in 31 s
+          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.08).
 """
 
 import sys

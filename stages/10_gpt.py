@@ -22,8 +22,9 @@ on an H100: with it the lecture's configuration reaches its best val loss, 1.48,
 instead of 4000, then overfits to 1.56 by step 5000; without it, 1.49 at step 5000.
 
 Run:     python stages/10_gpt.py            (--help lists every flag)
-Measured: val loss 1.7202, train 1.5602, after 1500 steps (preset cpu) in 295 s
-          on an AMD EPYC, 2 cores (lecture: about 1.48 at the video preset on a GPU).
+Measured: val loss 1.7202, train 1.5602, after 1500 steps (preset cpu) in 182 s
+          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 1.48 at the video
+          preset, on a GPU).
 """
 
 import sys

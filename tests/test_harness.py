@@ -484,17 +484,6 @@ def test_a_run_is_at_its_defaults_only_with_every_training_setting_and_the_text_
     assert not harness.references.at_defaults(cpu, stage.Config, presets, "cpu", Path("mine.txt"))
 
 
-def test_the_references_are_the_readmes_measured_figures():
-    """One place for the figures: the README's table (written by tools/train_all.py) agrees with them."""
-    readme = (harness.stages.STAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
-    for (stage, _), reference in harness.references.REFERENCES.items():
-        if reference.measured is None:
-            continue
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage[:2]} | `stages/{stage}.py`"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[5] == f"{reference.measured:.4f}" and cells[6] == reference.lecture, (stage, cells)
-
-
 # -- the learning-rate schedule of exercise 4's worked solution and the exercises' programs ----------
 
 
@@ -516,13 +505,3 @@ def test_the_schedule_is_constant_or_warms_up_then_decays_to_a_tenth():
     assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
     assert rate_at(5, Scheduled(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
     assert rate_at(0, Scheduled(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)  # no warm-up
-
-
-def test_each_stages_docstring_gives_the_val_loss_recorded_for_it():
-    """The figure a learner reads at the top of a stage is the one the "is my loss normal?" line uses."""
-    for (stage, preset), reference in harness.references.REFERENCES.items():
-        if reference.measured is None:
-            continue
-        doc = harness.stages.load_stage(stage).__doc__
-        said = re.search(r"Measured: val loss (\d\.\d{4})", doc)
-        assert said and float(said.group(1)) == reference.measured, (stage, preset, said and said.group(0))

@@ -1,4 +1,4 @@
-"""tools/plot.py and tools/train_all.py: the charts, the README's results table, and their one-line failures."""
+"""tools/plot.py and tools/train_all.py: the charts, the record of the runs, and their one-line failures."""
 
 import json
 import re
@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import harness
 import harness.checkpoints
@@ -13,11 +14,9 @@ import harness.machine
 import harness.references
 import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
-from tools import plot, train_all
+from tools import pages, plot, train_all
 
 PNG_MAGIC = b"\x89PNG"
-START, END = train_all.RESULTS_MARKERS
-SAMPLES_START, SAMPLES_END = train_all.SAMPLES_MARKERS
 
 # tiny runs: flags every stage accepts (stage 01 has no --n_embd), given after `--` so they beat --quick's
 TINY_EXTRA = [
@@ -136,147 +135,114 @@ def test_the_preset_of_a_stage_with_presets(tmp_path):
         "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m"
     )
     assert (chosen.parameters, chosen.preset) == (1234, "cpu")
-    assert "(preset: cpu)" in chosen.row()[2]
+    table = pages.stages_table(train_all.record_of([chosen], "python tools/train_all.py"), links=False)
+    assert "(preset cpu)" in table.splitlines()[-1]
     assert train_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
     assert train_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
     assert train_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
 
 
-def test_the_readme_keeps_its_line_endings_outside_the_markers(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_bytes(f"# Title\r\n\r\n{START}\r\nold\r\n{END}\r\nend\r\n".encode())
-    text = train_all.replace_section(train_all.read_readme(readme), train_all.RESULTS_MARKERS, readme, "new\ntable")
-    assert text == f"# Title\r\n\r\n{START}\r\nnew\r\ntable\r\n{END}\r\nend\r\n"
-
-
 # -- train_all end to end ----------------------------------------------------------------------------
 
 
-def readme_with_markers(tmp_path):
-    """A README with a results and a samples section; returns (path, the text outside the markers)."""
-    outside = [
-        "# A project\n\nSome prose, a | pipe and `code`.\n\n## Results\n\n" + START,
-        END + "\n\n## Samples\n\n" + SAMPLES_START,
-        SAMPLES_END + "\n\nThe end | of the file.\n",
-    ]
-    path = tmp_path / "README.md"
-    path.write_text(outside[0] + "\nold table\n" + outside[1] + "\nold samples\n" + outside[2], encoding="utf-8")
-    return path, outside
-
-
-def test_train_all_quick_trains_two_stages_and_writes_the_table(tmp_path, capsys):
+def test_train_all_quick_trains_two_stages_and_records_them(tmp_path, capsys):
     data = tmp_path / "small.txt"
     data.write_text(SMALL_TEXT, encoding="utf-8")
-    readme, outside = readme_with_markers(tmp_path)
-    argv = [
-        "--quick",
-        "--stages",
-        "01,2",
-        "--checkpoints",
-        str(tmp_path),
-        "--readme",
-        str(readme),
-        "--data",
-        str(data),
-        "--",
-    ]
+    record_path = tmp_path / "runs.json"
+    argv = ["--quick", "--stages", "01,2", "--checkpoints", str(tmp_path), "--record", str(record_path)]
+    argv += ["--data", str(data), "--"]
 
     code = train_all.main(argv + TINY_EXTRA)
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "[1/2] 01_bigram" in out and "[2/2] 02_position_embedding" in out  # the user sees which stage runs
 
-    text = readme.read_text(encoding="utf-8")
-    before, rest = text.split(START)
-    table, rest = rest.split(END)
-    samples, after = rest.split(SAMPLES_START)[1].split(SAMPLES_END)
-    assert [before + START, END + rest.split(SAMPLES_START)[0] + SAMPLES_START, SAMPLES_END + after] == outside
-
-    lines = [line for line in table.strip().splitlines() if line.strip()]
-    assert "Made by `python tools/train_all.py --quick" in lines[0]
-    assert "quick mode: 20 iterations per stage, not the stages' defaults" in lines[0]  # the flags after -- won
-    header = "| stage | file | concept | parameters | train loss | val loss | lecture val | wall time | machine |"
-    assert lines[1] == header
-    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[3:]]
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    assert record["command"].startswith("python tools/train_all.py --quick")
+    assert record["note"] == "quick mode: 20 iterations per stage, not the stages' defaults"  # the flags after -- won
+    assert record["machine"] == harness.machine.machine_name() and record["torch"] == torch.__version__.split("+")[0]
+    assert list(record["stages"]) == ["01_bigram", "02_position_embedding"]
+    table = out.split(pages.measured_by(record))[1]
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines() if line.startswith("| 0")]
     assert [r[0] for r in rows] == ["01", "02"]
 
     vocab = len(set(SMALL_TEXT))
     results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert len(results) == 2
-    fields = {"stage", "concept", "parameters", "train_loss", "val_loss", "lecture_val", "wall_time_s", "machine"}
-    assert all(fields <= set(r) for r in results)
     for row, result, stage in zip(rows, results, ["01_bigram", "02_position_embedding"], strict=True):
         module = load_stage(stage)
         model = module.LanguageModel(vocab, module.Config(batch_size=4, block_size=8))
         parameters = sum(p.numel() for p in model.parameters())
-        last = harness.checkpoints.read_history(tmp_path / f"{stage}.history.csv")[-1]
+        history = harness.checkpoints.read_history(tmp_path / f"{stage}.history.csv")
+        last = history[-1]
         assert last["step"] == 19
         concept = module.__doc__.splitlines()[0].removeprefix(f"Stage {stage[:2]}: ").rstrip(".")
-        assert row[1] == f"`stages/{stage}.py`"  # the name a learner copies to run it
-        assert row[2:7] == [
+        assert row[1:5] == [
             concept,
             f"{parameters:,}",
-            f"{last['train_loss']:.4f}",
             f"{last['val_loss']:.4f}",
             harness.references.lecture_figure(stage, result["preset"]),
         ]
-        assert row[7].endswith(" s") and float(row[7][:-2]) > 0
-        assert row[8] == harness.machine.machine_name()
+        assert row[5].endswith(" s") and float(row[5][:-2]) > 0
+        run = record["stages"][stage]
+        assert run["parameters"] == parameters and run["steps"] == 20 and run["concept"] == concept
+        assert run["train_loss"] == pytest.approx(last["train_loss"]) and run["val_loss"] == pytest.approx(
+            last["val_loss"]
+        )
+        assert run["history"] == [[r["step"], r["train_loss"], r["val_loss"]] for r in history]
+        assert run["sample"] == (tmp_path / f"{stage}.sample.txt").read_text(encoding="utf-8")
         assert result["stage"] == stage and result["parameters"] == parameters
-        assert result["val_loss"] == pytest.approx(last["val_loss"]) and isinstance(result["wall_time_s"], float)
-        sample = (tmp_path / f"{stage}.sample.txt").read_text(encoding="utf-8")
-        assert f"**{stage[:2]} {concept}** (val {last['val_loss']:.4f})" in samples
-        assert all(line.rstrip() in samples for line in sample[:100].splitlines())
+        assert isinstance(result["wall_time_s"], float) and run["wall_time_s"] == result["wall_time_s"]
 
     assert (tmp_path / "curves.png").exists() == plot.have_matplotlib()
 
 
-def test_train_all_without_markers_changes_nothing(tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text("# A README without the results markers\n", encoding="utf-8")
+def test_train_all_checks_where_the_record_goes_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
     code = train_all.main(
-        ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", *TINY_EXTRA]
+        ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--record", str(blocker / "runs.json")]
+        + ["--", *TINY_EXTRA]
     )
     out, err = capsys.readouterr()
-    one_line_error(code, err, "error:", START, END)
-    assert readme.read_text(encoding="utf-8") == "# A README without the results markers\n"
+    one_line_error(code, err, "error:", "--record")
     assert "01_bigram" not in out and not list(tmp_path.glob("*.pt"))  # checked before any training
 
 
 def test_train_all_unknown_stage(tmp_path, capsys):
-    readme, _ = readme_with_markers(tmp_path)
-    code = train_all.main(["--stages", "01,99", "--checkpoints", str(tmp_path), "--readme", str(readme)])
+    code = train_all.main(["--stages", "01,99", "--checkpoints", str(tmp_path), "--record", str(tmp_path / "r.json")])
     one_line_error(code, capsys.readouterr().err, "error: no stage '99'")
 
 
 def test_train_all_stops_at_a_failing_stage(tmp_path, capsys):
-    readme, _ = readme_with_markers(tmp_path)
-    unchanged = readme.read_text(encoding="utf-8")
+    record_path = tmp_path / "runs.json"
+    record_path.write_text("{}\n", encoding="utf-8")
     code = train_all.main(
-        ["--stages", "01", "--checkpoints", str(tmp_path), "--readme", str(readme), "--", "--max_iterz", "5"]
+        ["--stages", "01", "--checkpoints", str(tmp_path), "--record", str(record_path), "--", "--max_iterz", "5"]
     )
     _, err = capsys.readouterr()
     assert code == 1
     lines = err.splitlines()
     assert lines[0].startswith("error: stage 01_bigram failed (exit status 2")
+    assert "the record is unchanged" in lines[0]
     assert any("--max_iterz (did you mean --max_iters?)" in line for line in lines[1:])  # the tail of its stderr
-    assert readme.read_text(encoding="utf-8") == unchanged
+    assert record_path.read_text(encoding="utf-8") == "{}\n"
     assert not (tmp_path / "results.json").exists()
 
 
-def test_a_partial_run_leaves_the_project_readme_alone(tmp_path, capsys):
-    """--quick, --stages or stage flags without --readme: the measured table in README.md stays as it is."""
+def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, capsys):
+    """--quick, --stages or stage flags without --record: docs/runs.json and the pages stay as they are."""
     data = tmp_path / "small.txt"
     data.write_text(SMALL_TEXT, encoding="utf-8")
-    readme = ROOT / "README.md"
-    before = readme.read_bytes()
+    kept = [harness.references.RECORD, ROOT / "README.md", pages.PAGES / "01_bigram.md"]
+    before = [p.read_bytes() for p in kept]
     code = train_all.main(
         ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA]
     )
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "the README is unchanged" in out and "| 01 |" in out  # the table is printed instead
-    assert readme.read_bytes() == before
+    assert "the record is unchanged" in out and "| 01 |" in out  # the table is printed instead
+    assert [p.read_bytes() for p in kept] == before
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["stage"] == "01_bigram"
 
 

@@ -1,4 +1,4 @@
-"""Train every stage one after another and write the results table into the README.
+"""Train every stage one after another and record what each run measured.
 
     python tools/train_all.py                          every stage at its defaults
     python tools/train_all.py --quick                  500 steps each: a first look in a fraction of the time
@@ -6,11 +6,11 @@
 
 Each stage runs as its own process, exactly as a user would type it, with --checkpoint DIR/<stage>.pt;
 flags after `--` go to every stage. The results come from what the stages leave behind: the
-parameter count from their output, the losses from the last row of `<stage>.history.csv`, the
-sample from `<stage>.sample.txt`. They are written to DIR/results.json, between the README's
-`<!-- results:start -->` and `<!-- results:end -->` markers (and, when it has them, a few characters
-of each sample between `<!-- samples:start -->` and `<!-- samples:end -->`), and, when matplotlib is
-installed, drawn to DIR/curves.png.
+parameter count from their output, the losses from `<stage>.history.csv`, the sample from
+`<stage>.sample.txt`. They go to DIR/results.json, and, when matplotlib is installed, are drawn to
+DIR/curves.png. A full run at the defaults is also the project's record: docs/runs.json, with the
+machine, the torch and the date, from which `python tools/pages.py` (run at the end) makes the
+README's table, the stages' pages and the "is my loss normal?" references.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402
 import harness  # noqa: E402
@@ -39,27 +41,10 @@ import harness.files  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.references  # noqa: E402
 import harness.stages  # noqa: E402
-from tools import plot  # noqa: E402
+from tools import pages, plot  # noqa: E402
 
-README_PATH = common.ROOT / "README.md"
-RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
-SAMPLES_MARKERS = ("<!-- samples:start -->", "<!-- samples:end -->")
 QUICK_FLAGS = ["--max_iters", "500", "--eval_interval", "100", "--eval_iters", "20"]
-SAMPLE_CHARS = 300  # of each stage's sample, in the README
 STDERR_TAIL = 12  # lines of a failed stage's stderr shown
-
-
-TABLE_HEADER = (
-    "stage",
-    "file",
-    "concept",
-    "parameters",
-    "train loss",
-    "val loss",
-    "lecture val",
-    "wall time",
-    "machine",
-)
 
 
 @dataclasses.dataclass
@@ -75,20 +60,9 @@ class Result:
     wall_time_s: float  # the whole process: start-up, data, training, the closing sample
     machine: str
     preset: str | None = None  # for a stage with presets (10): the one it ran with, when known
-
-    def row(self) -> list[str]:
-        concept = self.concept + (f" (preset: {self.preset})" if self.preset else "")
-        return [
-            self.stage[:2],
-            f"`stages/{self.stage}.py`",  # what a learner copies to run it
-            concept,
-            "—" if self.parameters is None else f"{self.parameters:,}",
-            _loss(self.train_loss),
-            _loss(self.val_loss),
-            self.lecture_val,
-            f"{self.wall_time_s:.1f} s",
-            self.machine,
-        ]
+    steps: int | None = None  # steps trained: the last estimate's step + 1
+    history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, train, val] each estimate
+    sample: str = ""  # the closing sample, or why there is none
 
 
 def _loss(value: float | None) -> str:
@@ -111,86 +85,6 @@ def stage_facts(stage: str) -> tuple[str, bool]:
     imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names]
     has_presets = "PRESETS" in imported or any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
     return concept, has_presets
-
-
-# ----------------------------------------------------------------------------------------------
-# the README
-
-
-def marker_span(text: str, markers: tuple[str, str], readme: Path, required: bool) -> tuple[int, int] | None:
-    """(end of the start marker, start of the end marker); None when both are absent and not required."""
-    start, end = markers
-    n_start, n_end = text.count(start), text.count(end)
-    if n_start == n_end == 0 and not required:
-        return None
-    if n_start == n_end == 0:
-        raise harness.UserError(
-            f"{readme} has no {start} and {end} markers; "
-            "put those two lines where the results table should go, then run again"
-        )
-    if n_start != 1 or n_end != 1 or text.index(end) < text.index(start):
-        raise harness.UserError(
-            f"{readme} should have one {start} line followed by one {end} line, but has {n_start} and {n_end}"
-            + (" in the wrong order" if n_start == n_end == 1 else "")
-            + "; fix the markers, then run again"
-        )
-    i = text.index(start) + len(start)
-    return i, text.index(end, i)
-
-
-def read_readme(readme: Path) -> str:
-    """The README's text, checked before any training: markers present, file writable."""
-    try:
-        with open(readme, encoding="utf-8", newline="") as f:  # newline="": keep its line endings, \r\n included
-            text = f.read()
-    except FileNotFoundError:
-        raise harness.UserError(
-            f"--readme {readme}: no such file; give the README that holds the {RESULTS_MARKERS[0]} marker"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise harness.UserError(f"cannot read --readme {readme} ({getattr(e, 'strerror', None) or e})") from None
-    marker_span(text, RESULTS_MARKERS, readme, required=True)
-    marker_span(text, SAMPLES_MARKERS, readme, required=False)
-    if not (os.access(readme, os.W_OK) and os.access(readme.resolve().parent, os.W_OK)):
-        raise harness.UserError(f"cannot write --readme {readme}; make it writable or give another with --readme")
-    return text
-
-
-def replace_section(text: str, markers: tuple[str, str], readme: Path, body: str) -> str:
-    """text with what lies between the markers replaced by body; everything else is kept byte for byte."""
-    span = marker_span(text, markers, readme, required=True)
-    newline = "\r\n" if "\r\n" in text else "\n"
-    return text[: span[0]] + newline + body.replace("\n", newline) + newline + text[span[1] :]
-
-
-def results_table(results: list[Result], made_by: str) -> str:
-    def line(cells: list[str] | tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    rows = [line(TABLE_HEADER), line(["---"] * len(TABLE_HEADER))] + [line(r.row()) for r in results]
-    return made_by + "\n\n" + "\n".join(rows)
-
-
-def fenced(text: str) -> str:
-    """A ```text block that no run of backticks inside the text can close early."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
-
-
-def samples_section(results: list[Result], checkpoint_dir: Path) -> str:
-    parts = []
-    for r in results:
-        sample_path = (checkpoint_dir / f"{r.stage}.pt").with_suffix(".sample.txt")
-        try:
-            sample = sample_path.read_text(encoding="utf-8")[:SAMPLE_CHARS]
-            sample = "\n".join(
-                line.rstrip() for line in sample.rstrip().splitlines()
-            )  # no trailing spaces in the README
-        except (OSError, UnicodeDecodeError):
-            sample = f"(no sample: {sample_path} could not be read)"
-        parts.append(f"**{r.stage[:2]} {r.concept}** (val {_loss(r.val_loss)})\n\n{fenced(sample)}")
-    return "\n\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,6 +142,11 @@ def collect(
         preset = harness.cli.flag_value(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
+    sample_path = checkpoint_dir / f"{stage}.sample.txt"
+    try:
+        sample = sample_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        sample = f"(no sample: {sample_path} could not be read)"
     return Result(
         stage=stage,
         concept=concept,
@@ -258,6 +157,9 @@ def collect(
         wall_time_s=round(seconds, 1),
         machine=machine,
         preset=preset,
+        steps=last["step"] + 1 if last else None,
+        history=[[r["step"], r["train_loss"], r["val_loss"]] for r in rows],
+        sample=sample,
     )
 
 
@@ -268,14 +170,14 @@ def collect(
 def build_parser() -> argparse.ArgumentParser:
     parser = harness.cli.Parser(
         prog="python tools/train_all.py",
-        usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--readme PATH] [--data PATH] "
+        usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--record PATH] [--data PATH] "
         "[-- STAGE FLAGS ...]",
         description="Train every stage (or the listed ones) one after another, "
-        "then write the results table into the README, "
+        "then print their table, record them (docs/runs.json after a full run at the defaults, then the pages), "
         "the results to DIR/results.json and, with matplotlib installed, the loss curves to DIR/curves.png.",
         epilog="Flags after -- go to every stage and win over --quick's: "
         "python tools/train_all.py --quick -- --max_iters 200 --device cpu. "
-        "A failed stage stops the run (exit status 1) and leaves the README as it was.",
+        "A failed stage stops the run (exit status 1) and leaves the record as it was.",
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
@@ -298,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the checkpoints go (default: checkpoints/, checkpoints/quick/ with --quick)",
     )
     parser.add_argument(
-        "--readme",
+        "--record",
         type=Path,
         default=None,
         metavar="PATH",
-        help="the README whose results section is rewritten (default: README.md after a full run at the defaults; "
-        "with --quick, --stages or stage flags, only when given, so a partial run never replaces the measured table)",
+        help="where the record of the runs goes (default: docs/runs.json after a full run at the defaults, "
+        "and then the pages are made anew from it; with --quick, --stages or stage flags, only when given, "
+        "so a partial run never replaces the measured record)",
     )
     parser.add_argument(
         "--data",
@@ -342,14 +245,14 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     else:
         stages = harness.stages.stage_names()
     partial = args.quick or args.stages is not None or bool(extra)
-    if args.readme is None and not partial:
-        args.readme = README_PATH
+    if args.record is None and not partial:
+        args.record = harness.references.RECORD
     if args.checkpoints is None:  # a quick run keeps its checkpoints apart from the full runs'
         args.checkpoints = (
             harness.checkpoints.CHECKPOINT_DIR / "quick" if args.quick else harness.checkpoints.CHECKPOINT_DIR
         )
-    if args.readme is not None:
-        read_readme(args.readme)
+    if args.record is not None:
+        harness.files.check_writable_dir(args.record.parent, f"for --record {args.record}", "--record")
     harness.files.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
@@ -365,14 +268,14 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
             for line in stderr[-STDERR_TAIL:]:  # the stage's own word on what it saved
                 print(f"    {line}", file=sys.stderr)
             print(
-                f"interrupted during {stage}: the stages after it did not run and the README is unchanged",
+                f"interrupted during {stage}: the stages after it did not run and the record is unchanged",
                 file=sys.stderr,
             )
             return harness.errors.EXIT_INTERRUPTED
         if code != 0:
             tail = stderr[-STDERR_TAIL:]
             print(
-                f"error: stage {stage} failed (exit status {code} after {seconds:.1f} s); the README is unchanged. "
+                f"error: stage {stage} failed (exit status {code} after {seconds:.1f} s); the record is unchanged. "
                 + ("The last lines of its stderr:" if tail else "It wrote nothing to stderr; its output is above."),
                 file=sys.stderr,
             )
@@ -392,33 +295,59 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     print(f"results: {results_json}")
 
     command = shlex.join(["python", "tools/train_all.py", *argv])
-    made_by = f"Made by `{command}` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d} (UTC)"
     iterations = harness.cli.flag_value(flags, "--max_iters")
+    note = None
     if args.quick:
-        made_by += f"; quick mode: {iterations} iterations per stage, not the stages' defaults"
+        note = f"quick mode: {iterations} iterations per stage, not the stages' defaults"
     elif iterations is not None:
-        made_by += f"; {iterations} iterations per stage (from the flags), not the stages' defaults"
-    table = results_table(results, made_by + ".")
-    if args.readme is None:
+        note = f"{iterations} iterations per stage (from the flags), not the stages' defaults"
+    record = record_of(results, command, note)
+    table = pages.stages_table(record, links=False)
+    if args.record is None:
         print(
-            f"\n{table}\n\nthe README is unchanged: this was not a full run at the defaults "
-            "(give --readme README.md to write it anyway)"
+            f"\n{table}\n\nthe record is unchanged: this was not a full run at the defaults (--record PATH writes it)"
         )
         draw_chart(results, args.checkpoints)
         return 0
-    text = read_readme(args.readme)  # again: it may have been edited while the stages trained
-    text = replace_section(text, RESULTS_MARKERS, args.readme, table)
-    if marker_span(text, SAMPLES_MARKERS, args.readme, required=False) is not None:
-        text = replace_section(text, SAMPLES_MARKERS, args.readme, samples_section(results, args.checkpoints))
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     try:
-        harness.files.write_atomically(args.readme.resolve(), lambda f: f.write(text.encode("utf-8")))
+        harness.files.write_atomically(args.record.resolve(), lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise harness.UserError(
-            f"cannot write --readme {args.readme} ({e.strerror or e}); the results are in {results_json}"
+            f"cannot write --record {args.record} ({e.strerror or e}); the results are in {results_json}"
         ) from None
-    print(f"\n{table}\n\nwrote the table for {len(results)} stage(s) into {args.readme}")
+    print(f"\n{table}\n\nrecorded {len(results)} stage(s) in {args.record}")
     draw_chart(results, args.checkpoints)
+    if args.record.resolve() == harness.references.RECORD:
+        for path in pages.write_pages(pages.load_sources()):
+            print(f"wrote {path.relative_to(common.ROOT)}")
     return 0
+
+
+def record_of(results: list[Result], command: str, note: str | None = None) -> dict:
+    """The record of the runs: what each stage measured, with the command, the machine, torch, the date;
+    note says how the runs differ from the stages' defaults, if they do."""
+    return {
+        "command": command,
+        "note": note,
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
+        "machine": harness.machine.machine_name(),
+        "torch": torch.__version__.split("+")[0],
+        "stages": {
+            r.stage: {
+                "concept": r.concept,
+                "preset": r.preset,
+                "parameters": r.parameters,
+                "train_loss": r.train_loss,
+                "val_loss": r.val_loss,
+                "steps": r.steps,
+                "wall_time_s": r.wall_time_s,
+                "history": r.history,
+                "sample": r.sample,
+            }
+            for r in results
+        },
+    }
 
 
 def draw_chart(results: list[Result], checkpoint_dir: Path) -> None:
