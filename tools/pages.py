@@ -1,0 +1,490 @@
+"""Make the lesson's pages: one a stage, and the tables of the README and docs/, from what was measured.
+
+    python tools/pages.py            write each page and table that is not what it should be
+    python tools/pages.py --check    write nothing: name each file that is out of date (exit status 1)
+
+Nothing here trains. The figures come from the record: docs/runs.json (what `python
+tools/train_all.py` measured, stage by stage) and benchmarks/results.json (the benchmarks' and the
+exercises' measurements). The lesson's text comes from each stage's docstring, the code diffs from
+the stages themselves. What it writes:
+
+  docs/stages/<stage>.md     the stage's lesson, how to run it, what it measured beside the
+                             lecture's figure, its curve, the diff against the stage before it and
+                             its closing sample (stage 10's also shows what dropout is for)
+  docs/images/curve_*.png    each stage's train and val loss (with matplotlib installed)
+  README.md, docs/*.md       the text between `<!-- made by tools/pages.py: NAME -->` and
+                             `<!-- end of NAME -->`; the rest of each file is written by hand
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
+import common  # noqa: E402
+import harness  # noqa: E402
+import harness.cli  # noqa: E402
+import harness.files  # noqa: E402
+import harness.references  # noqa: E402
+import harness.stages  # noqa: E402
+from exercises import compare  # noqa: E402
+from tools import plot  # noqa: E402
+
+DOCS = common.ROOT / "docs"
+PAGES = DOCS / "stages"
+IMAGES = DOCS / "images"
+RESULTS = common.ROOT / "benchmarks" / "results.json"
+BLOCK = re.compile(r"<!-- made by tools/pages\.py: ([\w-]+) -->\n(.*?)<!-- end of \1 -->", re.DOTALL)
+OPENING = re.compile(r"<!-- made by tools/pages\.py: ([\w-]+) -->")
+DROPOUT = "stage 10 with and without dropout"
+SCHEDULE = "exercise 4: nanoGPT's learning-rate schedule against stage 10"
+ADDITION = "exercise 2: 5-digit addition, answer "
+CALCULATOR = "exercise 2: calculator, "
+PRETRAINING = "exercise 3: val loss after "
+THREE = "exercise 4: three worked solutions against stage 10 as it was"
+
+
+@dataclasses.dataclass
+class Sources:
+    """What the pages are made from."""
+
+    record: dict  # docs/runs.json
+    results: list[dict]  # benchmarks/results.json's entries
+    stages: dict[str, str]  # stage name -> its source
+
+
+def load_sources() -> Sources:
+    results = json.loads(RESULTS.read_text(encoding="utf-8"))["results"]
+    stages = {
+        s: (harness.stages.STAGE_DIR / f"{s}.py").read_text(encoding="utf-8") for s in harness.stages.stage_names()
+    }
+    return Sources(harness.references.load_record(), results, stages)
+
+
+def entry(results: list[dict], prefix: str) -> dict | None:
+    """The results.json entry whose figure starts with prefix (the last one, if several)."""
+    found = [r for r in results if r["figure"].startswith(prefix)]
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the stages' table
+
+
+def measured_by(record: dict) -> str:
+    note = f"; {record['note']}" if record.get("note") else ""
+    return (
+        f"Measured by `{record['command']}` on {record['machine']}, torch {record['torch']}, "
+        f"{record['date']}{note} (the record: `docs/runs.json`)"
+    )
+
+
+def number_or_dash(value: float | None, spec: str) -> str:
+    """A figure as the tables show it; a dash for one the run did not give (no estimate, no count)."""
+    return "—" if value is None else format(value, spec)
+
+
+def stages_table(record: dict, links: bool = True) -> str:
+    """The table of the recorded runs, one row a stage; with links, each stage's number links its page."""
+    if not record.get("stages"):
+        return "No run is recorded yet: `python tools/train_all.py` trains every stage and records them."
+    rows = [
+        "| stage | concept | parameters | val loss | the lecture's | time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, run in record["stages"].items():
+        number = f"[{stage[:2]}](docs/stages/{stage}.md)" if links else stage[:2]
+        concept = run["concept"] + (f" (preset {run['preset']})" if run.get("preset") else "")
+        lecture = harness.references.lecture_figure(stage, run.get("preset"))
+        cells = [
+            number,
+            concept,
+            number_or_dash(run["parameters"], ","),
+            number_or_dash(run["val_loss"], ".4f"),
+            lecture,
+            f"{run['wall_time_s']} s",
+        ]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return measured_by(record) + ".\n\n" + "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# a stage's page
+
+
+def docstring(source: str) -> str:
+    return ast.get_docstring(ast.parse(source)) or ""
+
+
+def title(source: str) -> str:
+    """ "Stage 02: token and position embeddings, with a linear head." """
+    return docstring(source).splitlines()[0].rstrip(".")
+
+
+def lesson(source: str) -> str:
+    """The docstring's lesson as Markdown: its paragraphs without the title and the Run:/Measured:
+    lines (the page shows those from the record), each "New against ..." line a paragraph of its own."""
+    paragraphs, lines = [], []
+    for line in docstring(source).splitlines()[1:] + [""]:
+        if line.startswith(("Run:", "Measured:", " ")):
+            continue
+        if line.startswith("New against") or not line.strip():
+            if lines:
+                paragraphs.append(" ".join(lines))
+            lines = []
+        if line.strip():
+            lines.append(line.strip())
+    # a power written as x**y would open bold text in Markdown: such a word is code
+    return "\n\n".join(re.sub(r"(\S+\*\*\S+?)([.,:;)]?)(?=\s|$)", r"`\1`\2", p) for p in paragraphs)
+
+
+def fence(text: str, language: str) -> str:
+    """A fenced block that no run of backticks inside text can close early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    marks = "`" * max(3, longest + 1)
+    body = text.rstrip("\n")  # only the newlines: a diff's last context line may be a lone space
+    return f"{marks}{language}\n{body}\n{marks}"
+
+
+def stage_diff(sources: Sources, before: str, after: str) -> str:
+    lines = difflib.unified_diff(
+        sources.stages[before].splitlines(),
+        sources.stages[after].splitlines(),
+        f"stages/{before}.py",
+        f"stages/{after}.py",
+        lineterm="",
+    )
+    return "\n".join(lines)
+
+
+def curve_image(stage: str) -> Path:
+    return IMAGES / f"curve_{stage}.png"
+
+
+def measured_section(stage: str, run: dict | None, record: dict) -> str:
+    if run is None:
+        return "No run of this stage is recorded yet: `python tools/train_all.py` trains it and records it.\n"
+    preset = run.get("preset")
+    rows = [
+        "| | measured here | the lecture's |",
+        "| --- | --- | --- |",
+        f"| val loss | {run['val_loss']:.4f} | {harness.references.lecture_figure(stage, preset)} |",
+        f"| train loss | {run['train_loss']:.4f} | |",
+        f"| parameters | {run['parameters']:,} | |",
+        f"| steps | {run['steps']:,}" + (f" (preset {preset})" if preset else "") + " | |",
+        f"| time, the whole run | {run['wall_time_s']} s | |",
+    ]
+    image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
+    return f"{measured_by(record)}:\n\n" + "\n".join(rows) + f"\n\n{image}\n"
+
+
+def stage_page(stage: str, sources: Sources) -> str:
+    names = list(sources.stages)
+    i = names.index(stage)
+    source = sources.stages[stage]
+    run = sources.record.get("stages", {}).get(stage)
+    nav = ["[all stages](../README.md)"]
+    if i > 0:
+        nav.insert(0, f"[← {names[i - 1][:2]}]({names[i - 1]}.md)")
+    if i + 1 < len(names):
+        nav.append(f"[{names[i + 1][:2]} →]({names[i + 1]}.md)")
+    parts = [
+        "<!-- made by tools/pages.py from the stage, docs/runs.json and benchmarks/results.json: "
+        "edit those, then run it -->",
+        " · ".join(nav),
+        f"# {title(source)}",
+        lesson(source),
+        "## Run it",
+        fence(f"python stages/{stage}.py", "bash"),
+        "## What it measured",
+        measured_section(stage, run, sources.record).rstrip(),
+    ]
+    if i > 0:
+        parts += [
+            f"## What changed from stage {names[i - 1][:2]}",
+            f"`diff -u stages/{names[i - 1]}.py stages/{stage}.py`:",
+            fence(stage_diff(sources, names[i - 1], stage), "diff"),
+        ]
+    if stage == "10_gpt":
+        parts += [dropout_section(sources.results), attention_section()]
+    if run is not None:
+        parts += [
+            "## What it writes",
+            "The closing sample of the recorded run (500 characters from a newline, temperature 1):",
+            fence(run["sample"], "text"),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def dropout_section(results: list[dict]) -> str:
+    head = "## What dropout is for"
+    why = (
+        "A five-minute run on all of tiny Shakespeare never reads a character often enough to memorise "
+        "it, so there dropout only slows learning down. `python tools/dropout.py` gives it a run where it "
+        "matters: stage 10 at its `cpu` preset on the first 50,000 characters of tiny Shakespeare (45,000 to "
+        "train on, each read about 45 times in 1,000 steps; the last 5,000 to validate on), once with "
+        "`--dropout 0` and once at the preset's rate, then both runs' curves side by side."
+    )
+    found = entry(results, DROPOUT)
+    if found is None:
+        return f"{head}\n\n{why}\n\nNot measured yet."
+    rates = list(found["histories"])
+    rows = [
+        "| step | " + " | ".join(f"dropout {r}: train | val | gap" for r in rates) + " |",
+        "| --- | " + " | ".join("--- | --- | ---" for _ in rates) + " |",
+    ]
+    histories = list(found["histories"].values())
+    for estimates in zip(*histories, strict=True):
+        cells = [f"{t:.4f} | {v:.4f} | {v - t:+.4f}" for _, t, v in estimates]
+        rows.append(f"| {estimates[0][0]} | " + " | ".join(cells) + " |")
+    measured = (
+        f"Measured by `{found['command']}` on {found['machine']}, torch {found['torch']}, {found['date']} "
+        f"({found['wall_s'] / 60:.0f} minutes for the two runs):"
+    )
+    image = "![stage 10 with and without dropout on a text small enough to memorise](../images/dropout_10_gpt.png)"
+    return "\n\n".join([head, why, measured, "\n".join(rows), image, found["said"]])
+
+
+def attention_section() -> str:
+    return "\n\n".join(
+        [
+            "## Looking inside: attention",
+            "`python tools/attention.py 10` draws where each head of each layer looks, one map a head, "
+            "from the trained checkpoint ([Looking inside](../looking-inside.md) says more). "
+            "The recorded run's heads, on the first words of Juliet's line:",
+            "![attention maps of stage 10's heads](../images/attention_10_gpt.png)",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the tables of the README and docs/
+
+
+def addition_table(results: list[dict]) -> str:
+    """Exercise 2's worked solution: 5-digit addition seed by seed, then the calculator's attempts."""
+    rows = ["| run | flags | held-out exact match | training |", "| --- | --- | --- | --- |"]
+    measured = []
+    for order, flags in (("reversed", ""), ("usual order", "--no-reverse ")):
+        found = entry(results, ADDITION + order)
+        if found is None:
+            continue
+        measured.append(found)
+        for seed, accuracy, seconds in zip(found["seeds"], found["accuracy_pct"], found["train_s"], strict=True):
+            said = f"`{flags}--seed {seed}`"
+            rows.append(
+                f"| 5-digit addition, answer {order}, seed {seed} | {said} | {accuracy:.1f}% | {seconds:.1f} s |"
+            )
+    for found in (r for r in results if r["figure"].startswith(CALCULATOR)):
+        measured.append(found)
+        accuracy = ", ".join(
+            f"{op.replace('-', '−').replace('*', '×')} {v:.1f}%" for op, v in found["accuracy_pct"].items()
+        )
+        name = found["figure"].removeprefix(CALCULATOR)
+        flags = f"`--digits 2 --operations +-* {found['flags']}`"
+        rows.append(f"| calculator, {name} | {flags} | {accuracy} | {found['train_s']:.1f} s |")
+    if not measured:
+        return "Not measured yet: `python benchmarks/bench.py --only addition` and `--only calculator`."
+    dates = ", ".join(sorted({f["date"] for f in measured}))
+    said = (
+        "Measured by `python benchmarks/bench.py --only addition` and `--only calculator` (the worked "
+        f"solution, each run from scratch; {results_machine(results)}, {dates}): held-out exact match, "
+        "and the seconds of training the run reports, its loss and accuracy estimates included:"
+    )
+    return said + "\n\n" + "\n".join(rows)
+
+
+def pretraining_table(results: list[dict]) -> str:
+    """Exercise 3: pre-trained against from scratch, seed by seed, at each budget measured."""
+    found = [r for r in results if r["figure"].startswith(PRETRAINING)]
+    if not found:
+        return "Not measured yet: `python exercises/solutions/ex3_pretrain.py --seeds 3`."
+    first = found[0]
+    seeds = first["seeds"]
+    rows = [
+        "| steps | " + " | ".join(f"seed {s}" for s in seeds) + " | verdict (paired t-test) |",
+        "| --- | " + " | ".join("---" for _ in seeds) + " | --- |",
+    ]
+    for r in found:
+        steps = re.search(r"after (\d+) steps", r["figure"])[1]
+        said = compare.verdict(r["scratch_val"], r["pretrained_val"]).replace("better", "pre-trained better", 1)
+        rows.append(f"| {steps}, pre-trained | " + " | ".join(f"{v:.4f}" for v in r["pretrained_val"]) + " | |")
+        rows.append(f"| {steps}, from scratch | " + " | ".join(f"{v:.4f}" for v in r["scratch_val"]) + f" | {said} |")
+    measured = (
+        f"Measured by `{first['command']}` ({results_machine(results)}, {first['date']}): pre-training, "
+        f"{first['pretraining']}. Then, on tiny Shakespeare, fine-tuning at {first['finetune_lr']:g} against "
+        f"training from scratch at {first['scratch_lr']:g}, the same seed and batches, val loss on the whole "
+        "validation split:"
+    )
+    return measured + "\n\n" + "\n".join(rows)
+
+
+def results_machine(results: list[dict]) -> str:
+    top = json.loads(RESULTS.read_text(encoding="utf-8"))
+    return f"{top['machine']}, torch {top['torch'].split('+')[0]}"
+
+
+def comparison_table(results: list[dict], prefix: str, preamble: str) -> str:
+    """A compare.py measurement: each file's val loss seed by seed, its mean and its paired verdict."""
+    found = entry(results, prefix)
+    if found is None:
+        return "Not measured yet."
+    files = list(found["val"])
+    base = found["val"][files[0]]
+    seeds = found["seeds"]
+    rows = [
+        "| file | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | verdict (paired t-test) |",
+        "| --- | " + " | ".join("---" for _ in seeds) + " | --- | --- |",
+    ]
+    for k, file in enumerate(files):
+        values = found["val"][file]
+        mean, _ = compare.mean_and_spread(values)
+        said = "(the baseline)" if k == 0 else compare.verdict(base, values)
+        if k and said.startswith("no difference"):
+            said += f"; {compare.seeds_to_resolve(base, values)} seeds would resolve 0.01"
+        name = file if file.startswith("stage 10 as") else f"`{file}`"
+        cells = [name, *(f"{v:.4f}" for v in values), f"{mean:.4f}", said]
+        rows.append("| " + " | ".join(cells) + " |")
+    measured = preamble.format(
+        command=found["command"],
+        steps=found["steps"],
+        machine=found.get("machine") or results_machine(results),
+        date=found["date"],
+        minutes=f"{found['wall_s'] / 60:.0f}",
+        runs=len(files) * len(seeds),
+    )
+    return measured + " Final val loss, lower is better:\n\n" + "\n".join(rows)
+
+
+def schedule_table(results: list[dict]) -> str:
+    return comparison_table(
+        results,
+        SCHEDULE,
+        "Measured in one invocation of `{command}` (the `cpu` preset, {steps} steps a run; {machine}, {date}; "
+        "{minutes} minutes for the {runs} runs).",
+    )
+
+
+def three_solutions_table(results: list[dict]) -> str:
+    return comparison_table(
+        results,
+        THREE,
+        "The other three worked solutions were measured against stage 10 as it was before its `cpu` preset "
+        "took the lecture's recipe (no dropout and the schedule above, {steps} steps a run; {machine}, {date}; "
+        "{minutes} minutes for the {runs} runs), and are not measured against today's stage 10.",
+    )
+
+
+def stage_10_figure(record: dict) -> str:
+    """Stage 10's whole run at the cpu preset against its five-minute target."""
+    run = record.get("stages", {}).get("10_gpt")
+    if run is None:
+        return "Stage 10 at its `cpu` preset: no run is recorded yet."
+    return (
+        f"Stage 10 at its `{run['preset']}` preset (the lecture's recipe, smaller: dropout on, a constant rate), "
+        f"the whole run: **{run['wall_time_s']} s** for {run['steps']:,} steps, val **{run['val_loss']:.4f}** "
+        f"against a target of 300 s on 2 cores. {measured_by(record)}."
+    )
+
+
+def stage_01_verdict(record: dict) -> str:
+    """Stage 01's closing verdict on a run that reached the recorded val loss."""
+    run = record.get("stages", {}).get("01_bigram")
+    if run is None:
+        return "(no run of stage 01 is recorded yet)"
+    references = harness.references.references(record)
+    return fence(harness.references.judge("01_bigram", None, True, run["val_loss"], references), "text")
+
+
+def blocks(sources: Sources) -> dict[str, str]:
+    """Each block's name -> its text."""
+    return {
+        "stages": stages_table(sources.record),
+        "pages": "\n".join(f"{int(s[:2])}. [{title(src)}](stages/{s}.md)" for s, src in sources.stages.items()),
+        "stage-01-verdict": stage_01_verdict(sources.record),
+        "stage-10": stage_10_figure(sources.record),
+        "exercise-2": addition_table(sources.results),
+        "exercise-3": pretraining_table(sources.results),
+        "schedule": schedule_table(sources.results),
+        "three-solutions": three_solutions_table(sources.results),
+    }
+
+
+def fill_blocks(text: str, made: dict[str, str], path: Path) -> str:
+    """text with each block's body made anew; an unknown name or a block without its end is an error."""
+    for name in OPENING.findall(text):
+        if name not in made:
+            raise harness.UserError(
+                f"{path} has a block named {name!r}; tools/pages.py makes {', '.join(made)}: fix its name"
+            )
+    if len(BLOCK.findall(text)) != len(OPENING.findall(text)):
+        raise harness.UserError(f"{path} has a block without its '<!-- end of NAME -->' line: add it")
+    return BLOCK.sub(lambda m: f"<!-- made by tools/pages.py: {m[1]} -->\n{made[m[1]]}\n<!-- end of {m[1]} -->", text)
+
+
+def documents() -> list[Path]:
+    """The hand-written files that hold blocks: the README and docs/'s chapters."""
+    return [common.ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def expected_files(sources: Sources) -> dict[Path, str]:
+    """Every file this makes -> the text it should hold."""
+    files = {PAGES / f"{stage}.md": stage_page(stage, sources) for stage in sources.stages}
+    made = blocks(sources)
+    for path in documents():
+        files[path] = fill_blocks(path.read_text(encoding="utf-8"), made, path)
+    return files
+
+
+def stale_files(sources: Sources) -> list[Path]:
+    """The files whose text is not what this would write (missing ones included)."""
+    return list(stale(expected_files(sources)))
+
+
+def stale(expected: dict[Path, str]) -> dict[Path, str]:
+    return {p: text for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text}
+
+
+def write_pages(sources: Sources) -> list[Path]:
+    """Write every file that is out of date, and draw each recorded stage's curve: what it wrote."""
+    written = []
+    for path, text in stale(expected_files(sources)).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        harness.files.write_atomically(path, lambda f, text=text: f.write(text.encode("utf-8")))
+        written.append(path)
+    if plot.have_matplotlib():
+        for stage, run in sources.record.get("stages", {}).items():
+            rows = [{"step": s, "train_loss": t, "val_loss": v} for s, t, v in run["history"]]
+            written.append(plot.plot_histories({stage: rows}, curve_image(stage)))
+    return written
+
+
+def pages_main(argv: list[str] | None) -> int:
+    parser = harness.cli.Parser(prog="python tools/pages.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; name each file that is out of date")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    sources = load_sources()
+    if args.check:
+        stale = stale_files(sources)
+        for path in stale:
+            print(f"out of date: {path.relative_to(common.ROOT)} (python tools/pages.py writes it)")
+        return 1 if stale else 0
+    for path in write_pages(sources):
+        print(f"wrote {path.relative_to(common.ROOT)}")
+    if not plot.have_matplotlib():
+        print(f"the curves were not drawn: {plot.MATPLOTLIB_HINT}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.run_main(pages_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
