@@ -136,7 +136,7 @@ def bench_gpu(flags: tuple[str, ...] = ("--preset", "video", "--fast", "on"), de
     record the CUDA graphs; the first estimate compiles the eval graphs).
     """
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: the gpu figure needs a CUDA GPU; run it by hand on one (see the README's Performance section)")
+        sys.exit("error: the gpu figure needs a CUDA GPU; run it by hand on one (see docs/performance.md)")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
         cmd = [sys.executable, "stages/10_gpt.py", "--device", device, *flags, "--checkpoint", f"{tmp}/10.pt"]

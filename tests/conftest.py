@@ -98,7 +98,7 @@ def small_text_file(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def no_project_checkpoints(tmp_path, monkeypatch):
     """A test that forgets --checkpoint (or a check that regresses) trains into tmp_path, never into
-    the project's checkpoints/ that the README's figures come from."""
+    the project's checkpoints/ that the recorded figures come from."""
     monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", tmp_path / "checkpoints")
 
 

@@ -5,7 +5,7 @@ a smooth ReLU (x times the normal CDF of x), as in GPT-2 and BERT, instead of Re
 diff -u stages/10_gpt.py exercises/solutions/ex4_gelu.py shows it.
 
 Compare it:  python exercises/compare.py stages/10_gpt.py exercises/solutions/ex4_gelu.py --seeds 3
-(the README's Exercises section gives what that measured)
+(docs/exercises.md gives what that measured)
 """
 
 import sys

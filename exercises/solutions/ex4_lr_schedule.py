@@ -9,7 +9,7 @@ diff -u stages/10_gpt.py exercises/solutions/ex4_lr_schedule.py shows it.
 
 Compare it:  python exercises/compare.py stages/10_gpt.py exercises/solutions/ex4_lr_schedule.py \
                  --seeds 3
-(the README's Exercises section gives what that measured)
+(docs/exercises.md gives what that measured)
 """
 
 import sys

@@ -7,7 +7,7 @@ diff -u stages/10_gpt.py exercises/solutions/ex4_tied_embeddings.py shows it.
 
 Compare it:  python exercises/compare.py stages/10_gpt.py \
                  exercises/solutions/ex4_tied_embeddings.py --seeds 3
-(the README's Exercises section gives what that measured)
+(docs/exercises.md gives what that measured)
 """
 
 import sys
