@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import exercises.check
+import exercises.checks
 import exercises.compare
 import harness.errors
 import harness.stages
@@ -583,6 +584,22 @@ def test_the_training_check_fails_below_its_accuracy(tmp_path):
     results = outcomes_2(SOLUTION_2, pass_accuracy=1.01)
     assert results[ex2.LEARNS].status == "FAILED"
     assert "look again at the mask and the digit order" in results[ex2.LEARNS].message
+
+
+def test_a_right_answer_that_learns_late_gets_a_second_seed_and_a_wrong_one_fails_both(monkeypatch):
+    module = exercises.check.load_learner_file(SOLUTION_2)
+    accuracies = iter([0.78, 1.0])  # the first run stalls in a plateau, the second learns
+    monkeypatch.setattr(ex2, "train_and_measure", lambda problems, cfg, seed: (next(accuracies), 1.0))
+    said = ex2.learns(module, **TINY_TRAINING)
+    assert said.startswith("78.0% with seed 0 (1 s); 100.0% with seed 1 (1 s): exact on 20 held-out")
+    seeds = []
+    monkeypatch.setattr(ex2, "train_and_measure", lambda problems, cfg, seed: (seeds.append(seed) or 0.1, 1.0))
+    with pytest.raises(exercises.checks.Failed, match="below 95% both times"):
+        ex2.learns(module, **TINY_TRAINING)
+    assert seeds == [0, 1]
+    monkeypatch.setattr(ex2, "train_and_measure", lambda problems, cfg, seed: (seeds.append(seed) or 1.0, 1.0))
+    assert ex2.learns(module, **TINY_TRAINING).startswith("100.0% with seed 0 (1 s): exact")  # one run is enough
+    assert seeds == [0, 1, 0]
 
 
 def test_the_held_out_problems_are_fixed_distinct_and_never_served():

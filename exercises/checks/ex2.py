@@ -18,9 +18,15 @@ NAME = "ex2_addition"
 PARTS = ("encode", "mask_problem", "decode", "training_problem")
 # the tasks the checks encode: both digit orders, and the calculator's signs and widths
 TASKS = (Task(3), Task(3, reverse=False), Task(2, "+-*"), Task(1, "-"), Task(2, "+*", trace=True))
-# the training check: 2-digit addition, small enough for a minute on two cores
-TRAINING = dict(digits=2, held_out=500, max_iters=600, eval_interval=600, batch_size=64, learning_rate=3e-3)
-PASS_ACCURACY = 0.95  # the worked solution reaches 100% at these settings
+# The training check: 2-digit addition, about 20 s a run on two cores. Measured (AMD EPYC, 2 cores,
+# 2026-12-04) on three right answers, the worked solution, one drawing its operands one at a time
+# and one leaving the '=' in the loss, over seeds 0-4: at 1000 steps 14 of the 15 runs reached
+# 99.8% or more and one stalled in a plateau at 78.2% (at 600 steps, 67.0% and 81.2% of 15). A right
+# answer learns late now and then, a wrong one never learns: so a run below the bar is tried again
+# with the next seed, and the check fails only when both stay below it.
+TRAINING = dict(digits=2, held_out=500, max_iters=1000, eval_interval=1000, batch_size=64, learning_rate=3e-3)
+PASS_ACCURACY = 0.95
+TRIES = 2  # seeds a right answer gets to pass
 
 
 def has_parts(module: ModuleType) -> None:
@@ -170,9 +176,28 @@ def splits(module: ModuleType) -> None:
 
 
 def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, seed: int = 0, **training) -> str:
-    """Train 2-digit addition with the learner's parts; fail below pass_accuracy on the held-out problems."""
+    """Train 2-digit addition with the learner's parts from seed on, up to TRIES seeds; fail when no
+    run reaches pass_accuracy on the held-out problems. The margin, measured over seeds 0-4 on three
+    right answers (the comment at TRAINING): 14 runs of 15 at 99.8% or more, one at 78.2%."""
     cfg = arithmetic.Config(**{**TRAINING, **training})
     problems = arithmetic.Problems(module, cfg.task, cfg.held_out)
+    said = []
+    for tried in range(seed, seed + TRIES):
+        accuracy, seconds = train_and_measure(problems, cfg, tried)
+        said.append(f"{100 * accuracy:.1f}% with seed {tried} ({seconds:.0f} s)")
+        if accuracy >= pass_accuracy:
+            break
+    figures = f"{'; '.join(said)}: exact on {cfg.held_out} held-out 2-digit problems after {cfg.max_iters} steps"
+    if accuracy < pass_accuracy:
+        raise Failed(
+            f"{figures}, below {100 * pass_accuracy:.0f}% both times; the worked solution gets 100%: look again at "
+            "the mask and the digit order"
+        )
+    return figures
+
+
+def train_and_measure(problems: arithmetic.Problems, cfg: arithmetic.Config, seed: int) -> tuple[float, float]:
+    """One training run from seed: (the held-out exact-match accuracy of +, the seconds it took)."""
     torch.manual_seed(seed)
     model = arithmetic.load_stage_10().LanguageModel(len(arithmetic.VOCAB), cfg.model_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
@@ -181,15 +206,7 @@ def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, seed: int =
     for step in range(cfg.max_iters):
         x, y = problems.batch(problems.training(cfg.batch_size, generator), torch.device("cpu"))
         train_step(model, optimizer, cfg, step, x, y)
-    accuracy = problems.accuracy(model, torch.device("cpu"))["+"]
-    seconds = time.perf_counter() - t0
-    figures = (
-        f"{100 * accuracy:.1f}% exact on {cfg.held_out} held-out 2-digit problems after {cfg.max_iters} steps "
-        f"({seconds:.0f} s)"
-    )
-    if accuracy < pass_accuracy:
-        raise Failed(f"{figures}; the worked solution gets 100%: look again at the mask and the digit order")
-    return figures
+    return problems.accuracy(model, torch.device("cpu"))["+"], time.perf_counter() - t0
 
 
 PARTS_CHECK = "has encode, mask_problem, decode and training_problem"
