@@ -393,6 +393,19 @@ def stage_10_figure(record: dict) -> str:
     )
 
 
+def suite_figure(results: list[dict]) -> str:
+    """The test suite's time against its target, as benchmarks/bench.py --only tests measured it."""
+    found = entry(results, "test suite")
+    if found is None:
+        return "The test suite: not timed yet (`python benchmarks/bench.py --only tests`)."
+    verdict = "within it" if found["wall_s"] <= 60 else "over it"
+    return (
+        f"The test suite: **{found['wall_s']} s** for the whole `python -m pytest -q`, against a target of 60 s: "
+        f"{verdict}; pytest said `{found['summary']}`. Measured by `python benchmarks/bench.py --only tests` on "
+        f"{results_machine(results)}, {found['date']}."
+    )
+
+
 def stage_01_verdict(record: dict) -> str:
     """Stage 01's closing verdict on a run that reached the recorded val loss."""
     run = record.get("stages", {}).get("01_bigram")
@@ -409,6 +422,7 @@ def blocks(sources: Sources) -> dict[str, str]:
         "pages": "\n".join(f"{int(s[:2])}. [{title(src)}](stages/{s}.md)" for s, src in sources.stages.items()),
         "stage-01-verdict": stage_01_verdict(sources.record),
         "stage-10": stage_10_figure(sources.record),
+        "test-suite": suite_figure(sources.results),
         "exercise-2": addition_table(sources.results),
         "exercise-3": pretraining_table(sources.results),
         "schedule": schedule_table(sources.results),
