@@ -230,6 +230,17 @@ def test_train_all_stops_at_a_failing_stage(tmp_path, capsys):
     assert not (tmp_path / "results.json").exists()
 
 
+def test_only_a_full_run_at_the_defaults_replaces_the_projects_record(tmp_path):
+    def where(*argv: str, extra: tuple[str, ...] = ()):
+        return train_all.record_path(train_all.build_parser().parse_args(list(argv)), list(extra))
+
+    assert where() == harness.references.RECORD
+    for partial in (["--quick"], ["--stages", "01"], ["--data", "mine.txt"]):
+        assert where(*partial) is None, partial
+    assert where(extra=("--max_iters", "10")) is None
+    assert where("--quick", "--record", str(tmp_path / "r.json")) == tmp_path / "r.json"
+
+
 def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, capsys):
     """--quick, --stages or stage flags without --record: docs/runs.json and the pages stay as they are."""
     data = tmp_path / "small.txt"

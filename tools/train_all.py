@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python tools/train_all.py",
         usage="%(prog)s [--quick] [--stages 01,02,...] [--checkpoints DIR] [--record PATH] [--data PATH] "
         "[-- STAGE FLAGS ...]",
-        description="Train every stage (or the listed ones) one after another, "
-        "then print their table, record them (docs/runs.json after a full run at the defaults, then the pages), "
-        "the results to DIR/results.json and, with matplotlib installed, the loss curves to DIR/curves.png.",
+        description="Train every stage (or the listed ones) one after another and print their table; write the "
+        "results to DIR/results.json, the loss curves to DIR/curves.png (with matplotlib) and, after a full run "
+        "at the defaults, the record docs/runs.json, from which the pages are then made anew.",
         epilog="Flags after -- go to every stage and win over --quick's: "
         "python tools/train_all.py --quick -- --max_iters 200 --device cpu. "
         "A failed stage stops the run (exit status 1) and leaves the record as it was.",
@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="where the record of the runs goes (default: docs/runs.json after a full run at the defaults, "
-        "and then the pages are made anew from it; with --quick, --stages or stage flags, only when given, "
-        "so a partial run never replaces the measured record)",
+        "and then the pages are made anew from it; with --quick, --stages, --data or stage flags, only when "
+        "given, so a partial run never replaces the measured record)",
     )
     parser.add_argument(
         "--data",
@@ -244,9 +244,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
         stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in names))
     else:
         stages = harness.stages.stage_names()
-    partial = args.quick or args.stages is not None or bool(extra)
-    if args.record is None and not partial:
-        args.record = harness.references.RECORD
+    args.record = record_path(args, extra)
     if args.checkpoints is None:  # a quick run keeps its checkpoints apart from the full runs'
         args.checkpoints = (
             harness.checkpoints.CHECKPOINT_DIR / "quick" if args.quick else harness.checkpoints.CHECKPOINT_DIR
@@ -319,9 +317,22 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     print(f"\n{table}\n\nrecorded {len(results)} stage(s) in {args.record}")
     draw_chart(results, args.checkpoints)
     if args.record.resolve() == harness.references.RECORD:
-        for path in pages.write_pages(pages.load_sources()):
+        try:
+            written = pages.write_pages(pages.load_sources())
+        except OSError as e:
+            raise harness.UserError(
+                f"the record is written, but not the pages ({e.strerror or e}): run python tools/pages.py"
+            ) from None
+        for path in written:
             print(f"wrote {path.relative_to(common.ROOT)}")
     return 0
+
+
+def record_path(args: argparse.Namespace, extra: list[str]) -> Path | None:
+    """Where the record goes: --record, else the project's record after a full run at the defaults on
+    tiny Shakespeare; None (printed only) for a partial run, which never replaces the measured one."""
+    partial = args.quick or args.stages is not None or bool(extra) or args.data is not None
+    return args.record if args.record is not None or partial else harness.references.RECORD
 
 
 def record_of(results: list[Result], command: str, note: str | None = None) -> dict:
