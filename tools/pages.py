@@ -393,6 +393,83 @@ def stage_10_figure(record: dict) -> str:
     )
 
 
+def speed_table(results: list[dict]) -> str:
+    """The stages against the lecture's own loop, and stage 10's throughput, as bench.py measured them."""
+    rows = ["| figure | measured | target |", "| --- | --- | --- |"]
+    dates = set()
+    for stage in ("01_bigram", "09_layer_norm"):
+        found = entry(results, f"speed {stage}")
+        if found:
+            dates.add(found["date"])
+            said = (
+                f"{found['stage_wall_s']:.1f} s vs {found['lecture_wall_s']:.1f} s: **{found['speedup']:.2f}x**, "
+                f"val {found['stage_val']:.4f} vs {found['lecture_val']:.4f}"
+            )
+            rows.append(
+                f"| stage {stage[:2]}, full default run, against the lecture's loop | {said} | 2x, val within 0.03 |"
+            )
+    found = entry(results, "stage10 video-config GFLOP/s")
+    if found:
+        dates.add(found["date"])
+        said = (
+            f"{found['step_s']:.1f} s a step: **{found['achieved_gflops']} GFLOP/s**, "
+            f"{found['fraction_of_peak']:.0%} of this machine's fp32 matmul peak as measured that day "
+            f"({found['matmul_peak_gflops']} GFLOP/s); {found['achieved_gflops'] / 385:.0%} of the 385 GFLOP/s "
+            "the target quotes for this machine"
+        )
+        rows.append(f"| stage 10 at the lecture's configuration, CPU training throughput | {said} | reported |")
+    found = entry(results, "stage10 lecture config (cuda)")
+    gpu = 'not measured (see "On a GPU" below)'
+    if found:
+        dates.add(found["date"])
+        gpu = f"{found['wall_s']} s, val {found['val']} ({found.get('machine', 'GPU')})"
+    rows.append(
+        "| stage 10 at the lecture's configuration on one GPU, fast path, cold start (`--only gpu`) "
+        f"| {gpu} | 120 s, val 1.50 on one H100 (nanoGPT's own recipe: 175 s) |"
+    )
+    return (
+        f"Measured by `python benchmarks/bench.py` on {results_machine(results)} ({', '.join(sorted(dates))}):"
+        + "\n\n"
+        + "\n".join(rows)
+    )
+
+
+HEAD_SIZES = {
+    "cpu": "`cpu` preset (4 heads of 32, block 64, batch 32)",
+    "video": "the lecture's (6 heads of 64, block 256, batch 64)",
+}
+
+
+def heads_table(results: list[dict]) -> str:
+    """Exercise 1's three forms of attention, a training step each, as bench.py --only heads measured them."""
+    rows = [
+        "| configuration | per head | batched, by hand | batched, `scaled_dot_product_attention` |",
+        "| --- | --- | --- | --- |",
+    ]
+    dates = set()
+    for preset, label in HEAD_SIZES.items():
+        found = entry(results, f"stage10 attention forms, preset {preset}")
+        if found is None:
+            continue
+        dates.add(found["date"])
+        rounds, steps = found["rounds_x_steps"].split(" x ")
+        cells = [
+            f"{label}; {rounds} rounds of {steps} step{'' if steps == '1' else 's'}",
+            f"{found['per_head_ms']:,.1f} ms",
+            f"{found['batched_ms']:,.1f} ms ({found['batched_speedup']:.2f}x)",
+            f"{found['sdpa_ms']:,.1f} ms ({found['sdpa_speedup']:.2f}x)",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    if not dates:
+        return "Not measured yet: `python benchmarks/bench.py --only heads`."
+    return (
+        "Measured by `python benchmarks/bench.py --only heads` (medians of alternating rounds; "
+        f"{results_machine(results)}, {', '.join(sorted(dates))}): a training step of stage 10 with the "
+        "lecture's one module per head, with the batched module by hand, and with "
+        "`F.scaled_dot_product_attention`:\n\n" + "\n".join(rows)
+    )
+
+
 def suite_figure(results: list[dict]) -> str:
     """The test suite's time against its target, as benchmarks/bench.py --only tests measured it."""
     found = entry(results, "test suite")
@@ -423,6 +500,8 @@ def blocks(sources: Sources) -> dict[str, str]:
         "stage-01-verdict": stage_01_verdict(sources.record),
         "stage-10": stage_10_figure(sources.record),
         "test-suite": suite_figure(sources.results),
+        "speed": speed_table(sources.results),
+        "heads": heads_table(sources.results),
         "exercise-2": addition_table(sources.results),
         "exercise-3": pretraining_table(sources.results),
         "schedule": schedule_table(sources.results),
