@@ -2,8 +2,8 @@
 
 import json
 import re
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,45 +241,52 @@ def test_only_a_full_run_at_the_defaults_replaces_the_projects_record(tmp_path):
     assert where("--quick", "--record", str(tmp_path / "r.json")) == tmp_path / "r.json"
 
 
-def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, capsys):
-    """--quick, --stages or stage flags without --record: docs/runs.json and the pages stay as they are."""
-    data = tmp_path / "small.txt"
-    data.write_text(SMALL_TEXT, encoding="utf-8")
+def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, capsys, monkeypatch):
+    """--quick, --stages or stage flags without --record: docs/runs.json and the pages stay as they are.
+    The stage's process is a stand-in that leaves what a run leaves (the end to end runs are above)."""
+
+    def a_run(cmd: list[str]) -> tuple[int, list[str], list[str], float]:
+        ckpt = Path(cmd[cmd.index("--checkpoint") + 1])
+        ckpt.with_suffix(".history.csv").write_text("step,train_loss,val_loss,elapsed_s\n19,2.5,2.6,0.1\n")
+        ckpt.with_suffix(".sample.txt").write_text("ROMEO:\n", encoding="utf-8")
+        return 0, ["model: 4,225 parameters"], [], 0.5
+
+    monkeypatch.setattr(train_all, "run_process", a_run)
     kept = [harness.references.RECORD, ROOT / "README.md", pages.PAGES / "01_bigram.md"]
     before = [p.read_bytes() for p in kept]
-    code = train_all.main(
-        ["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--data", str(data), "--", *TINY_EXTRA]
-    )
+    code = train_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--", *TINY_EXTRA])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "the record is unchanged" in out and "| 01 |" in out  # the table is printed instead
+    assert "the record is unchanged" in out and "| 01 | the bigram model" in out  # the table is printed instead
     assert [p.read_bytes() for p in kept] == before
-    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["stage"] == "01_bigram"
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["val_loss"] == 2.6
 
 
 # -- benchmarks/tune_stage10.py ----------------------------------------------------------------------
 
 
-def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file):
+def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tune_stage10
+
     extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --num_tokens 5 --data {small_text_file}"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/tune_stage10.py", "chosen", "--extra", extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "chosen: python stages/10_gpt.py --preset cpu" in done.stdout
-    assert re.search(r"0: \d\.\d{4}, 2: \d\.\d{4}", done.stdout)  # the val loss at each estimate
-    assert re.search(r"^chosen +val \d\.\d{4}  train \d\.\d{4}", done.stdout, re.MULTILINE)
+    monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "chosen", "--extra", extra])
+    assert tune_stage10.main() == 0  # the candidate itself runs as its own process, as the stage a user types
+    out = capsys.readouterr().out
+    assert "chosen: python stages/10_gpt.py --preset cpu" in out
+    assert re.search(r"0: \d\.\d{4}, 2: \d\.\d{4}", out)  # the val loss at each estimate
+    assert re.search(r"^chosen +val \d\.\d{4}  train \d\.\d{4}", out, re.MULTILINE)
 
 
-def test_tune_stage10_refuses_an_unknown_candidate():
-    done = subprocess.run(
-        [sys.executable, "benchmarks/tune_stage10.py", "chosn"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 2 and "unknown: chosn; choose from throughput, lr2e-3-d0.1" in done.stderr
+def test_tune_stage10_refuses_an_unknown_candidate(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tune_stage10
+
+    monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "chosn"])
+    with pytest.raises(SystemExit) as stopped:
+        tune_stage10.main()
+    assert stopped.value.code == 2
+    assert "unknown: chosn; choose from throughput, lr2e-3-d0.1" in capsys.readouterr().err
 
 
 # -- benchmarks/bench.py ------------------------------------------------------------------------------
