@@ -1,4 +1,4 @@
-"""Shared fixtures: stage loading, tiny configurations, a small text, and a command-line learner_stage."""
+"""Shared fixtures: stage loading, tiny configurations, a small text, and a command-line runner."""
 
 import dataclasses
 import sys

@@ -251,14 +251,19 @@ def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, caps
         ckpt.with_suffix(".sample.txt").write_text("ROMEO:\n", encoding="utf-8")
         return 0, ["model: 4,225 parameters"], [], 0.5
 
+    def no_pages(sources):
+        raise AssertionError("a partial run made the pages")
+
     monkeypatch.setattr(train_all, "run_process", a_run)
+    monkeypatch.setattr(pages, "write_pages", no_pages)
     kept = [harness.references.RECORD, ROOT / "README.md", pages.PAGES / "01_bigram.md"]
     before = [p.read_bytes() for p in kept]
+    monkeypatch.setattr(harness.references, "RECORD", tmp_path / "runs.json")  # where a regression would write
     code = train_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--", *TINY_EXTRA])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "the record is unchanged" in out and "| 01 | the bigram model" in out  # the table is printed instead
-    assert [p.read_bytes() for p in kept] == before
+    assert [p.read_bytes() for p in kept] == before and not (tmp_path / "runs.json").exists()
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]["val_loss"] == 2.6
 
 
@@ -266,7 +271,7 @@ def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, caps
 
 
 def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file, monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import tune_stage10
 
     extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --num_tokens 5 --data {small_text_file}"
@@ -279,7 +284,7 @@ def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small
 
 
 def test_tune_stage10_refuses_an_unknown_candidate(monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import tune_stage10
 
     monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "chosn"])

@@ -131,8 +131,10 @@ def lesson(source: str) -> str:
     """The docstring's lesson as Markdown: its paragraphs without the title and the Run:/Measured:
     lines (the page shows those from the record), each "New against ..." line a paragraph of its own."""
     paragraphs, lines = [], []
+    footer = False  # inside a Run: or Measured: line and the indented lines that continue it
     for line in docstring(source).splitlines()[1:] + [""]:
-        if line.startswith(("Run:", "Measured:", " ")):
+        footer = line.startswith(("Run:", "Measured:")) or (footer and line.startswith(" "))
+        if footer:
             continue
         if line.startswith("New against") or not line.strip():
             if lines:
@@ -174,10 +176,10 @@ def measured_section(stage: str, run: dict | None, record: dict) -> str:
     rows = [
         "| | measured here | the lecture's |",
         "| --- | --- | --- |",
-        f"| val loss | {run['val_loss']:.4f} | {harness.references.lecture_figure(stage, preset)} |",
-        f"| train loss | {run['train_loss']:.4f} | |",
-        f"| parameters | {run['parameters']:,} | |",
-        f"| steps | {run['steps']:,}" + (f" (preset {preset})" if preset else "") + " | |",
+        f"| val loss | {number_or_dash(run['val_loss'], '.4f')} | {harness.references.lecture_figure(stage, preset)} |",
+        f"| train loss | {number_or_dash(run['train_loss'], '.4f')} | |",
+        f"| parameters | {number_or_dash(run['parameters'], ',')} | |",
+        f"| steps | {number_or_dash(run['steps'], ',')}" + (f" (preset {preset})" if preset else "") + " | |",
         f"| time, the whole run | {run['wall_time_s']} s | |",
     ]
     image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
@@ -313,7 +315,8 @@ def pretraining_table(results: list[dict]) -> str:
     ]
     for r in found:
         steps = re.search(r"after (\d+) steps", r["figure"])[1]
-        said = compare.verdict(r["scratch_val"], r["pretrained_val"]).replace("better", "pre-trained better", 1)
+        said = compare.verdict(r["scratch_val"], r["pretrained_val"])  # from scratch is the baseline
+        said = re.sub(r"^(better|worse)", r"pre-trained \1", said)
         rows.append(f"| {steps}, pre-trained | " + " | ".join(f"{v:.4f}" for v in r["pretrained_val"]) + " | |")
         rows.append(f"| {steps}, from scratch | " + " | ".join(f"{v:.4f}" for v in r["scratch_val"]) + f" | {said} |")
     measured = (
@@ -388,8 +391,8 @@ def stage_10_figure(record: dict) -> str:
         return "Stage 10 at its `cpu` preset: no run is recorded yet."
     return (
         f"Stage 10 at its `{run['preset']}` preset (the lecture's recipe, smaller: dropout on, a constant rate), "
-        f"the whole run: **{run['wall_time_s']} s** for {run['steps']:,} steps, val **{run['val_loss']:.4f}** "
-        f"against a target of 300 s on 2 cores. {measured_by(record)}."
+        f"the whole run: **{run['wall_time_s']} s** for {run['steps']:,} steps (target: 300 s on 2 cores), "
+        f"val **{number_or_dash(run['val_loss'], '.4f')}**. {measured_by(record)}."
     )
 
 
