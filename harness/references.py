@@ -67,13 +67,8 @@ def load_record(path: Path = RECORD) -> dict:
         return {}
 
 
-def recorded_val_losses(record: dict) -> dict[tuple[str, str | None], float]:
-    """(stage, preset) -> the final val loss the record holds for it."""
-    return {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
-
-
 def references(record: dict) -> dict[tuple[str, str | None], Reference]:
-    measured = recorded_val_losses(record)
+    measured = {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
     return {key: Reference(measured.get(key), lecture, **_meanings(key[0])) for key, lecture in LECTURE.items()}
 
 

@@ -65,14 +65,6 @@ class Result:
     sample: str = ""  # the closing sample, or why there is none
 
 
-def _loss(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-# ----------------------------------------------------------------------------------------------
-# what a stage file says about itself, read without running it
-
-
 def stage_facts(stage: str) -> tuple[str, bool]:
     """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
     A stage has presets when it defines PRESETS or imports it."""
@@ -284,7 +276,8 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
             print(f"    {line}", file=sys.stderr)
         result = collect(stage, stdout, args.checkpoints, seconds, flags, machine)
         results.append(result)
-        print(f"[{n}/{len(stages)}] {stage}: done in {seconds:.1f} s, val loss {_loss(result.val_loss)}", flush=True)
+        val = pages.number_or_dash(result.val_loss, ".4f")
+        print(f"[{n}/{len(stages)}] {stage}: done in {seconds:.1f} s, val loss {val}", flush=True)
 
     results_json = args.checkpoints / "results.json"
     results_json.write_text(
