@@ -39,7 +39,7 @@ import harness.cli
 import harness.machine
 import harness.textfile
 from exercises import learner_stage, training
-from exercises.compare import verdict
+from harness.paired_test import verdict
 from harness.schedule import Schedule
 from harness.startup import init_record
 from tools import corpus, plot

@@ -19,6 +19,7 @@ Modules, one job each:
                  saving as training goes, keeping the last good one
     files        writing a file whole or not at all; checking a folder is writable
     references   the val loss each stage's defaults give, for the closing "is it normal?" line
+    paired_test  the paired t-test that judges two sets of runs seed by seed
     schedule     nanoGPT's warm-up and cosine decay, for the exercises' programs (no stage uses it)
     stages       finding and importing the stages by number or name
     machine      this machine's name, for result tables
