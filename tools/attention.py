@@ -8,7 +8,8 @@ It loads the stage's checkpoint, runs the prompt through the model once, as gene
 samples, and shows:
 - for every layer and head, the T x T attention weights: row t says how position t shares its
   attention among positions 0..t (the future is masked). One PNG with matplotlib, rows layers and
-  columns heads; without matplotlib, or with --text, the positions each head weighs most, as text.
+  columns heads (matplotlib: `pip install matplotlib`); without it, or with --text, the positions
+  each head weighs most, as text.
 - the likeliest next characters with their probabilities, at --temperature and --top_k, computed as
   the stages' generate computes the distribution it draws from: softmax(common.adjust_logits(logits)).
 
@@ -313,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = harness.cli.Parser(
         prog="python tools/attention.py",
         description="Run a prompt through a trained stage and show what each attention head weighs "
-        "(a PNG grid with matplotlib, text without it) and the likeliest next characters.",
+        "(a PNG grid with matplotlib, text without it) and the likeliest next characters. "
+        "For the PNG: pip install matplotlib (or pip install -r requirements-dev.txt).",
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )

@@ -12,7 +12,9 @@ learning its training text by heart; with dropout the two stay closer. The table
 both runs' train and val loss, and the gap between them, at every estimate.
 
 Both runs go to --out (checkpoints/dropout/ by default, with the slice of text), never over stage
-10's own checkpoint; with matplotlib, the chart goes to --out too (dropout.png).
+10's own checkpoint. The chart (dropout.png, in --out too) needs matplotlib: `pip install matplotlib`,
+or `pip install -r requirements-dev.txt`. Without it the runs and the table are the same, and the
+last line says how to install it.
 """
 
 from __future__ import annotations
@@ -82,7 +84,10 @@ def chart(histories: dict[float, list[dict]], chars: int, out: Path) -> str:
 
 
 def dropout_main(argv: list[str] | None) -> None:
-    parser = harness.cli.Parser(prog="python tools/dropout.py", description=__doc__.split("\n\n")[0])
+    parser = harness.cli.Parser(
+        prog="python tools/dropout.py",
+        description=__doc__.split("\n\n")[0] + " The chart needs matplotlib (pip install matplotlib).",
+    )
     parser.add_argument(
         "--chars", type=harness.cli.positive(int), default=CHARS, help=f"the slice's length (default: {CHARS:,})"
     )

@@ -6,8 +6,9 @@
 
 Each training run writes `<stage>.history.csv` (step, train_loss, val_loss, elapsed_s) next to its
 checkpoint; this reads those files and nothing else, so it works while other stages still train.
-matplotlib is an optional extra (`pip install matplotlib`), not needed to train: it is imported only
-when a chart is drawn, and this module (and its stage-name helpers) imports without it.
+It needs matplotlib, which training does not: `pip install matplotlib`, or `pip install -r
+requirements-dev.txt` for every tool. It is imported only when a chart is drawn, so this module (and
+its stage-name helpers) imports without it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
 import harness.stages  # noqa: E402
 
-MATPLOTLIB_HINT = "plotting needs matplotlib, an optional extra: pip install matplotlib"
+MATPLOTLIB_HINT = (
+    "charts need matplotlib, which training does not: pip install matplotlib (or pip install -r requirements-dev.txt)"
+)
 
 
 def history_file(checkpoint_dir: Path, stage: str) -> Path:
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = harness.cli.Parser(
         prog="python tools/plot.py",
         description="Plot the train and val loss curves of one stage, or compare several stages on one chart. "
-        "Needs matplotlib (pip install matplotlib).",
+        "Needs matplotlib: pip install matplotlib (or pip install -r requirements-dev.txt).",
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plot_main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
+    import_matplotlib()  # missing, it is the first thing to say: the histories can wait
     if args.stages:
         stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in args.stages))  # "9 09" is one stage
     else:
