@@ -15,6 +15,7 @@ import common
 import harness
 import harness.checkpoints
 import harness.errors
+import harness.signals
 import harness.stages
 import harness.textfile
 import harness.training
@@ -394,6 +395,21 @@ def test_ctrl_c_saves_and_resume_continues(bigram, small_text_file, tmp_path, ca
     assert f"resumed from {ckpt} at step {steps}" in capsys.readouterr().out  # not a fresh run of steps + 7
 
 
+@pytest.fixture
+def terminal_signals():
+    """Ctrl-C, SIGTERM and SIGHUP handled for this test as in a terminal, then as they were.
+
+    A runner started as a background job inherits SIGINT ignored, one under nohup SIGHUP: training
+    rightly leaves an ignored signal ignored, so a test that raises one must first undo that.
+    """
+    terminal = {signum: signal.SIG_DFL for signum in harness.signals.STOP_SIGNALS}
+    terminal[signal.SIGINT] = signal.default_int_handler  # what Python starts with where SIGINT is not ignored
+    previous = {signum: signal.signal(signum, handler) for signum, handler in terminal.items()}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
     """Send this process signum during the step-th training forward pass (1-based), as a user or a scheduler would.
 
@@ -419,17 +435,13 @@ def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
     ids=["sigterm", "sighup"],
 )
 def test_a_termination_signal_stops_like_ctrl_c_saved_and_resumable(
-    bigram, small_text_file, tmp_path, run_cli, monkeypatch, signum, stopped
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch, terminal_signals, signum, stopped
 ):
     """A scheduler's SIGTERM, a closed terminal's SIGHUP: the step ends, the checkpoint is saved, --resume goes on."""
     ckpt = tmp_path / "c.pt"
-    previous = signal.signal(signum, signal.SIG_DFL)  # as in a terminal, whatever this test runner inherited
-    try:
-        signal_at_step(bigram, monkeypatch, step=7, signum=signum)
-        code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
-        assert signal.getsignal(signum) is signal.SIG_DFL  # the run's handler is gone with the run
-    finally:
-        signal.signal(signum, previous)
+    signal_at_step(bigram, monkeypatch, step=7, signum=signum)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the run's handler is gone with the run
     one_line_error(code, err, f"{stopped} at step 7: saved {ckpt}", "--resume", exit_code=128 + signum)  # 143, 129
     assert torch.load(ckpt, weights_only=True)["step"] == 7  # not the step-0 checkpoint: nothing is lost
     monkeypatch.undo()
@@ -438,15 +450,12 @@ def test_a_termination_signal_stops_like_ctrl_c_saved_and_resumable(
     assert f"resumed from {ckpt} at step 7" in out and torch.load(ckpt, weights_only=True)["step"] == 30
 
 
-def test_nohup_keeps_ignoring_sighup(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_nohup_keeps_ignoring_sighup(bigram, small_text_file, tmp_path, run_cli, monkeypatch, terminal_signals):
     """Under `nohup` SIGHUP is ignored: training must not install a handler that would stop the run."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
-    try:
-        signal_at_step(bigram, monkeypatch, step=5, signum=signal.SIGHUP)
-        code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, tmp_path / "c.pt", max_iters=12))
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # still ignored after the run
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does; terminal_signals restores it afterwards
+    signal_at_step(bigram, monkeypatch, step=5, signum=signal.SIGHUP)
+    code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, tmp_path / "c.pt", max_iters=12))
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # still ignored after the run
     assert code == 0, err  # trained to the end
     assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 12
 
@@ -602,7 +611,7 @@ def test_a_nan_estimate_stops_before_it_is_saved(bigram, small_text_file, tmp_pa
     assert saved["step"] == 10 and all(torch.isfinite(t).all() for t in saved["model"].values())
 
 
-def test_ctrl_c_never_saves_nan_weights(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_ctrl_c_never_saves_nan_weights(bigram, small_text_file, tmp_path, run_cli, monkeypatch, terminal_signals):
     ckpt = tmp_path / "c.pt"
     poison_weights_at(bigram, monkeypatch, call=15, also=lambda: signal.raise_signal(signal.SIGINT))
     code, _, err = run_cli(bigram, train_flags(bigram, small_text_file, ckpt, max_iters=30, eval_interval=10))
@@ -610,7 +619,7 @@ def test_ctrl_c_never_saves_nan_weights(bigram, small_text_file, tmp_path, run_c
     assert torch.load(ckpt, weights_only=True)["step"] == 10
 
 
-def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, run_cli, monkeypatch):
+def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, run_cli, monkeypatch, terminal_signals):
     """Ctrl-C twice within one step: stop at once, and leave the last checkpoint as it was."""
     ckpt = tmp_path / "c.pt"
     forward = bigram.LanguageModel.forward
@@ -631,7 +640,7 @@ def test_second_ctrl_c_quits_without_saving(bigram, small_text_file, tmp_path, r
 
 
 def test_a_second_sigterm_during_a_save_waits_for_the_checkpoint_and_its_history(
-    bigram, small_text_file, tmp_path, run_cli, monkeypatch
+    bigram, small_text_file, tmp_path, run_cli, monkeypatch, terminal_signals
 ):
     """Two SIGTERMs while the estimate at step 10 is saved, between the checkpoint and its history:
     both files are finished, they agree, and the exit status is SIGTERM's, not Ctrl-C's."""

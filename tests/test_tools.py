@@ -14,7 +14,7 @@ import harness.machine
 import harness.references
 import harness.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
-from tools import pages, plot, train_all
+from tools import dropout, pages, plot, train_all
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -292,6 +292,32 @@ def test_tune_stage10_refuses_an_unknown_candidate(monkeypatch, capsys):
         tune_stage10.main()
     assert stopped.value.code == 2
     assert "unknown: chosn; choose from throughput, lr2e-3-d0.1" in capsys.readouterr().err
+
+
+# -- dropout.py ------------------------------------------------------------------------------------
+
+
+def test_dropout_runs_without_dropout_then_at_the_cpu_presets_rate(small_text_file, tmp_path, monkeypatch, capsys):
+    """Stage 10's page shows the cpu preset with and without its dropout: the run with it takes the preset's
+    rate, not the Config's 0.2 (the video preset's). The preset is made tiny here, with a rate of its own."""
+    stage = load_stage("10")
+    rate = 0.35  # neither the Config's 0.2 nor the real preset's 0.1: only the preset says it
+    tiny = dict(batch_size=4, block_size=8, eval_iters=1, n_embd=16, n_head=2, n_layer=1, dropout=rate)
+    monkeypatch.setitem(stage.PRESETS, "cpu", {**stage.PRESETS["cpu"], **tiny})
+    built = []  # the rates of each model the tool trains, read from its dropout layers
+    init = stage.LanguageModel.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append({m.p for m in self.modules() if isinstance(m, torch.nn.Dropout)})
+
+    monkeypatch.setattr(stage.LanguageModel, "__init__", recording)
+    monkeypatch.setattr(stage.LanguageModel, "generate", lambda self, idx, *args, **kwargs: idx)  # no closing sample
+    monkeypatch.setattr(harness.stages, "load_stage", lambda name: stage)
+    argv = ["--data", str(small_text_file), "--chars", "5000", "--max_iters", "2", "--out", str(tmp_path / "d")]
+    code = dropout.main([*argv, "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert built == [{0.0}, {rate}]
 
 
 # -- benchmarks/bench.py ------------------------------------------------------------------------------
