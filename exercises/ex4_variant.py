@@ -38,15 +38,20 @@ import harness  # noqa: E402  the program around them: command line, checkpoints
 class Config:
     """Hyperparameters: each is also a command-line flag (--max_iters 500)."""
 
+    # The lecture's final sizes, meant for a GPU: 6 blocks of 6 heads of 64, a context of 256.
     batch_size: int = 64  # independent sequences processed in parallel in each step
     block_size: int = 256  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 384  # width of the token and position embeddings
     n_head: int = 6  # attention heads, each of size n_embd // n_head
     n_layer: int = 6  # Transformer blocks stacked one after another
+    # Dropout: a random fraction of activations zeroed at each training step, none in eval.
+    # No unit can rely on one particular other: in effect an ensemble of thinned networks.
     dropout: float = field(default=0.2, metadata={"below": 1})  # the fraction zeroed in training
 
     def __post_init__(self) -> None:  # checked before anything is built or trained
@@ -55,7 +60,9 @@ class Config:
 
 
 # --preset: "video" is the Config above, the lecture's; "cpu" is the same recipe (dropout on,
-# a constant rate) shrunk to five minutes on 2 cores. Without --preset: the device's own.
+# a constant rate) shrunk to five minutes on 2 cores. Without --preset: "video" with cuda or
+# mps, "cpu" without. The cpu preset's dropout and rate were chosen by measurement
+# (benchmarks/tune_stage10.py): docs/performance.md has the runs.
 PRESETS = {
     "video": {},
     "cpu": dict(
@@ -78,18 +85,24 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
         # a buffer, not a parameter: it moves with .to(device) but is never trained
         self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
+        # Dropout sits in three places: on the attention weights here, and after each of the
+        # two projections back into the residual stream (attention's and feed-forward's).
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -105,7 +118,8 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
         super().__init__()
         self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
-        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # back into the residual stream
+        # A projection back into the residual stream: what the heads found, as something to add.
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # (B, T, C) from the heads' outputs
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +134,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(config.n_embd, 4 * config.n_embd),  # 4x wider inside, as in the paper
+            # 4x wider inside, as in the Transformer paper (512 wide, 2048 inside). The lecture
+            # adds this capacity with the residual connections: not all of the gain is theirs.
+            nn.Linear(config.n_embd, 4 * config.n_embd),  # (B, T, 4 * C)
             nn.ReLU(),
             nn.Linear(4 * config.n_embd, config.n_embd),  # projection back into the residual stream
             nn.Dropout(config.dropout),
@@ -135,13 +151,22 @@ class Block(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        # Communication, then computation, in one unit that can be stacked.
         head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
         self.sa = MultiHeadAttention(config, config.n_head, head_size)
         self.ffwd = FeedForward(config)
+        # LayerNorm: each token's n_embd numbers rescaled to mean 0 and variance 1, then a
+        # learned gain and bias. One for each sublayer's input.
         self.ln1 = nn.LayerNorm(config.n_embd)
         self.ln2 = nn.LayerNorm(config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Residual connections: each sublayer adds to x instead of replacing it. Addition passes
+        # the gradient through unchanged, so it reaches every block directly. At the start the
+        # deep network behaves like a shallow one, and learns to use its depth gradually.
+        # Pre-norm, as in GPT-2 and the lecture: each sublayer gets normalised input, and the
+        # stream itself stays a clean path from the embeddings to the head. The Transformer
+        # paper normalised after the addition instead: x = LayerNorm(x + sublayer(x)).
         x = x + self.sa(self.ln1(x))  # (B, T, C) normalise the sublayer's input, not the stream
         x = x + self.ffwd(self.ln2(x))  # (B, T, C)
         return x
@@ -156,7 +181,9 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        # Each block reads the residual stream and adds its result back into it.
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        # The stream is a sum of every block's output: one last norm before the head reads it.
         self.ln_f = nn.LayerNorm(config.n_embd)  # final layer norm, before the head
         self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
@@ -174,6 +201,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -197,7 +226,10 @@ class LanguageModel(nn.Module):
 def main(argv: list[str] | None = None) -> None:
     run = harness.start(__file__, Config, __doc__, argv, PRESETS)
     cfg = run.config
+    # The preset decides dropout and the rate: the run says which it took.
     print(f"dropout {cfg.dropout} in training, off in eval; constant rate {cfg.learning_rate}")
+    # PyTorch's default initialisation, as in the video. The lecture's repository later added
+    # GPT-2's normal init, std 0.02: one of exercise 4's ideas.
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)

@@ -1,14 +1,11 @@
 """Stage 01: the bigram model, and the whole pipeline around it.
 
-The concept: text becomes character ids, batches of (x, y) pairs where y is x shifted by one, and a
-model that maps each character to logits for the next one. Here that model is a single
-vocab x vocab lookup table: row i holds the scores of every character that may follow character i.
-Training is cross-entropy and AdamW; every eval_interval steps the mean train/val loss is estimated.
-New against the previous stage: everything (this is the first).
+Text becomes character ids, and a batch pairs inputs x with targets y, which is x shifted by one.
+The model is one vocab x vocab table: row i scores each character that may follow character i.
+New: everything. The data, the batches, the loss estimate and the loop serve every later stage.
+Predict: how far below a uniform guess can one previous character bring the loss?
 
-Run:     python stages/01_bigram.py            (--help lists every flag)
-Measured: val loss 2.4874, train 2.4651, after 3000 steps in 4 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.49).
+Run: python stages/01_bigram.py    (--help lists every flag)
 """
 
 import sys
@@ -54,6 +51,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

@@ -1,19 +1,11 @@
 """Stage 02: token and position embeddings, with a linear head.
 
-The concept: indirection. Instead of reading logits straight off a vocab x vocab table, each token
-id looks up a vector of n_embd learned numbers, each position 0..block_size-1 looks up another, the
-two are added, and a linear layer (the language-model head) turns the sum into next-character
-logits.
-New against stage 01: the n_embd hyperparameter, the position table and lm_head.
-No gain is expected yet: every position still sees only its own token (tokens don't talk to each
-other), so the model can do no better than the bigram; knowing *where* a token sits, alone, says
-little about the next character. The point is the plumbing the next stages build on.
-The position table has block_size rows, so generate's crop to the last block_size tokens now
-matters.
+Each token id looks up a vector of n_embd numbers, and each position another. Their sum goes
+through a linear head to the next character's logits: the plumbing that attention will use.
+New: the n_embd hyperparameter, the position table and lm_head.
+Predict: tokens still do not see each other. Will knowing the position help?
 
-Run:     python stages/02_position_embedding.py            (--help lists every flag)
-Measured: val loss 2.5125, train 2.4931, after 3000 steps in 4 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.5).
+Run: python stages/02_position_embedding.py    (--help lists every flag)
 """
 
 import sys
@@ -66,6 +58,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

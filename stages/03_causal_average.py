@@ -1,24 +1,11 @@
 """Stage 03: the averaging trick, a causal bag of words.
 
-The concept: tokens start to talk. Each position is replaced by the average of its own embedding
-and those of every earlier position (never a later one: that is the future we predict). Written as
-a loop it is slow; as a matrix multiply by a lower-triangular matrix whose rows sum to 1 it is fast;
-and as masked_fill(-inf) then softmax over all-zero affinities it is the exact form that attention
-will use, with learned affinities in place of the zeros. The run shows the three forms agree.
-New against stage 02: CausalAverage (no parameters) between the embeddings and the head.
-Expect it to do *worse* than stages 01-02 (lecture: not measured). The average weighs the current
-character like every earlier one, so at the 8th position only 1/8 of the vector says which character
-we are predicting from, the one that matters most. Fixed, equal weights are the problem; stage 04
-learns the weights from the data.
+Tokens start to talk: each position becomes the average of itself and every earlier position.
+A masked softmax over all-zero affinities computes it; attention will learn those affinities.
+New: CausalAverage between the embeddings and the head, and a lower learning rate.
+Predict: the average blurs the last character with all the others. Better or worse than 02?
 
-The learning rate drops from 1e-2 to 1e-3 here, with 5000 steps instead of 3000 (and an estimate
-every 500) to make up for the smaller steps. The attention stages from 04 on need the lower rate
-(self-attention does not tolerate very high learning rates); changing it here keeps stage 04's diff
-about attention alone and gives it a baseline measured at the same settings.
-
-Run:     python stages/03_causal_average.py            (--help lists every flag)
-Measured: val loss 2.8208, train 2.8239, after 5000 steps in 6 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: not measured in the lecture).
+Run: python stages/03_causal_average.py    (--help lists every flag)
 """
 
 import sys
@@ -43,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -122,6 +111,8 @@ class LanguageModel(nn.Module):
         tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
         pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
         x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        # Equal weights: at the 8th position only 1/8 of x comes from the current character,
+        # the one that matters most for the next. Stage 04 learns the weights instead.
         x = self.average(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, vocab_size)
 
@@ -129,6 +120,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
@@ -152,6 +145,7 @@ class LanguageModel(nn.Module):
 def main(argv: list[str] | None = None) -> None:
     run = harness.start(__file__, Config, __doc__, argv)
     cfg = run.config
+    # the loop, the matrix multiply and the masked softmax: three ways to the same averages
     show_the_three_forms()
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them

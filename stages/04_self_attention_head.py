@@ -1,22 +1,11 @@
 """Stage 04: one head of self-attention.
 
-The concept: data-dependent weights. In stage 03 every earlier position counted the same. Now each
-position emits a query ("what am I looking for?") and a key ("what do I contain?"), each computed by
-its own linear layer; the affinity of position t for an earlier position s is q_t . k_s. Masked to
-the past and softmaxed, these affinities weigh the values (a third linear layer: "what I will tell
-you if you find me interesting"). The affinities are scaled by head_size**-0.5: q . k sums
-head_size products, so if q and k had unit variance it would have variance head_size; the scaling
-brings that back to 1, so the softmax stays diffuse instead of collapsing onto one position as
-heads get wider. The code written in the video scales by C = n_embd instead; the lecture's
-repository scales by head_size, as here (its commit "scale by head size"). The two coincide in
-this stage, where head_size = n_embd.
-New against stage 03: Head (key, query and value layers) in place of CausalAverage; head_size 32.
-generate already crops the context to the last block_size tokens: position embeddings (stage 02)
-and the causal mask exist only for block_size positions.
+Each position emits a query (what am I looking for?) and a key (what do I contain?).
+Their dot products, masked to the past and softmaxed, weigh the values: learned, not equal.
+New: Head, with its key, query and value layers, in place of CausalAverage.
+Predict: learned weights in place of equal ones. Below the bigram at last?
 
-Run:     python stages/04_self_attention_head.py            (--help lists every flag)
-Measured: val loss 2.4031, train 2.3914, after 5000 steps in 7 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.4).
+Run: python stages/04_self_attention_head.py    (--help lists every flag)
 """
 
 import sys
@@ -41,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -51,6 +42,7 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
@@ -61,7 +53,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -88,6 +83,7 @@ class LanguageModel(nn.Module):
         tok_emb = self.token_embedding_table(idx)  # (B, T, C) with C = n_embd
         pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
         x = tok_emb + pos_emb  # (B, T, C): the position vectors broadcast over the batch
+        # Learned weights: each position chooses which earlier characters matter to it.
         x = self.sa_head(x)  # (B, T, C) one head with head_size = C
         logits = self.lm_head(x)  # (B, T, vocab_size)
 
@@ -95,6 +91,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

@@ -1,20 +1,11 @@
 """Stage 05: multi-head attention.
 
-The concept: several heads in parallel. One head learns one kind of affinity; four heads, each
-of size n_embd // n_head = 8, can look for four different things at once (a vowel before me, the
-start of the word, ...). Their outputs are concatenated back to n_embd channels: like grouped
-convolutions, several small independent channels of communication instead of one wide one.
-New against stage 04: MultiHeadAttention, and the n_head hyperparameter (4 heads of 8), which
-must divide n_embd (Config checks it).
-The parameter count does not change (7,553): four heads of 8 hold exactly the weights of one head
-of 32. The gain comes from splitting them into independent attention patterns, not from size.
-From here on head_size (8) differs from n_embd (32): the scores are scaled by 8**-0.5, as in the
-lecture's repository, where the code written in the video scales by 32**-0.5 (stage 04 says
-more), so the video's figures come from slightly flatter attention than these.
+Several heads run side by side, each free to look for something else. Their outputs are
+concatenated back to n_embd channels. Four heads of 8 hold the weights of one head of 32.
+New: MultiHeadAttention, and the n_head hyperparameter.
+Predict: the same weights, split four ways. Does the split alone help?
 
-Run:     python stages/05_multi_head_attention.py            (--help lists every flag)
-Measured: val loss 2.2703, train 2.2566, after 5000 steps in 11 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.28).
+Run: python stages/05_multi_head_attention.py    (--help lists every flag)
 """
 
 import sys
@@ -39,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -54,6 +47,7 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
@@ -64,7 +58,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -94,7 +91,9 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
-        # n_head heads of n_embd // n_head channels: concatenated, they are n_embd wide again
+        # n_head heads of n_embd // n_head channels: concatenated, they are n_embd wide again.
+        # Four heads of 8 hold exactly the weights of one head of 32: any gain is the split's.
+        # Each head's scores are now scaled by 8**-0.5, where the video's code used 32**-0.5.
         self.sa_heads = MultiHeadAttention(config, config.n_head, config.n_embd // config.n_head)
         self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
@@ -111,6 +110,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

@@ -1,16 +1,11 @@
 """Stage 07: Transformer blocks, stacked (without residual connections).
 
-The concept: the Transformer block. Attention (communication) followed by feed-forward
-(computation) becomes one Block, and blocks are stacked n_layer = 3 deep, so that tokens can talk,
-think, and talk again about what they now know.
-New against stage 06: Block, the n_layer hyperparameter, and a stack of blocks in place of the
-single attention + feed-forward pair.
-This stage is deliberately *worse* than stage 06: a plain stack of layers is hard to optimise,
-because the gradient has to pass through every layer on its way down (stage 08 fixes that).
+Attention followed by feed-forward becomes one Block, and n_layer blocks are stacked. Tokens can
+talk, think, and talk again about what they now know.
+New: Block, the n_layer hyperparameter, and the stack in place of the single pair.
+Predict: will three blocks beat stage 06's one?
 
-Run:     python stages/07_transformer_blocks.py            (--help lists every flag)
-Measured: val loss 2.3471, train 2.3509, after 5000 steps in 24 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: worse than 06, about 2.3).
+Run: python stages/07_transformer_blocks.py    (--help lists every flag)
 """
 
 import sys
@@ -35,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -51,6 +48,7 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
@@ -61,7 +59,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -101,6 +102,7 @@ class Block(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        # Communication, then computation, in one unit that can be stacked.
         head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
         self.sa = MultiHeadAttention(config, config.n_head, head_size)
         self.ffwd = FeedForward(config)
@@ -120,6 +122,8 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        # A plain stack: the gradient must pass through every layer on its way down, which
+        # makes a deep stack hard to optimise. Stage 08 gives it a way around each block.
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
@@ -136,6 +140,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

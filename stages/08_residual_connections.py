@@ -1,20 +1,11 @@
 """Stage 08: residual connections.
 
-The concept: residual connections. Each sublayer now *adds* its output to its input,
-x = x + sublayer(x), instead of replacing it. The sum is a "residual stream" running from the
-embeddings to the head that every block reads from and writes back into; since addition passes
-gradients through unchanged, the gradient reaches every block directly, and at initialisation the
-deep network behaves almost like a shallow one and learns to use its depth gradually.
-For the sublayers to write into the stream, attention gets a projection (a linear layer) back to
-n_embd after its heads are concatenated, and so does the feed-forward network, whose inner layer
-widens to 4 * n_embd, as in the Transformer paper (512 wide, 2048 inside).
-New against stage 07: the two additions in Block, MultiHeadAttention.proj, and the 4x feed-forward
-with its output projection. The last two follow the lecture and add capacity (16,865 parameters
-become 41,921), so not all of the gain over stage 07 is the residual connections' own.
+Each sublayer now adds its output to its input, x = x + sublayer(x), instead of replacing it.
+The gradient flows down the sum straight to every block, so the stack trains.
+New: the two additions in Block, and projections back into this residual stream.
+Predict: stage 07's stack with the additions. Does depth pay off now?
 
-Run:     python stages/08_residual_connections.py            (--help lists every flag)
-Measured: val loss 2.0844, train 1.9917, after 5000 steps in 31 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.08).
+Run: python stages/08_residual_connections.py    (--help lists every flag)
 """
 
 import sys
@@ -39,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -55,6 +48,7 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
@@ -65,7 +59,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -80,7 +77,8 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
         super().__init__()
         self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
-        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # back into the residual stream
+        # A projection back into the residual stream: what the heads found, as something to add.
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # (B, T, C) from the heads' outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)
@@ -94,7 +92,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(config.n_embd, 4 * config.n_embd),  # 4x wider inside, as in the paper
+            # 4x wider inside, as in the Transformer paper (512 wide, 2048 inside). The lecture
+            # adds this capacity with the residual connections: not all of the gain is theirs.
+            nn.Linear(config.n_embd, 4 * config.n_embd),  # (B, T, 4 * C)
             nn.ReLU(),
             nn.Linear(4 * config.n_embd, config.n_embd),  # projection back into the residual stream
         )
@@ -108,11 +108,15 @@ class Block(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        # Communication, then computation, in one unit that can be stacked.
         head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
         self.sa = MultiHeadAttention(config, config.n_head, head_size)
         self.ffwd = FeedForward(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Residual connections: each sublayer adds to x instead of replacing it. Addition passes
+        # the gradient through unchanged, so it reaches every block directly. At the start the
+        # deep network behaves like a shallow one, and learns to use its depth gradually.
         x = x + self.sa(x)  # (B, T, C) the block adds to the residual stream ...
         x = x + self.ffwd(x)  # (B, T, C) ... instead of replacing it
         return x
@@ -127,6 +131,7 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        # Each block reads the residual stream and adds its result back into it.
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
@@ -143,6 +148,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

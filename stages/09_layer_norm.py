@@ -1,19 +1,11 @@
 """Stage 09: layer normalisation, before each sublayer (pre-norm).
 
-The concept: layer normalisation. LayerNorm rescales each token's vector of n_embd numbers to zero
-mean and unit variance (then applies a learned gain and bias), which keeps each sublayer's input
-well scaled however deep the stack grows.
-Where it goes: "Attention Is All You Need" normalised *after* each sublayer and its residual
-addition, x = LayerNorm(x + sublayer(x)). Like GPT-2, the lecture normalises *before* each sublayer,
-inside the residual branch, x = x + sublayer(LayerNorm(x)), plus one final LayerNorm before the
-head. Pre-norm leaves the residual stream itself untouched, an identity path from the embeddings
-to the head, so gradients flow through it cleanly and deep stacks train stably without a careful
-learning-rate warm-up; post-norm sends every gradient through every normalisation on the way down.
-New against stage 08: ln1 and ln2 in Block, and ln_f before lm_head.
+LayerNorm rescales each token's vector to zero mean and unit variance, then applies a learned
+gain and bias. Each sublayer's input stays well scaled however deep the stack grows.
+New: ln1 and ln2 in Block, before each sublayer, and ln_f before the head.
+Predict: three blocks are not deep. How much will normalisation buy here?
 
-Run:     python stages/09_layer_norm.py            (--help lists every flag)
-Measured: val loss 2.0683, train 1.9790, after 5000 steps in 39 s
-          on AMD EPYC, 2 cores, 2026-12-04 (docs/runs.json; lecture: about 2.06).
+Run: python stages/09_layer_norm.py    (--help lists every flag)
 """
 
 import sys
@@ -38,6 +30,8 @@ class Config:
     block_size: int = 8  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
+    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
+    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
     learning_rate: float = 1e-3  # AdamW step size; lower from here on, as attention needs
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 32  # width of the token and position embeddings
@@ -54,6 +48,7 @@ class Head(nn.Module):
 
     def __init__(self, config: Config, head_size: int) -> None:
         super().__init__()
+        # three views of each position's vector, each its own learned linear layer
         self.key = nn.Linear(config.n_embd, head_size, bias=False)
         self.query = nn.Linear(config.n_embd, head_size, bias=False)
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
@@ -64,7 +59,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
-        # affinities, scaled by 1/sqrt(head_size) so their variance does not grow with head_size
+        # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
+        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # the softmax stays diffuse instead of peaking on one position. (The video's code scales
+        # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
@@ -79,7 +77,8 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: Config, num_heads: int, head_size: int) -> None:
         super().__init__()
         self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
-        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # back into the residual stream
+        # A projection back into the residual stream: what the heads found, as something to add.
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # (B, T, C) from the heads' outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)
@@ -93,7 +92,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(config.n_embd, 4 * config.n_embd),  # 4x wider inside, as in the paper
+            # 4x wider inside, as in the Transformer paper (512 wide, 2048 inside). The lecture
+            # adds this capacity with the residual connections: not all of the gain is theirs.
+            nn.Linear(config.n_embd, 4 * config.n_embd),  # (B, T, 4 * C)
             nn.ReLU(),
             nn.Linear(4 * config.n_embd, config.n_embd),  # projection back into the residual stream
         )
@@ -107,13 +108,22 @@ class Block(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        # Communication, then computation, in one unit that can be stacked.
         head_size = config.n_embd // config.n_head  # n_head heads, n_embd wide when concatenated
         self.sa = MultiHeadAttention(config, config.n_head, head_size)
         self.ffwd = FeedForward(config)
+        # LayerNorm: each token's n_embd numbers rescaled to mean 0 and variance 1, then a
+        # learned gain and bias. One for each sublayer's input.
         self.ln1 = nn.LayerNorm(config.n_embd)
         self.ln2 = nn.LayerNorm(config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Residual connections: each sublayer adds to x instead of replacing it. Addition passes
+        # the gradient through unchanged, so it reaches every block directly. At the start the
+        # deep network behaves like a shallow one, and learns to use its depth gradually.
+        # Pre-norm, as in GPT-2 and the lecture: each sublayer gets normalised input, and the
+        # stream itself stays a clean path from the embeddings to the head. The Transformer
+        # paper normalised after the addition instead: x = LayerNorm(x + sublayer(x)).
         x = x + self.sa(self.ln1(x))  # (B, T, C) normalise the sublayer's input, not the stream
         x = x + self.ffwd(self.ln2(x))  # (B, T, C)
         return x
@@ -128,7 +138,9 @@ class LanguageModel(nn.Module):
         # each token id and each position looks up a learned vector of n_embd numbers
         self.token_embedding_table = nn.Embedding(vocab_size, config.n_embd)
         self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        # Each block reads the residual stream and adds its result back into it.
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        # The stream is a sum of every block's output: one last norm before the head reads it.
         self.ln_f = nn.LayerNorm(config.n_embd)  # final layer norm, before the head
         self.lm_head = nn.Linear(config.n_embd, vocab_size)  # embedding -> next-character logits
 
@@ -146,6 +158,8 @@ class LanguageModel(nn.Module):
             loss = None
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
+            # The mean of -log(probability of the right next character). A uniform guess over the
+            # vocabulary gives ln(vocab_size): where an untrained model starts.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
