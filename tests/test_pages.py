@@ -1,9 +1,12 @@
 """tools/pages.py and the record: the pages are what the stages and the recorded runs make, every
 figure shown agrees with the record, and every link points at something."""
 
+import ast
 import dataclasses
 import difflib
+import itertools
 import re
+import textwrap
 
 import pytest
 
@@ -34,19 +37,99 @@ def test_the_pages_and_tables_are_what_the_stages_and_the_record_make():
     assert [p.relative_to(ROOT) for p in pages.stale_files(SOURCES)] == []
 
 
+def code_below_docstring(stage: str) -> list[str]:
+    source = (harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8")
+    return source.splitlines()[ast.parse(source).body[0].end_lineno :]
+
+
+def changed_lines(diff: str) -> list[str]:
+    return [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
 @pytest.mark.parametrize("stage", STAGES[1:])
-def test_each_page_shows_the_diff_of_todays_stages(stage):
+def test_each_page_shows_every_code_change_of_todays_diff(stage):
+    """The page's hunks, joined, change exactly the lines that today's diff -u changes below the docstring."""
     before = STAGES[STAGES.index(stage) - 1]
     page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
-    shown = re.search(r"^(`{3,})diff\n(.*?)\n\1$", page, re.DOTALL | re.MULTILINE)
-    today = difflib.unified_diff(
-        (harness.stages.STAGE_DIR / f"{before}.py").read_text(encoding="utf-8").splitlines(),
-        (harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8").splitlines(),
-        f"stages/{before}.py",
-        f"stages/{stage}.py",
-        lineterm="",
+    shown = [m[2] for m in re.finditer(r"^(`{3,})diff\n(.*?)\n\1$", page, re.DOTALL | re.MULTILINE)]
+    today = difflib.unified_diff(code_below_docstring(before), code_below_docstring(stage), lineterm="", n=0)
+    assert shown and changed_lines("\n".join(shown)) == changed_lines("\n".join(today))
+    assert f"`diff -u stages/{before}.py stages/{stage}.py`" in page
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_each_hunks_line_numbers_are_the_whole_files(stage):
+    """A hunk's @@ line numbers the lines as they are in the stage files, docstring included."""
+    before = STAGES[STAGES.index(stage) - 1]
+    lines = {
+        name: (harness.stages.STAGE_DIR / f"{name}.py").read_text(encoding="utf-8").splitlines()
+        for name in (before, stage)
+    }
+    for hunk in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage]):
+        header, first, *_ = hunk.text.splitlines()
+        start_a, start_b = map(int, re.match(r"@@ -(\d+)(?:,\d+)? \+(\d+)", header).groups())
+        if first.startswith(" "):  # a context line: the same line in both files
+            assert lines[before][start_a - 1] == first[1:] == lines[stage][start_b - 1]
+
+
+def test_each_hunk_is_followed_by_the_reasons_it_adds():
+    before = '"""Stage 98: before."""\n\nx = 1\ny = 2\n'
+    after = (
+        '"""Stage 99: after."""\n\nx = 1\n# Why y doubles: a reason\n# on two lines\ny = 4\n\n\n'
+        'def f():\n    """What f does."""\n'
     )
-    assert shown and shown.group(2) == "\n".join(today)
+    (hunk,) = pages.code_hunks(before, after)
+    assert hunk.text.splitlines()[0] == "@@ -2,3 +2,9 @@"  # numbered as in the files, docstring included
+    assert hunk.reasons == ["Why y doubles: a reason on two lines.", "What f does."]
+    ended = pages.code_hunks(before, '"""Stage 99."""\n\nx = 1\ny = 3  # (B, T) n_head: a note at the end\n')
+    assert ended[0].reasons == ["`y = 3`: n_head: a note at the end."]  # no comment line: the note, not the shape
+    assert pages.code_hunks(before, '"""Stage 99: a new lesson."""\n\nx = 1\ny = 2\n') == []  # docstring only
+
+
+def noise_said(noise: float) -> str:
+    return f"run-to-run noise of ±{noise}"
+
+
+def test_what_the_idea_bought_weighs_the_change_against_the_noise():
+    run = {"val_loss": 2.30}
+    noise = harness.references.NOISE
+    said = pages.bought("05_b", run, "04_a", {"val_loss": 2.43})
+    assert said == f"Val loss **2.3000**, against stage 04's 2.4300: **0.1300 lower**, outside the {noise_said(noise)}."
+    assert "**0.0500 higher**, outside" in pages.bought("07_b", run, "06_a", {"val_loss": 2.25})
+    assert "within the run-to-run noise" in pages.bought("09_b", run, "08_a", {"val_loss": 2.30 + noise / 2})
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_each_page_asks_before_it_answers(stage):
+    """The stage's question comes before the figures that answer it, and the answer is the record's."""
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    asked = pages.question(SOURCES.stages[stage])
+    before = STAGES[STAGES.index(stage) - 1]
+    answer = pages.bought(stage, RECORD["stages"][stage], before, RECORD["stages"][before])
+    assert asked and page.index(pages.markdown_safe(asked)) < page.index("## What the idea bought") < page.index(answer)
+    assert page.index(answer) < page.index(f"](../images/{pages.curve_image(stage).name})")
+
+
+def test_stage_01s_page_explains_the_loss_and_shows_the_pipeline():
+    page = (pages.PAGES / "01_bigram.md").read_text(encoding="utf-8")
+    run = RECORD["stages"]["01_bigram"]
+    assert "a loss of ln 65 ≈ 4.17" in page and f"The trained bigram reaches {run['val_loss']:.2f}" in page
+    common_source = (ROOT / "common.py").read_text(encoding="utf-8")
+    for name in ("def encode", "def split_data", "def get_batch", "def estimate_loss"):
+        start = common_source.rindex("\n", 0, common_source.index(name)) + 1  # the line's start, its indent
+        assert textwrap.dedent(common_source[start : common_source.index("\n\n", start)]) in page, name
+    assert "        loss.backward()\n        optimizer.step()" not in page  # the loop is shown dedented
+    assert "    loss.backward()\n    optimizer.step()" in page
+
+
+def test_each_diff_is_the_lesson_not_the_docstring():
+    """diff -u of consecutive stages changes at most 12 lines of the docstring, and more of the code."""
+    for before, stage in itertools.pairwise(STAGES):
+        docstrings = [SOURCES.stages[s].splitlines()[: pages.code_lines(SOURCES.stages[s])[0]] for s in (before, stage)]
+        in_docstring = changed_lines("\n".join(difflib.unified_diff(*docstrings, lineterm="", n=0)))
+        code = difflib.unified_diff(code_below_docstring(before), code_below_docstring(stage), lineterm="", n=0)
+        in_code = changed_lines("\n".join(code))
+        assert len(in_docstring) <= 12 and len(in_code) > len(in_docstring), (before, stage)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -102,19 +185,17 @@ def test_without_a_record_nothing_is_claimed(tmp_path):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_each_stages_docstring_gives_its_recorded_figures(stage):
-    """The figures a learner reads at the top of a stage are the recorded ones."""
+def test_no_measured_figure_lives_in_a_stages_source(stage):
+    """The record holds the figures and the pages show them: a stage's source, re-recorded or not, stays
+    the same. No loss, no time, no date, no machine in its docstring or comments."""
+    source = SOURCES.stages[stage]
     run = RECORD["stages"][stage]
-    doc = harness.stages.load_stage(stage).__doc__
-    said = re.search(r"Measured: val loss (\d\.\d{4}), train (\d\.\d{4}), after (\d+) steps.*? in (\d+) s", doc)
-    assert said, stage
-    assert [float(said[1]), float(said[2]), int(said[3]), int(said[4])] == [
-        round(run["val_loss"], 4),
-        round(run["train_loss"], 4),
-        run["steps"],
-        round(run["wall_time_s"]),
-    ]
-    assert f"on {RECORD['machine']}, {RECORD['date']}" in doc
+    for figure in (run["val_loss"], run["train_loss"]):
+        for places in (2, 3, 4):
+            assert f"{figure:.{places}f}" not in source, (stage, f"{figure:.{places}f}")
+    assert not re.search(r"\b\d\.\d{3,4}\b", source), "a loss-like figure: the record and the pages hold those"
+    assert not re.search(r"\b\d+(\.\d+)? ?(s|seconds|minutes) (a|per) step|\bin \d+ s\b", source)
+    assert "Measured" not in source and RECORD["machine"] not in source and "20" + "26-" not in source
 
 
 def test_a_changed_stage_makes_its_page_and_the_next_stale():
@@ -148,13 +229,12 @@ def test_the_check_names_each_stale_file_and_fails(monkeypatch, capsys):
 def test_the_lesson_is_the_docstring_as_markdown():
     source = (
         '"""Stage 99: a title.\n\nThe concept: scaled by head_size**-0.5, then\nsoftmaxed.\n'
-        "New against stage 98: one thing.\n\nRun:     python stages/99.py\nMeasured: val loss 1.0000\n"
-        '          on a machine.\n"""\n'
+        'New: one thing.\nPredict: better or worse?\n\nRun: python stages/99.py\n"""\n'
     )
     assert pages.title(source) == "Stage 99: a title"
-    assert pages.lesson(source) == (
-        "The concept: scaled by `head_size**-0.5`, then softmaxed.\n\nNew against stage 98: one thing."
-    )
+    assert pages.lesson(source) == "The concept: scaled by `head_size**-0.5`, then softmaxed.\n\nNew: one thing."
+    assert pages.question(source) == "better or worse?"
+    assert pages.question('"""Stage 99: a title.\n\nNo question.\n"""') is None
 
 
 def test_a_fence_is_longer_than_any_backticks_inside():
