@@ -87,7 +87,7 @@ def test_each_hunk_is_followed_by_the_reasons_it_adds():
 
 
 def noise_said(noise: float) -> str:
-    return f"run-to-run noise of ±{noise}"
+    return f"[run-to-run noise]({pages.NOISE_EXPLAINED}) of ±{noise}"
 
 
 def test_what_the_idea_bought_weighs_the_change_against_the_noise():
@@ -96,7 +96,8 @@ def test_what_the_idea_bought_weighs_the_change_against_the_noise():
     said = pages.bought("05_b", run, "04_a", {"val_loss": 2.43})
     assert said == f"Val loss **2.3000**, against stage 04's 2.4300: **0.1300 lower**, outside the {noise_said(noise)}."
     assert "**0.0500 higher**, outside" in pages.bought("07_b", run, "06_a", {"val_loss": 2.25})
-    assert "within the run-to-run noise" in pages.bought("09_b", run, "08_a", {"val_loss": 2.30 + noise / 2})
+    within = pages.bought("09_b", run, "08_a", {"val_loss": 2.30 + noise / 2})
+    assert f"within the {noise_said(noise)}: no difference shown" in within
 
 
 @pytest.mark.parametrize("stage", STAGES[1:])

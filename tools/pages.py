@@ -43,6 +43,7 @@ PAGES = DOCS / "stages"
 IMAGES = DOCS / "images"
 RESULTS = common.ROOT / "benchmarks" / "results.json"
 COMMON = common.ROOT / "common.py"
+NOISE_EXPLAINED = "../README.md#how-far-to-trust-a-figure"  # from a stage's page
 # a block is the lines between its opening and its end, each a line of its own (prose may name them)
 BLOCK = re.compile(r"^<!-- made by tools/pages\.py: ([\w-]+) -->\n(.*?)^<!-- end of \1 -->$", re.DOTALL | re.MULTILINE)
 OPENING = re.compile(r"^<!-- made by tools/pages\.py: ([\w-]+) -->$", re.MULTILINE)
@@ -274,11 +275,12 @@ def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
         return f"Stage {stage[:2]} or stage {previous[:2]} has no val loss in the record: nothing to compare."
     change = val - before
     noise = harness.references.NOISE
+    band = f"[run-to-run noise]({NOISE_EXPLAINED}) of ±{noise}"
     if abs(change) <= noise:
-        said = f"a change of {change:+.4f}, within the run-to-run noise of ±{noise}: no difference shown"
+        said = f"a change of {change:+.4f}, within the {band}: no difference shown"
     else:
         way = "lower" if change < 0 else "higher"
-        said = f"**{abs(change):.4f} {way}**, outside the run-to-run noise of ±{noise}"
+        said = f"**{abs(change):.4f} {way}**, outside the {band}"
     return f"Val loss **{val:.4f}**, against stage {previous[:2]}'s {before:.4f}: {said}."
 
 
