@@ -15,7 +15,7 @@ import harness.paired_test
 import harness.stages
 from conftest import one_line_error, tiny_flags
 from exercises import arithmetic, learner_stage
-from exercises.checks import ex1, ex2
+from exercises.checks import ex1, ex2, ex4
 
 EXERCISE_1 = exercises.check.EXERCISE_DIR / f"{ex1.NAME}.py"
 SOLUTION_1 = exercises.check.EXERCISE_DIR / "solutions" / f"{ex1.NAME}.py"
@@ -326,7 +326,32 @@ def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_runs(tmp_
     results = outcomes_4(variant(tmp_path, "ex4_wider.py", wider))
     assert results["differs from stage 10"].status == "passed"
     reach = results[REACH]
-    assert reach.status == "FAILED" and "the preset sets the sizes" in reach.message, reach
+    assert reach.status == "FAILED", reach
+    assert "the Config's defaults only (n_embd 512 here, 384 in stage 10, the preset's 128)" in reach.message
+    assert "change the value in PRESETS['cpu'] instead" in reach.message
+
+
+def test_a_change_to_another_preset_only_does_not_reach_the_compared_runs_and_is_told_so(tmp_path):
+    video = ('    "video": {},\n', '    "video": {"dropout": 0.3},\n')
+    reach = outcomes_4(variant(tmp_path, "ex4_video.py", video))[REACH]
+    assert reach.status == "FAILED" and "a change to another preset shows nothing there" in reach.message, reach
+    assert "Config's defaults" not in reach.message
+
+
+def test_clipping_that_a_few_steps_never_trigger_is_a_change_that_reaches_the_runs(tmp_path):
+    """Clipping at 1.0 acts only when the gradient's norm passes 1.0, which the check's few short steps
+    do not reach: the weights end as stage 10's, the code the runs execute is another."""
+    clip = (
+        "        optimizer.step()\n",
+        "        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n        optimizer.step()\n",
+    )
+    path = variant(tmp_path, "ex4_clip.py", clip)
+    module = exercises.check.load_learner_file(path)
+    stage = learner_stage.stage_10_with(None)
+    assert ex4.same_weights(ex4.short_run(stage).weights, ex4.short_run(module).weights)  # the condition unmet
+    results = outcomes_4(path)
+    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
+    assert "acts only under some conditions" in results[REACH].message
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,10 @@ TINY = dict(batch_size=4, block_size=8, n_embd=16, n_head=2, n_layer=2, dropout=
 STEPS = 20
 
 
-def code_of(source: str) -> str:
+def code_of(source: str, overridden: frozenset[str] = frozenset()) -> str:
     """The code of a module without its comments or docstrings (the module's, its classes' and its
-    functions'): what running it depends on."""
+    functions'): what running it depends on. overridden: Config fields a preset sets, whose defaults
+    (and the PRESETS table itself) are left out too, as the preset's run never reads them."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -41,7 +42,29 @@ def code_of(source: str) -> str:
             and isinstance(body[0].value, ast.Constant)
         ):
             node.body = body[1:] or [ast.Pass()]
+    if overridden:
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == "Config":
+                for field in node.body:
+                    if isinstance(field, ast.AnnAssign) and getattr(field.target, "id", None) in overridden:
+                        field.value = ast.Constant(None)
+            elif isinstance(node, ast.Assign | ast.AnnAssign) and "PRESETS" in names_assigned(node):
+                node.value = ast.Constant(None)
     return ast.dump(tree)
+
+
+def names_assigned(node: ast.Assign | ast.AnnAssign) -> set[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return {t.id for t in targets if isinstance(t, ast.Name)}
+
+
+def config_defaults(module: ModuleType) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(module.Config)}
+
+
+def preset_fields(module: ModuleType) -> dict:
+    """What the cpu preset sets over the Config's defaults in module ({} without one)."""
+    return dict(getattr(module, "PRESETS", {}).get("cpu", {}))
 
 
 def is_a_stage(module: ModuleType) -> None:
@@ -127,19 +150,55 @@ def first_logits(module: ModuleType) -> torch.Tensor:
     return model(idx)[0].detach()
 
 
+def what_the_runs_execute(module: ModuleType, overridden: frozenset[str]) -> tuple[str, dict]:
+    """The code a run of module at the cpu preset executes (without the defaults the preset sets over,
+    see code_of) and the Config it resolves: two files equal in both make the same runs."""
+    with open(module.__file__, encoding="utf-8") as f:
+        code = code_of(f.read(), overridden)
+    flags = learner_stage.cpu_preset_flags(module)
+    return code, dataclasses.asdict(learner_stage.resolved_config(module, flags))
+
+
+def overridden_defaults(module: ModuleType, stage: ModuleType) -> list[str]:
+    """The Config defaults module changed from stage 10's that the cpu preset sets over: "n_embd 512
+    here, 384 in stage 10, the preset's 128"."""
+    mine, theirs, preset = config_defaults(module), config_defaults(stage), preset_fields(module)
+    return [
+        f"{k} {mine[k]} here, {theirs[k]} in stage 10, the preset's {preset[k]}"
+        for k in mine
+        if k in preset and k in theirs and mine[k] != theirs[k]
+    ]
+
+
 def reaches_the_compared_runs(module: ModuleType) -> str:
-    """The change shows in what compare.py trains: the weights after a few steps at the cpu preset."""
+    """The change shows in what compare.py trains: the weights or the first logits differ after a few
+    steps at the cpu preset; or, where a change acts only under conditions those steps do not meet (a
+    gradient norm above a bound, a later step), the code and the Config the runs execute differ."""
     stage = learner_stage.stage_10_with(None)
-    if same_weights(short_run(stage).weights, short_run(module).weights):
-        raise Failed(
-            "the change does not reach the runs compare.py makes: a few steps at stage 10's cpu preset end "
-            "at the same weights as stage 10's (the preset sets the sizes, the rate and dropout over the "
-            "Config's defaults: a change there shows nothing; change it in PRESETS['cpu'] too)"
-        )
     theirs, mine = first_logits(stage), first_logits(module)
-    if theirs.shape == mine.shape and torch.equal(theirs, mine):
+    if not (theirs.shape == mine.shape and torch.equal(theirs, mine)):
+        return "a change to the model: other logits from the first step"
+    if not same_weights(short_run(stage).weights, short_run(module).weights):
         return "a change to how it trains: the same model, other weights after a few steps"
-    return "a change to the model: other logits from the first step"
+    overridden = frozenset(preset_fields(stage)) | frozenset(preset_fields(module))
+    if what_the_runs_execute(module, overridden) != what_the_runs_execute(stage, overridden):
+        return (
+            "a change to how it trains: the same model and, after a few steps, the same weights, but other code "
+            "or settings in the runs: a change that acts only under some conditions (a gradient norm above a "
+            "bound, a later step), which compare.py's full runs can meet"
+        )
+    changed = overridden_defaults(module, stage)
+    if changed:
+        raise Failed(
+            f"the change does not reach the runs compare.py makes: it changes the Config's defaults only "
+            f"({'; '.join(changed)}), and the cpu preset, which compare.py runs, sets the sizes, the rate and "
+            "dropout over them: change the value in PRESETS['cpu'] instead"
+        )
+    raise Failed(
+        "the change does not reach the runs compare.py makes: at the cpu preset, which compare.py runs, the file "
+        "executes stage 10's code with stage 10's settings (a change to another preset shows nothing there): "
+        "change the model, the loop, or PRESETS['cpu']"
+    )
 
 
 def trains_without_nan(module: ModuleType) -> str:
