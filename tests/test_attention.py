@@ -185,6 +185,18 @@ def test_the_text_view_at_chosen_positions(tmp_path, capsys):
     assert "position 6" not in out  # --positions replaces the default, the last
 
 
+def test_chosen_layers_are_shown_under_their_own_numbers(tmp_path, capsys):
+    ckpt = save_tiny_checkpoint("10_gpt", tmp_path / "gpt.pt", n_layer=3)
+    code, out, err = run_tool(capsys, "10", "--checkpoint", ckpt, "--prompt", "All:", "--layers", "-1", "--text")
+    assert code == 0, err
+    assert "layer 3, head 1:" in out and "layer 3, head 2:" in out
+    assert "layer 1," not in out and "layer 2," not in out
+    code, out, err = run_tool(capsys, "10", "--checkpoint", ckpt, "--prompt", "All:", "--layers", "1", "3", "--text")
+    assert code == 0, err
+    assert "layer 1, head 1:" in out and "layer 3, head 2:" in out and "layer 2," not in out
+    assert attention.check_layers(None, 3) == [0, 1, 2] and attention.check_layers([3, -1], 3) == [2]
+
+
 @pytest.mark.parametrize("stage", ["01_bigram", "02_position_embedding"])
 def test_stages_without_attention_say_so_and_still_show_the_odds(stage, tmp_path, capsys):
     ckpt = save_tiny_checkpoint(stage, tmp_path / "m.pt")
@@ -220,6 +232,8 @@ def test_an_empty_prompt_starts_from_a_newline(tmp_path, capsys):
         (["--positions", "12"], ["error: --positions 12: the model reads 4 character(s), positions 0 to 3"]),
         (["--temperature", "0"], ["error: argument --temperature", "must be greater than 0"]),
         (["--odd", "3"], ["--odd (did you mean --odds?)"]),
+        (["--layers", "0"], ["error: --layers 0: the model has 2 layer(s) of attention, 1 to 2 (or -2 to -1"]),
+        (["--layers", "3"], ["error: --layers 3: the model has 2 layer(s)"]),
     ],
 )
 def test_bad_flags_are_one_line(argv, fragments, tmp_path, capsys):

@@ -14,7 +14,7 @@ import harness
 import harness.references
 import harness.stages
 from conftest import ROOT
-from tools import pages
+from tools import attention, pages
 
 SOURCES = pages.load_sources()
 RECORD = SOURCES.record
@@ -281,3 +281,13 @@ def test_a_record_that_cannot_be_read_is_one_warning_and_no_reference(tmp_path, 
     broken.write_text("<<<<<<< HEAD\n{", encoding="utf-8")
     assert harness.references.load_record(broken) == {}
     assert capsys.readouterr().err.startswith(f"warning: {broken} cannot be read (")
+
+
+def test_stage_10s_attention_map_is_drawn_by_the_command_its_page_shows():
+    """The page shows the command that tools/train_all.py runs for the map: two layers, a short line."""
+    page = (pages.PAGES / "10_gpt.md").read_text(encoding="utf-8")
+    assert pages.fence(pages.attention_command(), "bash") in page
+    assert "--prompt $'JULIET:\\nO Romeo!' --layers 1 -1 --out docs/images/attention_10_gpt.png" in page
+    args = attention.build_parser().parse_args(pages.attention_flags(ROOT / "ckpt.pt", ROOT / "map.png"))
+    assert (args.stage, args.prompt, args.layers) == ("10", "JULIET:\nO Romeo!", [1, -1])
+    assert (args.checkpoint, args.out) == (ROOT / "ckpt.pt", ROOT / "map.png")

@@ -3,6 +3,7 @@
     python tools/attention.py 10 --prompt "ROMEO:"           the maps as a PNG: checkpoints/10_gpt.attention.png
     python tools/attention.py 10 --prompt "ROMEO:" --text    the same in the terminal, for the last position
     python tools/attention.py 4 --prompt "To be, or" --positions 0 -1 --temperature 0.5 --top_k 5
+    python tools/attention.py 10 --prompt "ROMEO:" --layers 1 -1   the first and the last layer only
 
 It loads the stage's checkpoint, runs the prompt through the model once, as generate does before it
 samples, and shows:
@@ -235,6 +236,19 @@ def head_label(layer: int, head: int, attention: HeadAttention) -> str:
     return f"layer {layer + 1}, head {head + 1}" if attention.learned else "the fixed causal average"
 
 
+def check_layers(chosen: list[int] | None, count: int) -> list[int]:
+    """--layers as indices from 0: the numbers the maps show (1 to count), or from the end (-1 the last)."""
+    for n in chosen or []:
+        if not (1 <= n <= count or -count <= n <= -1):
+            raise harness.UserError(
+                f"--layers {n}: the model has {count} layer(s) of attention, 1 to {count} (or {-count} to -1 "
+                "from the end)"
+            )
+    if not chosen:
+        return list(range(count))
+    return list(dict.fromkeys(n - 1 if n > 0 else n % count for n in chosen))  # "4 -1" of 4 layers: one
+
+
 def check_positions(positions: list[int], length: int) -> list[int]:
     """--positions as indices from 0 (negative ones count from the end, -1 the last); each one checked."""
     for p in positions:
@@ -246,8 +260,12 @@ def check_positions(positions: list[int], length: int) -> list[int]:
     return list(dict.fromkeys(p % length for p in positions))  # "-1 5" for 6 characters is one position
 
 
-def format_text_view(text: str, layers: list[list[HeadAttention]], positions: list[int]) -> str:
-    """For each position, the TOP_WEIGHTS positions that each head weighs most, with their weights."""
+def format_text_view(
+    text: str, layers: list[list[HeadAttention]], positions: list[int], numbers: list[int] | None = None
+) -> str:
+    """For each position, the TOP_WEIGHTS positions that each head weighs most, with their weights.
+    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
+    numbers = numbers or list(range(len(layers)))
     lines = []
     for t in positions:
         last = " (the last: its output predicts the next character)" if t == len(text) - 1 else ""
@@ -258,7 +276,7 @@ def format_text_view(text: str, layers: list[list[HeadAttention]], positions: li
                 # heaviest first; among equal weights (stage 03) the nearest first
                 top = sorted(range(t + 1), key=lambda s: (-row[s], -s))[:TOP_WEIGHTS]
                 picks = "   ".join(f"{s} '{visible(text[s])}' {row[s]:.2f}" for s in top)
-                lines.append(f"  {head_label(li, hi, head) + ':':<26}{picks}")
+                lines.append(f"  {head_label(numbers[li], hi, head) + ':':<26}{picks}")
     return "\n".join(lines)
 
 
@@ -266,8 +284,12 @@ def format_text_view(text: str, layers: list[list[HeadAttention]], positions: li
 # the attention as a picture
 
 
-def draw_maps(text: str, layers: list[list[HeadAttention]], title: str, out: Path) -> Path:
-    """Every head's T x T weights as one grid of heat maps (rows layers, columns heads), written to out."""
+def draw_maps(
+    text: str, layers: list[list[HeadAttention]], title: str, out: Path, numbers: list[int] | None = None
+) -> Path:
+    """Every head's T x T weights as one grid of heat maps (rows layers, columns heads), written to out.
+    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
+    numbers = numbers or list(range(len(layers)))
     figure_cls = plot.import_matplotlib()
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -282,7 +304,7 @@ def draw_maps(text: str, layers: list[list[HeadAttention]], title: str, out: Pat
     future = np.triu(np.ones((length, length), dtype=bool), k=1)  # (T, T) above the diagonal
     ticks = list(range(0, length, math.ceil(length / 48)))  # every character up to 48 of them, then every n-th
     labels = [visible(text[i]) for i in ticks]
-    fontsize = 8 if length <= 32 else 6
+    fontsize = 9 if length <= 20 else 8 if length <= 32 else 6  # 9 points: 12 pixels at 100 dpi
     image = None
     for li in range(rows):
         for hi in range(cols):
@@ -293,7 +315,7 @@ def draw_maps(text: str, layers: list[list[HeadAttention]], title: str, out: Pat
             head = layers[li][hi]
             weights = np.ma.masked_array(head.weights.numpy(), future)  # (T, T)
             image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(head_label(li, hi, head), fontsize=9)
+            ax.set_title(head_label(numbers[li], hi, head), fontsize=10)
             ax.set_xticks(ticks, labels, fontsize=fontsize)
             ax.set_yticks(ticks, labels, fontsize=fontsize)
             ax.tick_params(length=0)
@@ -359,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: -1, the last; implies --text)",
     )
     parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="INT",
+        help="the layers to show, numbered from 1 as the maps label them, or from the end with -1 (default: all)",
+    )
+    parser.add_argument(
         "--odds",
         type=harness.cli.positive(int),
         default=10,
@@ -404,16 +434,18 @@ def attention_main(argv: list[str] | None) -> None:
     print(f"{stage}, step {trained.step} ({trained.path}): reads {''.join(map(visible, text))}")
     if note:
         print(note)
+    chosen = check_layers(args.layers, len(layers)) if layers else []
+    numbers, layers = chosen, [layers[i] for i in chosen]
     if not layers:
         print(f"{stage} has no attention: each position sees only itself (tokens first talk in 03_causal_average)")
     elif args.text or args.positions or not plot.have_matplotlib():
         if not (args.text or args.positions):
             print(f"the attention as text, as matplotlib is not installed ({plot.MATPLOTLIB_HINT})")
-        print(format_text_view(text, layers, positions))
+        print(format_text_view(text, layers, positions, numbers))
     else:
         out = args.out or trained.path.with_suffix(".attention.png")
         title = f"{stage}: attention over “{''.join(map(visible, text))}”"
-        print(f"attention maps: {draw_maps(text, layers, title, out)}")
+        print(f"attention maps: {draw_maps(text, layers, title, out, numbers)}")
     print(
         format_odds(
             next_char_probs(logits, args.temperature, args.top_k),

@@ -461,14 +461,47 @@ def dropout_answer(histories: dict[str, list[list[float]]]) -> str:
     return " ".join(said)
 
 
+# Stage 10's attention map: the first and last layers' heads over a short line, so that each character
+# stays legible at the width a repository's page shows it. tools/train_all.py draws it from the recorded
+# run's checkpoint, with the other figures.
+ATTENTION_PROMPT = "JULIET:\nO Romeo!"
+ATTENTION_LAYERS = ["1", "-1"]
+ATTENTION_IMAGE = IMAGES / "attention_10_gpt.png"
+
+
+def attention_flags(checkpoint: Path | None = None, out: Path | None = None) -> list[str]:
+    """tools/attention.py's arguments for the page's map: from checkpoint (default: the stage's own), to out
+    (default: the page's image, from the project's root)."""
+    where = ["--checkpoint", str(checkpoint)] if checkpoint else []
+    out = out or ATTENTION_IMAGE.relative_to(common.ROOT)
+    return ["10", "--prompt", ATTENTION_PROMPT, "--layers", *ATTENTION_LAYERS, *where, "--out", str(out)]
+
+
+def attention_command() -> str:
+    """The map's command as a learner types it in bash: the prompt's newline written $'...\\n...'."""
+    flags = attention_flags()
+    prompt = flags.index("--prompt") + 1
+    flags[prompt] = "$'" + flags[prompt].replace("\n", "\\n") + "'"
+    return "python tools/attention.py " + " ".join(flags)
+
+
+def draw_attention(checkpoint: Path) -> Path:
+    """Stage 10's attention map for its page, from the trained checkpoint (needs matplotlib)."""
+    from tools import attention  # only here: the pages themselves never load a model
+
+    attention.attention_main(attention_flags(checkpoint, ATTENTION_IMAGE))
+    return ATTENTION_IMAGE
+
+
 def attention_section() -> str:
     return "\n\n".join(
         [
             "## Looking inside: attention",
-            "`python tools/attention.py 10` draws where each head of each layer looks, one map a head, "
-            "from the trained checkpoint ([Looking inside](../looking-inside.md) says more). "
-            "The recorded run's heads, on the first words of Juliet's line:",
-            "![attention maps of stage 10's heads](../images/attention_10_gpt.png)",
+            "`python tools/attention.py 10` draws where each head looks, one map a head, from the trained "
+            "checkpoint. [Looking inside](../looking-inside.md) says how to read the maps. Here are the first and "
+            "last layers of the recorded run, on the start of Juliet's line:",
+            fence(attention_command(), "bash"),
+            "![attention maps of stage 10's first and last layers](../images/attention_10_gpt.png)",
         ]
     )
 

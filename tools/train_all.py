@@ -318,6 +318,8 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
             ) from None
         for path in written:
             print(f"wrote {path.relative_to(common.ROOT)}")
+        if "10_gpt" in stages and plot.have_matplotlib():  # stage 10's page shows its attention, drawn here
+            print(f"wrote {pages.draw_attention(args.checkpoints / '10_gpt.pt').relative_to(common.ROOT)}")
     return 0
 
 
