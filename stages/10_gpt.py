@@ -3,7 +3,7 @@
 Dropout zeroes a random fraction of activations at each training step, and none in eval.
 No unit can rely on one other unit, so the bigger model memorises less of its training text.
 New: dropout in three places, the lecture's sizes, and a smaller preset for a CPU.
-Predict: a model twenty times bigger, on a CPU for five minutes. How far below stage 09?
+Predict: a much bigger model, five minutes on a CPU. How far below stage 09?
 
 Run: python stages/10_gpt.py    (--help lists every flag; --preset video: the lecture's)
 """
