@@ -20,6 +20,8 @@ position embedding changes, and with it every key and value of every layer. A ca
 slide on. Whatever you choose, the characters must stay stage 10's.
 
 Check it:   python exercises/check.py 5
+Sample:     python exercises/ex5_kv_cache.py --prompt "ROMEO:"   stage 10's trained model
+            (checkpoints/10_gpt.pt) generating with your cache; stage 10's sampling flags
 A worked solution is in exercises/solutions/ex5_kv_cache.py: for after.
 """
 
@@ -36,6 +38,7 @@ ROOT = next((p for p in Path(__file__).resolve().parents if (p / "common.py").ex
 sys.path.insert(0, str(ROOT or Path.cwd()))
 import common  # noqa: E402, F401  adjust_logits: stage 10's temperature and top_k
 import harness.stages  # noqa: E402
+from exercises.checks.ex5 import sample_main  # noqa: E402
 
 # stage 10, imported as it is: its Config, its modules, the names of its weights
 stage = harness.stages.load_stage("10_gpt")
@@ -105,3 +108,7 @@ class CachedLanguageModel(stage.LanguageModel):
         """
         # --- write this: a loop of max_new_tokens steps, each from the cache -----------------------
         raise NotImplementedError("not written yet: CachedLanguageModel.generate")
+
+
+if __name__ == "__main__":
+    sys.exit(sample_main(CachedLanguageModel))

@@ -23,6 +23,8 @@ slide on. This solution starts a new cache from the last block_size characters, 
 them: past block_size each step recomputes one window, as stage 10 does, and gives its characters.
 
 Check it:   python exercises/check.py 5
+Sample:     python exercises/ex5_kv_cache.py --prompt "ROMEO:"   stage 10's trained model
+            (checkpoints/10_gpt.pt) generating with your cache; stage 10's sampling flags
 Its checks: python exercises/check.py 5 --file exercises/solutions/ex5_kv_cache.py
 """
 
@@ -39,6 +41,7 @@ ROOT = next((p for p in Path(__file__).resolve().parents if (p / "common.py").ex
 sys.path.insert(0, str(ROOT or Path.cwd()))
 import common  # noqa: E402  adjust_logits: stage 10's temperature and top_k
 import harness.stages  # noqa: E402
+from exercises.checks.ex5 import sample_main  # noqa: E402
 
 # stage 10, imported as it is: its Config, its modules, the names of its weights
 stage = harness.stages.load_stage("10_gpt")
@@ -154,3 +157,7 @@ class CachedLanguageModel(stage.LanguageModel):
             idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1) one draw for each row
             idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)  # (B, T + 1)
         return idx
+
+
+if __name__ == "__main__":
+    sys.exit(sample_main(CachedLanguageModel))
