@@ -17,7 +17,7 @@ TINY_SPEED = {"tiny": (dict(block_size=8, n_embd=16, n_head=2, n_layer=1), 3)}
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The speed check on one thread too: its tiny model gains nothing from a second one on a busy machine."""
+    """Tiny models on one thread (the checks run on one already): on a busy machine a second thread waits."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
