@@ -29,6 +29,10 @@ Figures:
   heads    by hand, not in the default --only: ms a training step of stage 10 with its attention per
            head (the lecture's form), batched by hand and batched with F.scaled_dot_product_attention
            (exercise 1's solutions), at the cpu preset and at the lecture's configuration (reported)
+  ex5      by hand, not in the default --only: characters a second of exercise 5's worked solution (a
+           key-value cache) against stage 10's generate, 500 from a 1-character prompt, at the cpu preset
+           and at the lecture's configuration (random weights: the same work), in alternating rounds;
+           also inside the first window (block_size characters), where the cache keeps every key (reported)
 """
 
 import argparse
@@ -278,6 +282,77 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     return results
 
 
+def stamped_generate(model: torch.nn.Module, characters: int) -> tuple[torch.Tensor, list[float], float]:
+    """model.generate from a 1-character prompt, seeded: its output, the seconds from its start to each
+    step's logits (read where every generate hands them to common.adjust_logits), and its seconds in all."""
+    stamps, adjust_logits = [], common.adjust_logits
+
+    def stamped(*args, **kwargs):
+        stamps.append(time.perf_counter())
+        return adjust_logits(*args, **kwargs)
+
+    common.adjust_logits = stamped
+    try:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        out = model.generate(torch.zeros((1, 1), dtype=torch.long), characters)
+        end = time.perf_counter()
+    finally:
+        common.adjust_logits = adjust_logits
+    return out, [t - t0 for t in stamps], end - t0
+
+
+def bench_kv_cache(characters: int = 500, rounds: int = 2) -> list[dict]:
+    """Exercise 5's worked solution against stage 10's generate, on the same random weights, the two
+    alternating round by round (after a short warm-up): medians of characters a second, over all the
+    characters and over the first window's."""
+    from exercises.check import load_learner_file
+
+    solution = load_learner_file(ROOT / "exercises" / "solutions" / "ex5_kv_cache.py")
+    stage = harness.stages.load_stage("10_gpt")
+    results = []
+    for preset in ("cpu", "video"):
+        cfg = stage.Config(**stage.PRESETS[preset])
+        torch.manual_seed(0)
+        models = {"stage10": stage.LanguageModel(65, cfg).eval()}
+        models["cached"] = solution.CachedLanguageModel(65, cfg).eval()
+        models["cached"].load_state_dict(models["stage10"].state_dict())
+        rates = {name: {"all": [], "window": []} for name in models}
+        outputs = {}
+        for r in range(rounds + 1):  # round 0 warms up, with a few characters
+            for name, model in models.items():
+                out, to_step, seconds = stamped_generate(model, characters if r else 5)
+                if r:
+                    outputs.setdefault(name, out)
+                    rates[name]["all"].append(characters / seconds)
+                    rates[name]["window"].append(cfg.block_size / to_step[cfg.block_size - 1])
+            print(
+                f"kv cache, preset {preset}, round {r}: "
+                + ", ".join(f"{n} {v['all'][-1]:.1f} chars/s" for n, v in rates.items() if v["all"]),
+                flush=True,
+            )
+        med = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in rates.items()}
+        results.append(
+            {
+                "figure": f"exercise 5: key-value cache, preset {preset} (characters a second)",
+                "block_size": cfg.block_size,
+                "characters": characters,
+                "stage10_chars_per_s": round(med["stage10"]["all"], 1),
+                "cached_chars_per_s": round(med["cached"]["all"], 1),
+                "speedup": round(med["cached"]["all"] / med["stage10"]["all"], 2),
+                "first_window_stage10_chars_per_s": round(med["stage10"]["window"], 1),
+                "first_window_cached_chars_per_s": round(med["cached"]["window"], 1),
+                "first_window_speedup": round(med["cached"]["window"] / med["stage10"]["window"], 2),
+                "same_text": torch.equal(outputs["stage10"], outputs["cached"]),
+                "threads": torch.get_num_threads(),
+                "rounds": rounds,
+                "target": "reported",
+                "met": True,
+            }
+        )
+    return results
+
+
 EX2_SOLUTION = ROOT / "exercises" / "solutions" / "ex2_addition.py"
 ACCURACY = re.compile(r"held-out exact match \(([\d,]+) problems of each operation\): (.*)")
 TRAINED = re.compile(r"\(step (\d+), ([\d.]+) s of training\)")
@@ -398,6 +473,8 @@ def main() -> int:
         results.append(bench_gpu())
     if "heads" in only:
         results += bench_heads()
+    if "ex5" in only:
+        results += bench_kv_cache()
     if "addition" in only:
         results += bench_addition()
     if "calculator" in only:

@@ -492,7 +492,7 @@ def speed(sizes: dict[str, tuple[dict, int]]):
             theirs, ours = chars_per_second(reference, characters), chars_per_second(mine, characters)
             lines.append(
                 f"{name}: {ours:.0f} characters a second with your cache, {theirs:.0f} without "
-                f"({ours / theirs:.1f}x), {characters} from one, block_size {cfg.block_size}"
+                f"({ours / theirs:.1f}x), {characters} after a 1-character prompt, block_size {cfg.block_size}"
             )
         return "; ".join(lines) + ", on one CPU thread (reported, not judged)"
 
