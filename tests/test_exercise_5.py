@@ -2,6 +2,8 @@
 worked solution and on two right answers of other shapes (einsum products; a cache preallocated
 for a whole window), and fails each mistake learners make with its own message."""
 
+import sys
+
 import pytest
 import torch
 
@@ -285,8 +287,10 @@ def test_the_exercise_samples_stage_10s_checkpoint_as_stage_10_does(small_text_f
     code, theirs, err = run_cli(stage, ["--sample", *sample])
     assert code == 0, err
     solution = exercises.check.load_learner_file(SOLUTION_5)
+    imported = sys.modules.get("stage_10_gpt")  # what the next import of stage 10 by name finds
     assert ex5.sample_main(solution.CachedLanguageModel, sample) == 0
     assert capsys.readouterr().out == theirs  # the same seed, the same characters
+    assert sys.modules.get("stage_10_gpt") is imported, "sampling left its stage 10, the cache in it, for others"
 
     start = exercises.check.load_learner_file(EXERCISE_5)
     code = ex5.sample_main(start.CachedLanguageModel, sample)
