@@ -84,6 +84,7 @@ def test_each_hunk_is_followed_by_the_reasons_it_adds():
     ended = pages.code_hunks(before, '"""Stage 99."""\n\nx = 1\ny = 3  # (B, T) n_head: a note at the end\n')
     assert ended[0].reasons == ["`y = 3`: n_head: a note at the end."]  # no comment line: the note, not the shape
     assert pages.code_hunks(before, '"""Stage 99: a new lesson."""\n\nx = 1\ny = 2\n') == []  # docstring only
+    assert pages.sentence("x is not a word") == "x is not a word." and pages.sentence("a word") == "A word."
 
 
 def noise_said(noise: float) -> str:

@@ -231,9 +231,10 @@ def end_note(line: str) -> tuple[str, str]:
 
 
 def sentence(text: str) -> str:
-    """A comment as prose: a capital first letter (not on a name like n_head), a full stop at the end,
+    """A comment as prose: a capital first letter (not on a name like n_head or x), a full stop at the end,
     a power as code."""
-    if text.split(" ", 1)[0].isalpha():
+    first = text.split(" ", 1)[0]
+    if first.isalpha() and len(first) > 1:
         text = text[:1].upper() + text[1:]
     return markdown_safe(text if text.endswith((".", "?", "!", ")")) else text + ".")
 
