@@ -234,7 +234,7 @@ def sentence(text: str) -> str:
     """A comment as prose: a capital first letter (not on a name like n_head or x), a full stop at the end,
     a power as code."""
     first = text.split(" ", 1)[0]
-    if first.isalpha() and len(first) > 1:
+    if first.isalpha() and (len(first) > 1 or first == "a"):
         text = text[:1].upper() + text[1:]
     return markdown_safe(text if text.endswith((".", "?", "!", ")")) else text + ".")
 
