@@ -96,8 +96,9 @@ class CachedLanguageModel(stage.LanguageModel):
         with max_new_tokens characters, (B, T + max_new_tokens).
 
         Start a new cache in each call. Each step: the logits of the last position, from
-        forward_cached (the whole prompt at the first step, one character after it), then stage
-        10's sampling, as it is (the check reads the logits that adjust_logits is given):
+        forward_cached (at the first step the prompt, its last block_size characters as stage 10
+        crops it; one character after it), then stage 10's sampling, as it is (the check reads the
+        logits that adjust_logits is given):
 
             logits = common.adjust_logits(logits, temperature, top_k)  # (B, vocab_size) on the cpu
             probs = F.softmax(logits, dim=-1)  # (B, vocab_size)
