@@ -292,3 +292,14 @@ def test_stage_10s_attention_map_is_drawn_by_the_command_its_page_shows():
     args = attention.build_parser().parse_args(pages.attention_flags(ROOT / "ckpt.pt", ROOT / "map.png"))
     assert (args.stage, args.prompt, args.layers) == ("10", "JULIET:\nO Romeo!", [1, -1])
     assert (args.checkpoint, args.out) == (ROOT / "ckpt.pt", ROOT / "map.png")
+
+
+def test_the_kv_cache_table_shows_both_sizes_and_says_when_the_texts_differ():
+    entries = [e for e in SOURCES.results if e["figure"].startswith(pages.KV_CACHE)]
+    table = pages.kv_cache_table(SOURCES.results)
+    for e in entries:
+        assert f"| {e['stage10_chars_per_s']} | {e['cached_chars_per_s']} | {e['speedup']:.2f}x |" in table
+    assert "both ways wrote the same text" in table and "DIFFERED" not in table
+    differing = [dict(e, same_text=False) if e in entries else e for e in SOURCES.results]
+    assert "the texts DIFFERED: a bug" in pages.kv_cache_table(differing)
+    assert pages.kv_cache_table([]).startswith("Not measured yet")

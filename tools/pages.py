@@ -713,6 +713,40 @@ def heads_table(results: list[dict]) -> str:
     )
 
 
+KV_CACHE = "exercise 5: key-value cache, preset "
+
+
+def kv_cache_table(results: list[dict]) -> str:
+    """Exercise 5's worked solution against stage 10's generate, as bench.py --only ex5 measured them."""
+    rows = [
+        "| configuration | characters | stage 10's `generate` | with the cache | speed-up |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    found = [f for f in (entry(results, KV_CACHE + p) for p in ("cpu", "video")) if f]
+    if not found:
+        return "Not measured yet: `python benchmarks/bench.py --only ex5`."
+    for f in found:
+        name = "`cpu` preset" if "preset cpu" in f["figure"] else "the lecture's configuration"
+        name += f" (block_size {f['block_size']})"
+        rows.append(
+            f"| {name} | {f['characters']} after a 1-character prompt | {f['stage10_chars_per_s']} | "
+            f"{f['cached_chars_per_s']} | {f['speedup']:.2f}x |"
+        )
+        rows.append(
+            f"| {name} | inside the first window | {f['first_window_stage10_chars_per_s']} | "
+            f"{f['first_window_cached_chars_per_s']} | {f['first_window_speedup']:.2f}x |"
+        )
+    dates = ", ".join(sorted({f["date"] for f in found}))
+    threads = {f["threads"] for f in found}
+    on = "one CPU thread" if threads == {1} else f"{', '.join(map(str, sorted(threads)))} CPU threads"
+    same = "both ways wrote the same text" if all(f["same_text"] for f in found) else "the texts DIFFERED: a bug"
+    return (
+        f"Measured by `python benchmarks/bench.py --only ex5` on {results_machine(results)}, {dates}, on {on}, "
+        f"with random weights. Characters a second, medians of {found[0]['rounds']} alternating rounds; {same}:"
+        "\n\n" + "\n".join(rows)
+    )
+
+
 def suite_figure(results: list[dict]) -> str:
     """The test suite's time against its target, as benchmarks/bench.py --only tests measured it."""
     found = entry(results, "test suite")
@@ -749,6 +783,7 @@ def blocks(sources: Sources) -> dict[str, str]:
         "exercise-3": pretraining_table(sources.results),
         "schedule": schedule_table(sources.results),
         "three-solutions": three_solutions_table(sources.results),
+        "kv-cache": kv_cache_table(sources.results),
     }
 
 
