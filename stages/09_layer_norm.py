@@ -78,7 +78,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList([Head(config, head_size) for _ in range(num_heads)])
         # A projection back into the residual stream: what the heads found, as something to add.
-        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # (B, T, C) from the heads' outputs
+        self.proj = nn.Linear(num_heads * head_size, config.n_embd)  # heads' outputs -> n_embd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * head_size)

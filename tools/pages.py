@@ -334,7 +334,7 @@ def pipeline_section(sources: Sources) -> str:
     steps = [
         (
             "Text to ids: each character gets an integer, and back (`common.py`).",
-            code("encode") + "\n\n" + code("decode"),
+            code("encode") + "\n\n\n" + code("decode"),
         ),
         ("The split: the first 90% of the text trains, the last 10% validates.", code("split_data")),
         ("A batch: random windows, the targets one character after the inputs.", code("get_batch")),
@@ -784,6 +784,7 @@ def blocks(sources: Sources) -> dict[str, str]:
         "schedule": schedule_table(sources.results),
         "three-solutions": three_solutions_table(sources.results),
         "kv-cache": kv_cache_table(sources.results),
+        "attention-command": fence(attention_command(), "bash"),
     }
 
 
