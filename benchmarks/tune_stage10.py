@@ -28,8 +28,9 @@ throughout: n_embd 128, 4 heads, 4 layers, block 64, batch 32; noise in val abou
   chosen     2e-3, dropout 0.1, 1500 steps: the longest run that stays inside five minutes
 
 The same architecture without dropout and with nanoGPT's warm-up and cosine decay reached 1.5777 in
-2000 steps (245 s): that recipe is exercise 4's fourth worked solution now, measured against this
-preset by exercises/compare.py.
+2000 steps (245 s, the machine and date above). That is not exercise 4's fourth worked solution:
+exercises/solutions/ex4_lr_schedule.py keeps dropout and stage 10's budget, and compare.py measures
+it against this preset (docs/exercises.md shows the figures).
 """
 
 from __future__ import annotations
