@@ -3,8 +3,9 @@
 The learner's file (exercises/ex2_addition.py) writes how a problem becomes text (encode), which
 targets the loss skips (mask_problem), how the model's answer is read (decode) and which problems
 training may draw (training_problem). This module does the rest: the task and its vocabulary, the
-held-out problems, batches, training through the harness's Trainer (progress bar, Ctrl-C, its own
-checkpoint), the exact-match accuracy and --ask.
+held-out problems, batches (for a task of sums alone, sums whose carries run far served beside the
+learner's problems early on: see CARRY_SHARE), training through the harness's Trainer (progress bar,
+Ctrl-C, its own checkpoint), the exact-match accuracy and --ask.
 
     python exercises/ex2_addition.py [flags]          train, then report the held-out accuracy
     python exercises/ex2_addition.py --ask 12+345     what the trained model answers
@@ -37,6 +38,11 @@ VOCAB = "0123456789" + OPERATIONS + "=" + END  # the task's own characters, not 
 HELD_OUT_SEED = 0  # the held-out problems are the same for every run of a task, whatever --seed is
 STAGE_10 = "10_gpt"
 TASK_FIELDS = ("digits", "operations", "reverse", "trace", "held_out")  # what a checkpoint's model was taught
+# With carry_heavy, a task of sums alone is served carrying sums (carrying_sum) beside the learner's
+# problems: half of them at the start, fading to none at 40% of the steps. Served uniform sums alone, a
+# model can sit on a plateau for thousands of steps before its attention finds which operand digits
+# each answer digit needs; sums whose carries run far make every answer digit hang on those digits.
+CARRY_SHARE, CARRY_UNTIL = 0.5, 0.4
 
 
 def result(a: int, op: str, b: int) -> int:
@@ -101,6 +107,23 @@ def random_problem(task: Task, generator: torch.Generator) -> tuple[int, str, in
     return a, op, b
 
 
+def carrying_sum(task: Task, generator: torch.Generator) -> tuple[int, str, int]:
+    """A sum whose carries run far: in every column the two digits add up to 9 or more, so a carry
+    that enters a column leaves it too, and an answer digit depends on every column to its right."""
+    a = b = 0
+    for column in range(task.digits):
+        x = torch.randint(10, (1,), generator=generator).item()
+        y = torch.randint(9 - x, 10, (1,), generator=generator).item()
+        a, b = a + x * 10**column, b + y * 10**column
+    return a, "+", b
+
+
+def carrying_share(progress: float) -> float:
+    """The share of carrying sums served at progress (the fraction of the steps done): CARRY_SHARE at
+    the start, fading in a straight line to none at CARRY_UNTIL of the steps."""
+    return CARRY_SHARE * max(0.0, 1 - progress / CARRY_UNTIL)
+
+
 def held_out_problems(task: Task, count: int) -> list[tuple[int, str, int]]:
     """count distinct problems of each operation that training never serves, drawn once with
     HELD_OUT_SEED: the problems the accuracy is measured on."""
@@ -124,6 +147,7 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters (harness/schedule
     reverse: bool = True  # the answer's digits least significant first, as addition is done by hand
     trace: bool = False  # write a product's partial products before its answer (a chain of thought)
     held_out: int = 1000  # problems of each operation never trained on: the accuracy's test set
+    carry_heavy: bool = True  # sums alone: half of them carrying sums at first, none from 40% of the steps
     batch_size: int = 64  # problems in each step
     max_iters: int = 1000  # training steps
     eval_interval: int = 500  # steps between loss and accuracy estimates
@@ -175,8 +199,9 @@ def load_stage_10() -> ModuleType:
 class Problems:
     """The problems of a task, encoded by the learner's file: batches to train on and to test on."""
 
-    def __init__(self, learner: ModuleType, task: Task, held_out: int) -> None:
+    def __init__(self, learner: ModuleType, task: Task, held_out: int, carry_heavy: bool = False) -> None:
         self.learner, self.task = learner, task
+        self.carry_heavy = carry_heavy and task.operations == "+"  # carrying sums, for a task of sums only
         self.tokenizer = common.CharTokenizer(VOCAB)
         self.test = held_out_problems(task, held_out)
         self.test_set = set(self.test)
@@ -194,8 +219,19 @@ class Problems:
         y = self.learner.mask_problem(y.clone(), self.task)
         return x.to(device), y.to(device)
 
-    def training(self, count: int, generator: torch.Generator) -> list[tuple[int, str, int]]:
-        return [self.learner.training_problem(self.task, self.test_set, generator) for _ in range(count)]
+    def training(self, count: int, generator: torch.Generator, progress: float = 1.0) -> list[tuple[int, str, int]]:
+        """count problems to train on at progress (the fraction of the steps done): the learner's
+        training_problem's, and with carry_heavy a share of carrying sums (carrying_share), none of
+        them held out."""
+        share, served = carrying_share(progress) if self.carry_heavy else 0.0, []
+        for _ in range(count):
+            if share and torch.rand((), generator=generator).item() < share:
+                problem = carrying_sum(self.task, generator)
+                if problem not in self.test_set:
+                    served.append(problem)
+                    continue
+            served.append(self.learner.training_problem(self.task, self.test_set, generator))
+        return served
 
     def testing(self, count: int, generator: torch.Generator) -> list[tuple[int, str, int]]:
         picks = torch.randint(len(self.test), (count,), generator=generator).tolist()
@@ -347,7 +383,7 @@ def main(learner: ModuleType, argv: list[str]) -> None:
     except ValueError as e:  # the Config's own check of how its fields fit together
         raise harness.cli.config_error(str(e), values, {}) from None
     print(f"device: {device}")
-    problems = Problems(learner, cfg.task, cfg.held_out)
+    problems = Problems(learner, cfg.task, cfg.held_out, cfg.carry_heavy)
     model = load_stage_10().LanguageModel(len(VOCAB), cfg.model_config()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     if not args.sample:
@@ -395,7 +431,9 @@ def train(trainer, problems: Problems, model, optimizer, cfg: Config, run) -> No
         model,
         optimizer,
         cfg,
-        batch=lambda: problems.batch(problems.training(cfg.batch_size, run.train_gen), run.device),
+        batch=lambda: problems.batch(
+            problems.training(cfg.batch_size, run.train_gen, trainer.step / cfg.max_iters), run.device
+        ),
         estimate=lambda: problems.estimate_loss(model, cfg, run.eval_gen, run.device),
         after_estimate=accuracy_now,
     )

@@ -177,23 +177,29 @@ def splits(module: ModuleType) -> None:
 
 def learns(module: ModuleType, pass_accuracy: float = PASS_ACCURACY, seed: int = 0, **training) -> str:
     """Train 2-digit addition with the learner's parts from seed on, up to TRIES seeds; fail when no
-    run reaches pass_accuracy on the held-out problems. The margin, measured over seeds 0-4 on three
-    right answers (the comment at TRAINING): 14 runs of 15 at 99.8% or more, one at 78.2%."""
+    run reaches pass_accuracy on the held-out problems. A run below it is taken for a plateau that a
+    right answer meets now and then (the margin is measured at TRAINING), and the next seed is tried."""
     cfg = arithmetic.Config(**{**TRAINING, **training})
-    problems = arithmetic.Problems(module, cfg.task, cfg.held_out)
-    said = []
+    problems = arithmetic.Problems(module, cfg.task, cfg.held_out, cfg.carry_heavy)
+    runs = []
     for tried in range(seed, seed + TRIES):
         accuracy, seconds = train_and_measure(problems, cfg, tried)
-        said.append(f"{100 * accuracy:.1f}% with seed {tried} ({seconds:.0f} s)")
+        runs.append(f"{100 * accuracy:.1f}% with seed {tried} ({seconds:.0f} s)")
         if accuracy >= pass_accuracy:
             break
-    figures = f"{'; '.join(said)}: exact on {cfg.held_out} held-out 2-digit problems after {cfg.max_iters} steps"
+    bar = f"{100 * pass_accuracy:.0f}%"
+    what = f"exact on {cfg.held_out} held-out 2-digit problems after {cfg.max_iters} steps"
     if accuracy < pass_accuracy:
         raise Failed(
-            f"{figures}, below {100 * pass_accuracy:.0f}% both times; the worked solution gets 100%: look again at "
-            "the mask and the digit order"
+            f"{' and '.join(runs)}: {what}, below {bar} on both seeds, where a right answer reaches it; the worked "
+            "solution gets 100%: look again at the mask and the digit order"
         )
-    return figures
+    if len(runs) == 1:
+        return f"{runs[0]}: {what}"
+    return (
+        f"{runs[-1]}: {what}; the first run stalled below {bar} ({runs[0]}), as a right answer now and then "
+        "does, so the next seed was tried"
+    )
 
 
 def train_and_measure(problems: arithmetic.Problems, cfg: arithmetic.Config, seed: int) -> tuple[float, float]:
@@ -204,7 +210,7 @@ def train_and_measure(problems: arithmetic.Problems, cfg: arithmetic.Config, see
     generator = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for step in range(cfg.max_iters):
-        x, y = problems.batch(problems.training(cfg.batch_size, generator), torch.device("cpu"))
+        x, y = problems.batch(problems.training(cfg.batch_size, generator, step / cfg.max_iters), torch.device("cpu"))
         train_step(model, optimizer, cfg, step, x, y)
     return problems.accuracy(model, torch.device("cpu"))["+"], time.perf_counter() - t0
 
