@@ -500,7 +500,7 @@ def attention_section() -> str:
             "## Looking inside: attention",
             "`python tools/attention.py 10` draws where each head looks, one map a head, from the trained "
             "checkpoint. [Looking inside](../looking-inside.md) says how to read the maps. Here are the first and "
-            "last layers of the recorded run, on the start of Juliet's line:",
+            "last layers of stage 10 trained at its defaults, on the start of Juliet's line:",
             fence(attention_command(), "bash"),
             "![attention maps of stage 10's first and last layers](../images/attention_10_gpt.png)",
         ]
