@@ -59,7 +59,7 @@ class LanguageModel(nn.Module):
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # The mean of -log(probability of the right next character). A uniform guess over the
-            # vocabulary gives ln(vocab_size): where an untrained model starts.
+            # vocabulary gives ln(vocab_size): the loss that learning has to beat.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss

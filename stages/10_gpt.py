@@ -3,7 +3,7 @@
 Dropout zeroes a random fraction of activations at each training step, and none in eval.
 No unit can rely on one other unit, so the bigger model memorises less of its training text.
 New: dropout in three places, the lecture's sizes, and a smaller preset for a CPU.
-Predict: a much bigger model, five minutes on a CPU. How far below stage 09?
+Predict: a much bigger model, within five minutes on a CPU. How far below stage 09?
 
 Run: python stages/10_gpt.py    (--help lists every flag; --preset video: the lecture's)
 """
@@ -31,9 +31,9 @@ class Config:
     block_size: int = 256  # context length: the most characters a prediction looks back at
     max_iters: int = 5000  # training steps
     eval_interval: int = 500  # steps between loss estimates
-    # A lower rate from here on, with more steps to make up for it: self-attention (stage 04)
-    # does not tolerate a high one. Lowering it here keeps stage 04's diff about attention.
-    learning_rate: float = 3e-4  # AdamW step size; lower still for the bigger network
+    # The video preset's rate: a bigger network wants smaller steps. The cpu preset's smaller
+    # model trains at a higher one (PRESETS below).
+    learning_rate: float = 3e-4  # AdamW step size
     eval_iters: int = 200  # batches of each split averaged in one loss estimate
     n_embd: int = 384  # width of the token and position embeddings
     n_head: int = 6  # attention heads, each of size n_embd // n_head
@@ -190,7 +190,7 @@ class LanguageModel(nn.Module):
         else:
             B, T, C = logits.shape  # C is vocab_size here: one logit per class
             # The mean of -log(probability of the right next character). A uniform guess over the
-            # vocabulary gives ln(vocab_size): where an untrained model starts.
+            # vocabulary gives ln(vocab_size): the loss that learning has to beat.
             # cross_entropy wants the classes in the second dimension: flatten batch and time
             loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
         return logits, loss
