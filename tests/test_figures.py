@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # a number with one decimal point: 2.0604, 0.12, 99.8 (as in 99.8%); not a version such as 2.13.0
 FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")
 # what tools/pages.py makes: a block between its two markers, or a whole page that opens with its marker
-GENERATED = re.compile(r"<!-- made by tools/pages\.py: ([\w-]+) -->\n.*?<!-- end of \1 -->", re.DOTALL)
+GENERATED = re.compile(
+    r"^<!-- made by tools/pages\.py: ([\w-]+) -->\n.*?^<!-- end of \1 -->$", re.DOTALL | re.MULTILINE
+)
 WHOLE_PAGE = "<!-- made by tools/pages.py from"
 
 # (where, the text around the figure, why it is not a measurement); where is a file relative to the root,

@@ -243,7 +243,8 @@ def annotated_diff(sources: Sources, before: str, after: str) -> str:
     """The code diff hunk by hunk, each followed by the reasons it adds."""
     parts = [
         f"`diff -u stages/{before}.py stages/{after}.py` shows these changes below the docstring, hunk by hunk. "
-        "Under each hunk: the reason, from the comments it adds."
+        "Under a hunk: the reason, from the comments it adds (a hunk that only wires in what an earlier hunk "
+        "explains has none)."
     ]
     for hunk in code_hunks(sources.stages[before], sources.stages[after]):
         parts.append(fence(hunk.text, "diff"))
@@ -270,18 +271,21 @@ def measured_table(stage: str, run: dict, record: dict) -> str:
 
 
 def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
-    """The val loss against the previous stage's, weighed against the run-to-run noise."""
+    """The val loss against the previous stage's, weighed against the run-to-run noise: a difference of two
+    runs is clear only beyond twice the noise of one."""
     val, before = run["val_loss"], previous_run["val_loss"]
     if val is None or before is None:
         return f"Stage {stage[:2]} or stage {previous[:2]} has no val loss in the record: nothing to compare."
     change = val - before
     noise = harness.references.NOISE
     band = f"[run-to-run noise]({NOISE_EXPLAINED}) of ±{noise}"
+    way = "lower" if change < 0 else "higher"
     if abs(change) <= noise:
         said = f"a change of {change:+.4f}, within the {band}: no difference shown"
+    elif abs(change) <= 2 * noise:  # each of the two runs moves by the noise: their difference by up to twice it
+        said = f"{abs(change):.4f} {way}, at the edge of the {band} of each run: another seed may not repeat it"
     else:
-        way = "lower" if change < 0 else "higher"
-        said = f"**{abs(change):.4f} {way}**, outside the {band}"
+        said = f"**{abs(change):.4f} {way}**, well outside the {band}"
     return f"Val loss **{val:.4f}**, against stage {previous[:2]}'s {before:.4f}: {said}."
 
 
@@ -302,11 +306,13 @@ def draw_curve(stage: str, run: dict, previous: tuple[str, dict] | None, out: Pa
         before_steps, _, before_val = zip(*before["history"], strict=True)
         ax.plot(before_steps, before_val, "-", color="grey", label=f"stage {name[:2]}: val, the stage before")
         later = [v for _, t, v in run["history"][1:] for v in (t, v)] + list(before_val[1:])
+        later = later or [*train, *val, *before_val]  # one estimate each: nothing to leave out
         top, bottom = max(later), min(later)
         margin = 0.1 * (top - bottom) or 0.05
         ax.set_ylim(bottom - margin, top + margin)
-        first = run["history"][0][2]
-        ax.set_title(f"Stage {stage[:2]} over stage {name[:2]} (the first estimate, {first:.1f}, is off the scale)")
+        first = max(val[0], train[0], before_val[0])
+        cut = f" (the first estimate, {first:.1f}, is off the scale)" if first > top + margin else ""
+        ax.set_title(f"Stage {stage[:2]} over stage {name[:2]}{cut}")
     else:
         ax.set_title(f"Stage {stage[:2]}: loss during training")
     ax.set_xlabel("step")
@@ -354,14 +360,15 @@ def loss_section(run: dict | None) -> str:
         "The loss is the cross-entropy of the next character. For each position, the model gives every "
         "character a probability. The loss is the mean of −ln p, where p is the probability it gave the right one.",
     ]
-    if run is None:
+    vocab = math.isqrt(run["parameters"]) if run else 0  # the bigram's table is vocab x vocab
+    if run is None or not run["history"] or vocab * vocab != run["parameters"]:
         return "\n\n".join(parts)
-    vocab = math.isqrt(run["parameters"])  # the bigram's table is vocab x vocab
     first = run["history"][0][2]
     parts.append(
         f"A uniform guess over the {vocab} characters gives p = 1/{vocab}, a loss of ln {vocab} ≈ "
-        f"{math.log(vocab):.2f}. The untrained model starts a little above it, at {first:.2f}: its random table is "
-        f"not quite uniform. The trained bigram reaches {run['val_loss']:.2f}. That is e^{run['val_loss']:.2f} ≈ "
+        f"{math.log(vocab):.2f}. The untrained model starts at {first:.2f}, {first - math.log(vocab):.2f} "
+        f"{'above' if first > math.log(vocab) else 'below'} it: its random table is not uniform. "
+        f"The trained bigram reaches {run['val_loss']:.2f}. That is e^{run['val_loss']:.2f} ≈ "
         f"{math.exp(run['val_loss']):.0f}: as unsure as a fair choice among {math.exp(run['val_loss']):.0f} "
         "characters, where the uniform guess is as unsure as a choice among all of them."
     )
@@ -395,8 +402,9 @@ def stage_page(stage: str, sources: Sources) -> str:
     if run is None:
         parts += ["No run of this stage is recorded yet: `python tools/train_all.py` trains it and records it."]
     else:
-        parts.append("## What the idea bought" if previous else "## What it measured")
-        if previous and runs.get(previous):
+        compared = previous is not None and previous in runs
+        parts.append("## What the idea bought" if compared else "## What it measured")
+        if compared:
             parts.append(bought(stage, run, previous, runs[previous]))
         image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
         parts += [image, measured_table(stage, run, sources.record)]
@@ -445,20 +453,25 @@ def dropout_section(results: list[dict]) -> str:
 
 def dropout_answer(histories: dict[str, list[list[float]]]) -> str:
     """What the two runs of tools/dropout.py show, in their own figures: where each val loss bottomed out
-    and ended, and the gap between train and val at the end."""
-    said = []
+    and ended, and how far it ended above the train loss."""
+    said, gaps = [], {}
     for rate, history in histories.items():
         step, _, lowest = min(history, key=lambda estimate: estimate[2])
         _, train, val = history[-1]
+        gaps[float(rate)] = val - train
         name = "Without dropout" if float(rate) == 0 else f"With dropout {rate}"
         said.append(
             f"{name}, the train loss ends at {train:.2f}. The val loss bottoms out at {lowest:.2f} (step {step}) "
-            f"and ends at {val:.2f}: a gap of {val - train:.2f} between the two."
+            f"and ends at {val:.2f}, {val - train:.2f} above the train loss."
         )
-    said.append(
-        "In so small a text, dropout does not stop the memorising. It slows it down, which is what a longer "
-        "run on the whole text needs from it."
-    )
+    if 0.0 in gaps and len(gaps) > 1:
+        smaller = all(gap < gaps[0.0] for rate, gap in gaps.items() if rate)
+        said.append(
+            "Dropout keeps the gap smaller: it slows the memorising down, which a longer run on the whole text "
+            "needs from it."
+            if smaller
+            else "Here dropout did not keep the gap smaller."
+        )
     return " ".join(said)
 
 
@@ -832,9 +845,10 @@ def write_pages(sources: Sources) -> list[Path]:
         written.append(path)
     if plot.have_matplotlib():
         runs = sources.record.get("stages", {})
-        names = list(runs)
-        for k, (stage, run) in enumerate(runs.items()):
-            previous = (names[k - 1], runs[names[k - 1]]) if k else None
+        names = list(sources.stages)  # the stages' order, whatever the record's
+        for stage, run in runs.items():
+            before = names[names.index(stage) - 1] if names.index(stage) else None
+            previous = (before, runs[before]) if before in runs else None
             written.append(draw_curve(stage, run, previous, curve_image(stage)))
     return written
 
