@@ -13,6 +13,7 @@ Modules, one job each:
     textfile     downloading tiny Shakespeare, checking a text file before it is read
     startup      start() and the Run it returns; which vocabulary a run takes (--vocab_from)
     accelerate   --fast (the GPU fast path), --compile and --dtype
+    dropout      --dropout_masks: dropout's masks drawn faster on a CPU, the same rule
     training     the Trainer
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
     checkpoints  the Checkpoint (what one holds), its file and the loss history beside it, and

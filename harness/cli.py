@@ -1,9 +1,9 @@
 """The command line: every field of a stage's Config is a flag, checked before anything runs.
 
 Besides the hyperparameters: --device, --seed, --data, --checkpoint, --init_from, --vocab_from,
---sample/--resume, the sampling flags, --compile/--dtype/--fast and, for a stage with presets,
---preset. Each bad value is one line that names the rule it breaks; an unknown flag suggests the
-closest known one.
+--sample/--resume, the sampling flags, --compile/--dtype/--fast, --dropout_masks for a stage with
+dropout and, for a stage with presets, --preset. Each bad value is one line that names the rule it
+breaks; an unknown flag suggests the closest known one.
 
 What a Config field accepts follows from the field itself, so a new field needs nothing here:
   bool    a switch: --name and --no-name
@@ -232,6 +232,14 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
         "GPU has it, TF32 matmuls; auto uses it where it can work and says why not otherwise, on forces it. "
         "Off by default: it has not been measured on a GPU",
     )
+    if any(f.name == "dropout" for f in dataclasses.fields(config_cls)):
+        run.add_argument(
+            "--dropout_masks",
+            choices=["quick", "torch"],
+            default="quick",
+            help="quick: on a CPU, dropout's random numbers are drawn four to a 64-bit draw, the same rule "
+            "faster (harness/dropout.py); torch: nn.Dropout's own. On a GPU, torch's either way",
+        )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
     mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import common
-from harness import accelerate, checkpoints, cli, references, textfile
+from harness import accelerate, checkpoints, cli, dropout, references, textfile
 from harness.errors import UserError
 from harness.stages import stage_name
 
@@ -68,9 +68,13 @@ class Run:
         return bool(self.args.sample)
 
     def accelerate(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model to train with: on the fast path, compiled or in bf16 when asked, else model itself."""
+        """The model to train with: on the fast path, compiled or in bf16 when asked, else model itself.
+        On a CPU its nn.Dropout layers get quick masks first, unless --dropout_masks torch (harness/dropout.py)."""
         if self.sample_only:  # nothing trains: generate() runs the model as it is
             return model
+        if getattr(self.args, "dropout_masks", "torch") == "quick" and self.device.type == "cpu":
+            if dropout.quick_masks(model):
+                print("dropout's masks: quick, the same rule (--dropout_masks torch: nn.Dropout's own)")
         self.plan = accelerate.plan_for(self.args, self.device)
         return accelerate.wrap(model, self.plan, self.device)
 
