@@ -127,3 +127,20 @@ def test_only_a_stage_with_dropout_has_the_flag(run_cli):
         code, out, _ = run_cli(load_stage(stage), ["--help"])
         has_dropout = any(f.name == "dropout" for f in dataclasses.fields(load_stage(stage).Config))
         assert code == 0 and ("--dropout_masks {quick,torch}" in out) == has_dropout
+
+
+def test_a_resumed_run_with_quick_masks_is_the_uninterrupted_run(small_text_file, tmp_path, run_cli):
+    """The masks' bits come from torch's generator, whose state each checkpoint saves."""
+    module = load_stage(stages_from(10)[0])
+    straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
+    data = ["--data", str(small_text_file)]
+    for ckpt, steps in ((straight, 8), (split, 4)):
+        flags = tiny_flags(module, max_iters=steps, eval_interval=4, dropout=0.1)
+        assert run_cli(module, [*flags, *data, "--checkpoint", str(ckpt)])[0] == 0
+    code, out, err = run_cli(module, ["--resume", "--checkpoint", str(split), *data, "--max_iters", "8"])
+    assert code == 0, err
+    assert "dropout's masks: quick" in out
+    a, b = torch.load(straight, weights_only=True), torch.load(split, weights_only=True)
+    assert a["step"] == b["step"] == 8
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0)
