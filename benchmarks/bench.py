@@ -16,6 +16,12 @@ Figures:
   gpu      on a CUDA GPU, by hand: stage 10 at the lecture's configuration on the fast path, from a cold
            start (an empty compile cache): wall time, compile time, ms a step, final val loss
            (target on one H100: <= 120 s, val <= 1.50; nanoGPT's train_shakespeare_char took 175 s there)
+  step     by hand: stage 10's training step at the cpu preset, by part (the batch, forward, backward,
+           the optimizer; dropout's masks as the step's time less the same step with dropout 0; one loss
+           estimate), with nn.Dropout's own masks and with the quick ones, in alternating rounds
+  nanogpt  by hand, with --nanogpt DIR (a checkout of nanoGPT, not part of this project): nanoGPT's own
+           recipe for a CPU on tiny Shakespeare, its README's command (NANOGPT_CPU), on this machine; and
+           the same recipe at NANOGPT_FIVE_MINUTES steps, about as long as stage 10's run
   gflops   stage 10's training throughput at the lecture's configuration, against this machine's
            measured fp32 matmul peak
   tests    the wall time of `python -m pytest -q` (target <= 60 s)
@@ -39,6 +45,7 @@ Figures:
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -55,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
+import harness.dropout  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 
@@ -168,6 +176,136 @@ def bench_gpu(flags: tuple[str, ...] = ("--preset", "video", "--fast", "on"), de
         "reference": NANOGPT_REFERENCE,
         "target": "wall <= 120 s from a cold start, val <= 1.50 (one H100)",
         "met": wall <= 120 and val <= 1.50,
+    }
+
+
+def step_breakdown(sizes: dict, masks: str, steps: int) -> dict[str, float]:
+    """Milliseconds of one training step of stage 10 at sizes, by part (medians over steps), with
+    dropout's masks from --dropout_masks masks; and one loss estimate's."""
+    stage = harness.stages.load_stage("10")
+    cfg = stage.Config(**sizes)
+    torch.manual_seed(0)
+    model = stage.LanguageModel(65, cfg)
+    if masks == "quick":
+        harness.dropout.quick_masks(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
+    data = {"train": torch.randint(65, (200_000,)), "val": torch.randint(65, (20_000,))}
+    gen = torch.Generator().manual_seed(0)
+
+    def timed_step() -> list[float]:
+        marks = [time.perf_counter()]
+        x, y = common.get_batch(data["train"], cfg.batch_size, cfg.block_size, gen)
+        marks.append(time.perf_counter())
+        _, loss = model(x, y)
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        marks.append(time.perf_counter())
+        return [1000 * (b - a) for a, b in itertools.pairwise(marks)]
+
+    def median_parts() -> list[float]:
+        timed_step()  # warm up
+        parts = [timed_step() for _ in range(steps)]
+        return [statistics.median(column) for column in zip(*parts, strict=True)]
+
+    batch, forward, backward, update = median_parts()
+    for m in model.modules():  # the same step without dropout: what its masks cost
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    without = sum(median_parts())
+    t0 = time.perf_counter()
+    common.estimate_loss(model, data, cfg, gen)
+    return {
+        "batch": batch,
+        "forward": forward,
+        "backward": backward,
+        "optimizer": update,
+        "step": batch + forward + backward + update,
+        "masks": batch + forward + backward + update - without,
+        "estimate": 1000 * (time.perf_counter() - t0),
+    }
+
+
+def bench_step(rounds: int = 7, steps: int = 10) -> list[dict]:
+    """Stage 10's training step at the cpu preset, by part, with nn.Dropout's own masks (as it ran
+    before the quick masks) and with the quick masks a CPU gets now, in alternating rounds, medians."""
+    stage = harness.stages.load_stage("10")
+    configs = {
+        "nn.Dropout's masks (before)": (stage.PRESETS["cpu"], "torch"),
+        "quick masks (now)": (stage.PRESETS["cpu"], "quick"),
+    }
+    measured: dict[str, list[dict]] = {name: [] for name in configs}
+    for i in range(rounds):
+        for name, (sizes, masks) in configs.items():
+            measured[name].append(step_breakdown(sizes, masks, steps))
+        print(
+            f"  step breakdown, round {i + 1}/{rounds}: "
+            + ", ".join(f"{name} {m[-1]['step']:.0f} ms" for name, m in measured.items()),
+            flush=True,
+        )
+    before, now = measured.values()
+    # each round's two steps ran seconds apart: their ratio is steadier than either median
+    speedup = statistics.median(b["step"] / n["step"] for b, n in zip(before, now, strict=True))
+    rows = []
+    for name, (sizes, masks) in configs.items():
+        parts = {k: round(statistics.median(r[k] for r in measured[name]), 1) for k in measured[name][0]}
+        rows.append(
+            {
+                "figure": f"stage10 cpu step: {name}",
+                "sizes": sizes,
+                "dropout_masks": masks,
+                "ms": parts,
+                "rounds": rounds,
+                "speedup": round(speedup, 2),  # nn.Dropout's step over the quick one's, the median of the rounds
+                "target": "reported: where a step's time goes",
+                "met": True,
+            }
+        )
+    return rows
+
+
+# nanoGPT's README: its recipe for a CPU on the same text, as it gives the command
+NANOGPT_CPU = (
+    "train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 "
+    "--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 "
+    "--dropout=0.0"
+)
+
+
+NANOGPT_FIVE_MINUTES = 5000  # steps of nanoGPT's CPU recipe that take about as long as stage 10's run here
+
+
+def bench_nanogpt(checkout: Path, steps: int | None = None) -> dict:
+    """nanoGPT's CPU recipe, run here from a checkout of its repository (given by hand: it is not part of
+    this project), with tiny Shakespeare put where its prepare.py looks first: the whole run's wall time
+    and its last estimate. steps: its --max_iters and --lr_decay_iters instead of the README's 2000."""
+    if not (checkout / "train.py").exists():
+        sys.exit(f"error: --nanogpt {checkout} is not a checkout of nanoGPT (no train.py there)")
+    data = checkout / "data" / "shakespeare_char"
+    (data / "input.txt").write_bytes(common.DATA_PATH.read_bytes())  # so prepare.py does not download it
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = NANOGPT_CPU.split()
+        if steps is not None:
+            flags = [f for f in flags if not f.startswith(("--max_iters=", "--lr_decay_iters="))]
+            flags += [f"--max_iters={steps}", f"--lr_decay_iters={steps}"]
+        cmd = [sys.executable, *flags, f"--out_dir={tmp}"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"error: nanoGPT failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    train, val = final_losses(done.stdout)
+    return {
+        "figure": "nanoGPT cpu recipe, run here" + (f", {steps} steps" if steps else ""),
+        "command": "python " + " ".join(cmd[1:-1]),
+        "wall_s": round(wall, 1),
+        "train": train,
+        "val": val,
+        "target": "reported: the nearest peer's recipe for a CPU, on the same machine",
+        "met": True,
     }
 
 
@@ -498,6 +636,7 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs per stage; the medians are reported")
     parser.add_argument("--only", default="speed,stage10,gflops,tests", help="which figures, comma-separated")
+    parser.add_argument("--nanogpt", type=Path, default=None, help="for --only nanogpt: a checkout of nanoGPT")
     parser.add_argument("--served_seeds", type=int, default=10, help="seeds of the served figure, from 1337")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where to write the JSON"
@@ -520,6 +659,8 @@ def main() -> int:
         results += bench_speed(stages, args.repeat)
     if "stage10" in only:
         results.append(bench_stage10())
+    if "step" in only:
+        results += bench_step()
     if "gflops" in only:
         results.append(bench_gflops())
     if "gpu" in only:
@@ -536,6 +677,11 @@ def main() -> int:
         results.append(bench_served((measured or recorded)[0], args.served_seeds))
     if "calculator" in only:
         results += bench_calculator()
+    if "nanogpt" in only:
+        if args.nanogpt is None:
+            sys.exit("error: --only nanogpt needs --nanogpt DIR, a checkout of github.com/karpathy/nanoGPT")
+        results.append(bench_nanogpt(args.nanogpt))
+        results.append(bench_nanogpt(args.nanogpt, NANOGPT_FIVE_MINUTES))
     if "tests" in only:
         results.append(bench_tests())
 

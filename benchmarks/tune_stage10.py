@@ -1,41 +1,30 @@
-"""How stage 10's CPU preset was chosen: rerun the measurements its docstring reports.
+"""How stage 10's cpu preset is chosen: each candidate's val curve and step time, recorded.
 
-Run by hand (each full run takes 4 to 5 minutes on 2 cores; never from the tests' defaults):
+Run by hand (a pair of curves takes ten minutes or more on 2 cores; never from the tests' defaults):
 
     python benchmarks/tune_stage10.py --list                  the candidates and their flags
-    python benchmarks/tune_stage10.py throughput              characters a second per model size (a minute or two)
-    python benchmarks/tune_stage10.py chosen lr3e-3-d0.1      full runs of those candidates, one after another
-
-Step 1, throughput: the model sizes of the sweep, timed for a few training steps each on random
-tokens. Step 2, full runs: each candidate is `python stages/10_gpt.py --preset cpu` plus its flags,
-the command a user types, and prints its val loss at every estimate and its wall time.
+    python benchmarks/tune_stage10.py throughput              ms a training step of each candidate (a minute)
+    python benchmarks/tune_stage10.py curves w128-l4 w96-l4   those candidates' val curves
 
 The rule: the lecture's recipe (dropout on, a constant learning rate), only smaller, and the best
-val loss within five minutes on 2 cores. With a constant rate a run's curve does not depend on its
-length, so each candidate runs 2600 steps with an estimate every 200, and one curve gives the val
-loss of every shorter run.
+val loss within five minutes on 2 cores.
 
-Measured on an AMD EPYC with 2 cores, torch 2.13.0, CPU, 2026-12-03 (the same architecture
-throughout: n_embd 128, 4 heads, 4 layers, block 64, batch 32; noise in val about 0.02):
+With a constant rate, a run's curve does not depend on its length: one long run gives the val loss
+of every shorter one. So each candidate trains once, long, with an estimate every 400 steps over 50
+batches (less noisy than the preset's 20). A curve counts steps, not seconds, so two candidates
+train at once (--jobs, two by default), one thread each. Their speed comes from `throughput`, with the
+machine to itself.
 
-  candidate        val at 1400  1600    2000    2600 steps
-  lr2e-3-d0.1          1.7304  1.7101  1.6981  1.6510
-  lr3e-3-d0.1          1.7304  1.7173  1.6750  1.6565
-  lr2e-3-d0.2          1.7895  1.7589  1.7304  1.7013   (the lecture's rate: costs 0.05 in so short a run)
-
-  time       a step with dropout takes about 0.18 s here (2000 steps and their estimates in 358 s, the
-             one run with the machine to itself), against 0.12 s without: dropout's masks cost a third
-  chosen     2e-3, dropout 0.1, 1500 steps: the longest run that stays inside five minutes
-
-The same architecture without dropout and with nanoGPT's warm-up and cosine decay reached 1.5777 in
-2000 steps (245 s, the machine and date above). That is not exercise 4's fourth worked solution:
-exercises/solutions/ex4_lr_schedule.py keeps dropout and stage 10's budget, and compare.py measures
-it against this preset (docs/exercises.md shows the figures).
+Each candidate is `python stages/10_gpt.py --preset cpu` with its flags, the command a user types.
+The figures go to benchmarks/results.json, one entry a candidate ("stage10 cpu candidate NAME");
+`python tools/pages.py` makes the table in docs/performance.md from them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import statistics
 import subprocess
@@ -50,116 +39,148 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
+import harness.dropout  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results.json"
+PREFIX = "stage10 cpu candidate "
 LOSS_LINE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+CURVE = ["--eval_interval", "400", "--eval_iters", "50"]  # an estimate every 400 steps, over 50 batches
 
-# name -> (flags on top of --preset cpu, what it tests): one curve each, 2600 steps long
-CURVE = "--max_iters 2600 --eval_interval 200"
-CANDIDATES: dict[str, tuple[str, str]] = {
-    "lr2e-3-d0.1": (f"{CURVE} --learning_rate 2e-3 --dropout 0.1", "the preset's rate and dropout"),
-    "lr3e-3-d0.1": (f"{CURVE} --learning_rate 3e-3 --dropout 0.1", "a larger constant rate"),
-    "lr2e-3-d0.2": (f"{CURVE} --learning_rate 2e-3 --dropout 0.2", "the lecture's dropout rate"),
-    "chosen": ("", "the preset as it stands: 1500 steps at 2e-3, dropout 0.1"),
+
+def candidate(why: str, steps: int, n_embd=128, n_head=4, n_layer=4, batch_size=32, learning_rate=2e-3) -> dict:
+    """One candidate: every size it trains at, so that it does not depend on the preset of the day."""
+    sizes = dict(
+        n_embd=n_embd,
+        n_head=n_head,
+        n_layer=n_layer,
+        block_size=64,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        dropout=0.1,
+    )
+    return {"why": why, "steps": steps, "sizes": sizes}
+
+
+CANDIDATES = {
+    "w128-l4": candidate("the preset's shape: 4 blocks of 128, batches of 32", 2800),
+    "w128-l4-b16": candidate("half the batch, twice the steps", 4400, batch_size=16),
+    "w128-l4-lr3e-3": candidate("a larger constant rate", 2800, learning_rate=3e-3),
+    "w128-l4-b48": candidate("a larger batch at a larger rate", 2000, batch_size=48, learning_rate=3e-3),
+    "w96-l4": candidate("narrower, at a larger rate", 3600, n_embd=96, learning_rate=3e-3),
+    "w128-l3": candidate("one block fewer", 3600, n_layer=3),
+    "w192-l3": candidate("wider and shallower: 6 heads of 32", 2000, n_embd=192, n_head=6, n_layer=3),
+    "w192-l4": candidate("wider: 6 heads of 32", 1600, n_embd=192, n_head=6),
 }
 
-# (n_embd, n_head, n_layer, block_size, batch_size): the throughput sweep
-SIZES = [
-    (128, 4, 4, 64, 32),
-    (96, 3, 4, 64, 48),
-    (128, 4, 4, 128, 16),
-    (128, 4, 4, 128, 32),
-    (192, 6, 4, 64, 32),
-    (256, 8, 4, 64, 32),
-    (128, 4, 6, 64, 32),
-    (128, 4, 3, 64, 32),
-]
+
+def flags(name: str) -> list[str]:
+    c = CANDIDATES[name]
+    return [f for k, v in c["sizes"].items() for f in (f"--{k}", str(v))] + ["--max_iters", str(c["steps"] + 1)]
 
 
-def full_runs(names: list[str], extra: list[str]) -> list[dict]:
+def curves(names: list[str], extra: list[str], jobs: int) -> list[dict]:
+    """Each candidate's losses at every estimate, jobs of them training at once with one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            flags = CANDIDATES[name][0].split()
-            cmd = [
-                sys.executable,
-                "stages/10_gpt.py",
-                "--preset",
-                "cpu",
-                "--device",
-                "cpu",
-                *flags,
-                "--checkpoint",
-                f"{tmp}/{name}.pt",
-                *extra,
-            ]
-            print(f"{name}: python stages/10_gpt.py --preset cpu {' '.join(flags)}", flush=True)
-            t0 = time.perf_counter()
-            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if done.returncode != 0:
-                sys.exit(f"error: candidate {name} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-            curve = [(int(s), float(t), float(v)) for s, t, v in LOSS_LINE.findall(done.stdout)]
-            print("  " + ", ".join(f"{s}: {v:.4f}" for s, _, v in curve) + f"  ({wall:.0f} s)", flush=True)
-            rows.append({"name": name, "wall_s": wall, "train": curve[-1][1], "val": curve[-1][2]})
+        for first in range(0, len(names), jobs):
+            running = {}
+            for name in names[first : first + jobs]:
+                args = ["--preset", "cpu", "--device", "cpu", *flags(name), *CURVE, "--num_tokens", "1", *extra]
+                print(f"{name}: python stages/10_gpt.py {' '.join(args)}", flush=True)
+                cmd = [sys.executable, "stages/10_gpt.py", *args, "--checkpoint", f"{tmp}/{name}.pt"]
+                out = open(f"{tmp}/{name}.log", "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+                running[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env), out)
+            for name, (process, out) in running.items():
+                code = process.wait()
+                out.seek(0)
+                text = out.read()
+                out.close()
+                if code != 0:
+                    sys.exit(f"error: candidate {name} failed ({code}): {text.strip().splitlines()[-1:]}")
+                curve = [[int(s), float(t), float(v)] for s, t, v in LOSS_LINE.findall(text)]
+                print(f"  {name}: " + ", ".join(f"{s}: {v:.4f}" for s, _, v in curve), flush=True)
+                rows.append({"figure": PREFIX + name, "name": name, "curve": curve, "threads": 1 if jobs > 1 else 0})
     return rows
 
 
-def throughput(steps: int) -> None:
+def throughput(names: list[str], steps: int) -> list[dict]:
+    """ms a training step of each candidate's model, on random tokens, as the stage runs it on a CPU."""
     stage = harness.stages.load_stage("10")
     data = torch.randint(65, (200_000,))
     gen = torch.Generator().manual_seed(0)
-    print(f"{'n_embd':>6} {'heads':>5} {'layers':>6} {'block':>5} {'batch':>5} {'params':>9} {'chars/s':>8}")
-    for n_embd, n_head, n_layer, block, batch in SIZES:
-        cfg = stage.Config(
-            n_embd=n_embd, n_head=n_head, n_layer=n_layer, block_size=block, batch_size=batch, dropout=0.0
-        )
+    rows = []
+    for name in names:
+        cfg = stage.Config(**CANDIDATES[name]["sizes"])
         torch.manual_seed(0)
         model = stage.LanguageModel(65, cfg)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        harness.dropout.quick_masks(model)  # as the stage trains on a CPU
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
         times = []
         for i in range(steps + 2):  # the first two steps warm up
             t0 = time.perf_counter()
-            x, y = common.get_batch(data, batch, block, gen)
+            x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
             _, loss = model(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
-        n_params = sum(p.numel() for p in model.parameters())
-        rate = batch * block / statistics.median(times)
-        print(f"{n_embd:>6} {n_head:>5} {n_layer:>6} {block:>5} {batch:>5} {n_params:>9,} {rate:>8,.0f}", flush=True)
+        ms = 1000 * statistics.median(times)
+        print(f"  {name}: {ms:.1f} ms a step", flush=True)
+        rows.append({"figure": PREFIX + name, "name": name, "ms_per_step": round(ms, 1)})
+    return rows
+
+
+def record(rows: list[dict], path: Path = RESULTS) -> None:
+    """Merge rows into path's entries of the same candidate: a curve and a step time recorded apart."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"results": []}
+    entries = {r["figure"]: r for r in data["results"]}
+    stamp = {"machine": harness.machine.machine_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    for row in rows:
+        name = row["name"]
+        old = entries.get(row["figure"], {"figure": row["figure"]})
+        new = {**old, **row, **{k: v for k, v in CANDIDATES[name].items() if k != "steps"}, "flags": flags(name)}
+        stamped = "curve" if "curve" in row else "ms_per_step"
+        new[f"{stamped}_measured"] = stamp
+        new.update(target="reported: the val curve and the step time of a candidate for the cpu preset", met=True)
+        if row["figure"] in entries:
+            data["results"][data["results"].index(entries[row["figure"]])] = new
+        else:
+            data["results"].append(new)
+        entries[row["figure"]] = new
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(rows)} figure(s) to {path}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument(
-        "what", nargs="*", help=f"'throughput', and/or candidates to run in full: {', '.join(CANDIDATES)}"
-    )
+    parser.add_argument("what", nargs="?", choices=["throughput", "curves"], help="what to measure")
+    parser.add_argument("names", nargs="*", help=f"candidates, or all: {', '.join(CANDIDATES)}")
     parser.add_argument("--list", action="store_true", help="list the candidates and exit")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per size in the throughput sweep")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each candidate for throughput")
+    parser.add_argument("--jobs", type=int, default=2, help="curves trained at once, one thread each (1: all threads)")
     parser.add_argument(
-        "--extra", default="", help="flags added to every full run, e.g. '--max_iters 20' for a smoke test"
+        "--extra", default="", help="flags added to every curve, e.g. '--max_iters 20' for a smoke test"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON the figures go to")
     args = parser.parse_args()
-    unknown = [w for w in args.what if w != "throughput" and w not in CANDIDATES]
-    if unknown:
-        parser.error(f"unknown: {' '.join(unknown)}; choose from throughput, {', '.join(CANDIDATES)}")
-    if args.list or not args.what:
-        for name, (flags, why) in CANDIDATES.items():
-            print(f"{name:<10} {flags or '(no flags)':<84} {why}")
+    if args.list or args.what is None:
+        for name, c in CANDIDATES.items():
+            print(f"{name:<16} {' '.join(flags(name)):<120} {c['why']}")
         return 0
+    names = list(CANDIDATES) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        parser.error(f"unknown: {' '.join(unknown) or '(none given)'}; choose from all, {', '.join(CANDIDATES)}")
     print(f"machine: {harness.machine.machine_name()}, torch {torch.__version__}", flush=True)
-    if "throughput" in args.what:
-        throughput(args.steps)
-    names = [w for w in args.what if w in CANDIDATES]
-    if names:
-        rows = full_runs(names, args.extra.split())
-        print()
-        for r in rows:
-            print(f"{r['name']:<8} val {r['val']:.4f}  train {r['train']:.4f}  {r['wall_s']:.0f} s")
+    if args.what == "throughput":
+        rows = throughput(names, args.steps)
+    else:
+        rows = curves(names, args.extra.split(), args.jobs)
+    record(rows, args.out)
     return 0
 
 

@@ -309,3 +309,23 @@ def test_the_kv_cache_table_shows_both_sizes_and_says_when_the_texts_differ():
     differing = [dict(e, same_text=False) if e in entries else e for e in SOURCES.results]
     assert "the texts DIFFERED: a bug" in pages.kv_cache_table(differing)
     assert pages.kv_cache_table([]).startswith("Not measured yet")
+
+
+def test_the_candidates_table_reads_each_curve_where_its_steps_fit_the_budget():
+    """tune_stage10.py's candidates: a curve read between its estimates, at the steps STEP_SECONDS buys."""
+    assert pages.curve_at([[0, 4, 4.0], [400, 2, 2.0], [800, 1.5, 1.8]], 600) == pytest.approx(1.9)
+    assert pages.curve_at([[0, 4, 4.0], [400, 2, 2.0]], 401) is None  # past the end: not guessed
+    stamp = {"machine": "a CPU, 2 cores", "torch": "2.13.0", "date": "2026-12-06"}
+    fast = {"name": "fast", "why": "small", "ms_per_step": 1000 * pages.STEP_SECONDS / 600}  # 600 steps fit
+    slow = {"name": "slow", "why": "big", "ms_per_step": 1000 * pages.STEP_SECONDS / 200}  # 200 fit
+    rows = [
+        {**c, "figure": pages.CANDIDATE + c["name"], "curve_measured": stamp, "ms_per_step_measured": stamp}
+        for c in (fast, slow)
+    ]
+    rows[0]["curve"] = [[0, 4, 4.0], [400, 2, 2.0], [800, 1.5, 1.8]]
+    rows[1]["curve"] = [[0, 4, 4.0], [400, 1.8, 1.9]]
+    table = pages.candidates_table([*rows, {"figure": pages.CANDIDATE + "unmeasured", "name": "unmeasured"}])
+    assert "| `fast` | small | 417 |" in table and "**≈ 1.9000** (step 600) |" in table
+    assert "| `slow` | big | 1250 |" in table and "**≈ 2.9500** (step 200) |" in table
+    assert "unmeasured" not in table  # a candidate without both its curve and its step time is not shown
+    assert "a CPU, 2 cores, torch 2.13.0, 2026-12-06" in table

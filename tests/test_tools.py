@@ -270,28 +270,43 @@ def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, caps
 # -- benchmarks/tune_stage10.py ----------------------------------------------------------------------
 
 
-def test_tune_stage10_runs_a_candidate_as_the_stage_and_reports_its_losses(small_text_file, monkeypatch, capsys):
+def test_tune_stage10_runs_a_candidate_as_the_stage_and_records_its_curve(
+    small_text_file, tmp_path, monkeypatch, capsys
+):
     monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import tune_stage10
 
-    extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --num_tokens 5 --data {small_text_file}"
-    monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "chosen", "--extra", extra])
+    out_json = tmp_path / "results.json"
+    extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --data {small_text_file}"
+    argv = ["tune_stage10.py", "curves", "w128-l4", "--jobs", "1", "--extra", extra, "--out", str(out_json)]
+    monkeypatch.setattr(sys, "argv", argv)
     assert tune_stage10.main() == 0  # the candidate itself runs as its own process, as the stage a user types
     out = capsys.readouterr().out
-    assert "chosen: python stages/10_gpt.py --preset cpu" in out
-    assert re.search(r"0: \d\.\d{4}, 2: \d\.\d{4}", out)  # the val loss at each estimate
-    assert re.search(r"^chosen +val \d\.\d{4}  train \d\.\d{4}", out, re.MULTILINE)
+    assert "w128-l4: python stages/10_gpt.py --preset cpu --device cpu --n_embd 128" in out
+    assert re.search(r"w128-l4: 0: \d\.\d{4}, 2: \d\.\d{4}", out)  # the val loss at each estimate
+    (entry,) = json.loads(out_json.read_text(encoding="utf-8"))["results"]
+    assert entry["figure"] == "stage10 cpu candidate w128-l4" and [row[0] for row in entry["curve"]] == [0, 2]
+    assert entry["sizes"]["dropout"] > 0 and "--dropout" in entry["flags"]  # the lecture's recipe: dropout on
+    # the step time, measured apart, joins the same entry and keeps its curve
+    monkeypatch.setattr(
+        sys, "argv", ["tune_stage10.py", "throughput", "w128-l4", "--steps", "1", "--out", str(out_json)]
+    )
+    monkeypatch.setitem(tune_stage10.CANDIDATES["w128-l4"]["sizes"], "n_embd", 16)  # a tiny model: seconds
+    monkeypatch.setitem(tune_stage10.CANDIDATES["w128-l4"]["sizes"], "n_layer", 1)
+    assert tune_stage10.main() == 0
+    (entry,) = json.loads(out_json.read_text(encoding="utf-8"))["results"]
+    assert entry["ms_per_step"] > 0 and [row[0] for row in entry["curve"]] == [0, 2]
 
 
 def test_tune_stage10_refuses_an_unknown_candidate(monkeypatch, capsys):
     monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import tune_stage10
 
-    monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "chosn"])
+    monkeypatch.setattr(sys, "argv", ["tune_stage10.py", "curves", "chosn"])
     with pytest.raises(SystemExit) as stopped:
         tune_stage10.main()
     assert stopped.value.code == 2
-    assert "unknown: chosn; choose from throughput, lr2e-3-d0.1" in capsys.readouterr().err
+    assert "unknown: chosn; choose from all, w128-l4" in capsys.readouterr().err
 
 
 # -- dropout.py ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import re
@@ -644,8 +645,94 @@ def stage_10_figure(record: dict) -> str:
         return "Stage 10 at its `cpu` preset: no run is recorded yet."
     return (
         f"Stage 10 at its `{run['preset']}` preset (the lecture's recipe, smaller: dropout on, a constant rate), "
-        f"the whole run: **{run['wall_time_s']} s** for {run['steps']:,} steps (target: 300 s on 2 cores), "
-        f"val **{number_or_dash(run['val_loss'], '.4f')}**. {measured_by(record)}."
+        f"the whole run: **{run['wall_time_s']} s** for {run['steps']:,} steps, "
+        f"val **{number_or_dash(run['val_loss'], '.4f')}** (the targets on 2 cores: 300 s, val 1.62). "
+        f"{measured_by(record)}."
+    )
+
+
+CANDIDATE = "stage10 cpu candidate "  # benchmarks/tune_stage10.py's entries
+STEP_SECONDS = 250  # of a five-minute run, what its steps may take: start-up, estimates and the sample need the rest
+CURVE_COLUMNS = (1200, 2000, 2800, 3600, 4400)  # steps at which the candidates' val losses are shown
+
+
+def candidates_table(results: list[dict]) -> str:
+    """benchmarks/tune_stage10.py's candidates: ms a step, val at each length, val within STEP_SECONDS."""
+    found = [r for r in results if r["figure"].startswith(CANDIDATE) and "curve" in r and "ms_per_step" in r]
+    if not found:
+        return "No candidates measured yet: `python benchmarks/tune_stage10.py throughput all`, then `curves all`."
+    head = f"| candidate | what it tries | ms a step | {' | '.join(f'val at {s:,}' for s in CURVE_COLUMNS)} |"
+    rows = [head + f" val within {STEP_SECONDS} s of steps |", "|" + " --- |" * (len(CURVE_COLUMNS) + 4)]
+    for r in found:
+        val = {step: v for step, _, v in r["curve"]}
+        fit = int(STEP_SECONDS * 1000 / r["ms_per_step"])  # steps that fit
+        cells = [f"`{r['name']}`", r["why"], f"{r['ms_per_step']:.0f}"]
+        cells += [f"{val[s]:.4f}" if s in val else "–" for s in CURVE_COLUMNS]
+        at_fit = curve_at(r["curve"], fit)
+        cells.append("–" if at_fit is None else f"**≈ {at_fit:.4f}** (step {fit:,})")
+        rows.append("| " + " | ".join(cells) + " |")
+    curve = found[0]["curve_measured"]
+    speed = found[0]["ms_per_step_measured"]
+    return (
+        "Measured by `python benchmarks/tune_stage10.py`: the curves on "
+        f"{curve['machine']}, torch {curve['torch'].split('+')[0]}, {curve['date']}, several at once with one "
+        f"thread each; the step times with the machine to itself ({speed['date']}). Val loss, lower is better. "
+        f"The last column reads each curve at the steps that fit in {STEP_SECONDS} s, on the straight line "
+        "between the estimates either side:\n\n" + "\n".join(rows)
+    )
+
+
+def nanogpt_figure(results: list[dict]) -> str:
+    """nanoGPT's own CPU recipe, run here by bench.py --only nanogpt: as its README gives it, and at the
+    steps that take about as long as stage 10's run."""
+    runs = [r for r in results if r["figure"].startswith("nanoGPT cpu recipe, run here")]
+    if not runs:
+        return "nanoGPT's CPU recipe: not run here yet (`python benchmarks/bench.py --only nanogpt --nanogpt DIR`)."
+    rows = ["| nanoGPT's command | the whole run | val |", "| --- | --- | --- |"]
+    rows += [f"| `{r['command']}` | {r['wall_s']} s | {r['val']:.4f} |" for r in runs]
+    return (
+        "It turns dropout off, warms the rate up and decays it, and trains batches of 12. "
+        f"Measured by `python benchmarks/bench.py --only nanogpt` on {results_machine(results)}, {runs[0]['date']}, "
+        "from a checkout of nanoGPT; the first row is its README's command:\n\n" + "\n".join(rows)
+    )
+
+
+def curve_at(curve: list[list[float]], step: int) -> float | None:
+    """A curve's val loss at step, read on the straight line between the estimates either side of it;
+    None past the curve's end."""
+    for (s0, _, v0), (s1, _, v1) in itertools.pairwise(curve):
+        if s0 <= step <= s1:
+            return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    return None
+
+
+STEP_PARTS = {
+    "batch": "drawing the batch",
+    "forward": "forward",
+    "backward": "backward",
+    "optimizer": "AdamW's update",
+    "step": "**the whole step**",
+    "masks": "of which dropout's masks (the step less the same step with dropout 0)",
+    "estimate": "one loss estimate (eval_iters batches of each split)",
+}
+
+
+def step_table(results: list[dict]) -> str:
+    """bench.py --only step: where a training step of stage 10's cpu preset goes, before and now."""
+    found = [r for r in results if r["figure"].startswith("stage10 cpu step: ")]
+    if not found:
+        return "Not measured yet: `python benchmarks/bench.py --only step`."
+    names = [r["figure"].removeprefix("stage10 cpu step: ") for r in found]
+    rows = ["| ms | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(found)]
+    for part, said in STEP_PARTS.items():
+        rows.append(f"| {said} | " + " | ".join(f"{r['ms'][part]:.1f}" for r in found) + " |")
+    sizes = found[0]["sizes"]
+    shape = f"{sizes['n_layer']} layers of {sizes['n_embd']}, batches of {sizes['batch_size']} x {sizes['block_size']}"
+    return (
+        f"Stage 10 at its `cpu` preset ({shape}). Measured by `python benchmarks/bench.py --only step` on "
+        f"{results_machine(results)}, {found[0]['date']}: {found[0]['rounds']} rounds, the columns in turn, "
+        f"medians. Round by round, the quick masks' step was **{found[-1]['speedup']:.2f}x** as fast (the median "
+        "of the rounds' ratios, steadier than the two medians on a shared machine).\n\n" + "\n".join(rows)
     )
 
 
@@ -791,6 +878,9 @@ def blocks(sources: Sources) -> dict[str, str]:
         "stage-10": stage_10_figure(sources.record),
         "test-suite": suite_figure(sources.results),
         "speed": speed_table(sources.results),
+        "step": step_table(sources.results),
+        "candidates": candidates_table(sources.results),
+        "nanogpt": nanogpt_figure(sources.results),
         "heads": heads_table(sources.results),
         "exercise-2": addition_table(sources.results),
         "exercise-3": pretraining_table(sources.results),
