@@ -61,7 +61,7 @@ PRESETS = {
     "cpu": dict(
         batch_size=32,
         block_size=64,
-        max_iters=1500,
+        max_iters=2000,
         eval_interval=250,
         learning_rate=3e-3,
         lr_decay=True,
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
     trainer = harness.Trainer(run, model, optimizer)
-    # On a CPU it also draws dropout's masks faster, by nn.Dropout's rule (harness/dropout.py).
+    # On a CPU, accelerate() draws dropout's masks faster, by the same rule (harness/dropout.py).
     model = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
 
     for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
