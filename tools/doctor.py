@@ -27,6 +27,7 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import harness.accelerate  # noqa: E402
 import harness.cli  # noqa: E402
+import harness.dropout  # noqa: E402
 import harness.stages  # noqa: E402
 
 # float32 on two devices sums the same products in another order: differences of this size are rounding
@@ -199,6 +200,8 @@ def ms_a_step(device: torch.device, preset: str, steps: int) -> float:
     cfg = stage.Config(**stage.PRESETS[preset])
     torch.manual_seed(0)
     model = stage.LanguageModel(VOCAB, cfg).to(device)
+    if device.type == "cpu":  # as the stage trains there (--dropout_masks quick, its default)
+        harness.dropout.quick_masks(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     data = torch.randint(VOCAB, (100_000,)).to(device)
     gen = torch.Generator().manual_seed(0)
