@@ -21,7 +21,7 @@ Figures:
            estimate), with nn.Dropout's own masks and with the quick ones, in alternating rounds
   nanogpt  by hand, with --nanogpt DIR (a checkout of nanoGPT, not part of this project): nanoGPT's own
            recipe for a CPU on tiny Shakespeare, its README's command (NANOGPT_CPU), on this machine; and
-           the same recipe at NANOGPT_FIVE_MINUTES steps, about as long as stage 10's run
+           the same recipe at NANOGPT_AS_LONG steps, about as long as stage 10's run
   gflops   stage 10's training throughput at the lecture's configuration, against this machine's
            measured fp32 matmul peak
   tests    the wall time of `python -m pytest -q` (target <= 60 s)
@@ -274,7 +274,7 @@ NANOGPT_CPU = (
 )
 
 
-NANOGPT_FIVE_MINUTES = 5000  # steps of nanoGPT's CPU recipe that take about as long as stage 10's run here
+NANOGPT_AS_LONG = 5000  # steps of nanoGPT's CPU recipe that take about as long as stage 10's run here
 
 
 def bench_nanogpt(checkout: Path, steps: int | None = None) -> dict:
@@ -681,7 +681,7 @@ def main() -> int:
         if args.nanogpt is None:
             sys.exit("error: --only nanogpt needs --nanogpt DIR, a checkout of github.com/karpathy/nanoGPT")
         results.append(bench_nanogpt(args.nanogpt))
-        results.append(bench_nanogpt(args.nanogpt, NANOGPT_FIVE_MINUTES))
+        results.append(bench_nanogpt(args.nanogpt, NANOGPT_AS_LONG))
     if "tests" in only:
         results.append(bench_tests())
 

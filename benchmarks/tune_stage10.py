@@ -80,7 +80,7 @@ def flags(name: str) -> list[str]:
     return [f for k, v in c["sizes"].items() for f in (f"--{k}", str(v))] + ["--max_iters", str(c["steps"] + 1)]
 
 
-def curves(names: list[str], extra: list[str], jobs: int) -> list[dict]:
+def curves(names: list[str], extra: list[str], jobs: int, out_json: Path) -> list[dict]:
     """Each candidate's losses at every estimate, jobs of them training at once with one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else None
     rows = []
@@ -99,10 +99,15 @@ def curves(names: list[str], extra: list[str], jobs: int) -> list[dict]:
                 text = out.read()
                 out.close()
                 if code != 0:
+                    for other, _ in running.values():  # no run is left training on its own
+                        other.kill()
+                        other.wait()
+                    record(rows, out_json)  # the curves already finished are kept
                     sys.exit(f"error: candidate {name} failed ({code}): {text.strip().splitlines()[-1:]}")
                 curve = [[int(s), float(t), float(v)] for s, t, v in LOSS_LINE.findall(text)]
                 print(f"  {name}: " + ", ".join(f"{s}: {v:.4f}" for s, _, v in curve), flush=True)
-                rows.append({"figure": PREFIX + name, "name": name, "curve": curve, "threads": 1 if jobs > 1 else 0})
+                threads = 1 if jobs > 1 else torch.get_num_threads()
+                rows.append({"figure": PREFIX + name, "name": name, "curve": curve, "threads": threads})
     return rows
 
 
@@ -179,7 +184,7 @@ def main() -> int:
     if args.what == "throughput":
         rows = throughput(names, args.steps)
     else:
-        rows = curves(names, args.extra.split(), args.jobs)
+        rows = curves(names, args.extra.split(), args.jobs, args.out)
     record(rows, args.out)
     return 0
 

@@ -237,8 +237,9 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
             "--dropout_masks",
             choices=["quick", "torch"],
             default="quick",
-            help="quick: on a CPU, dropout's random numbers are drawn four to a 64-bit draw, the same rule "
-            "faster (harness/dropout.py); torch: nn.Dropout's own. On a GPU, torch's either way",
+            help="quick: on a CPU, dropout's random numbers are drawn four to a 64-bit draw, nn.Dropout's rule "
+            "with p rounded to 1/65536, faster (harness/dropout.py); torch: nn.Dropout's own. On a GPU, "
+            "torch's either way",
         )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
