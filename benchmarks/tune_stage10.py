@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
-import harness.dropout  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 
@@ -121,7 +120,6 @@ def throughput(names: list[str], steps: int) -> list[dict]:
         cfg = stage.Config(**CANDIDATES[name]["sizes"])
         torch.manual_seed(0)
         model = stage.LanguageModel(65, cfg)
-        harness.dropout.quick_masks(model)  # as the stage trains on a CPU
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
         times = []
         for i in range(steps + 2):  # the first two steps warm up

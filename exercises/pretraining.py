@@ -41,7 +41,7 @@ import harness.textfile
 from exercises import learner_stage, training
 from harness.paired_test import verdict
 from harness.schedule import Schedule
-from harness.startup import init_record
+from harness.startup import weights_origin
 from tools import corpus, plot
 
 STAGE_10 = learner_stage.STAGE_10
@@ -151,15 +151,14 @@ def start(stage: ModuleType, argv: list[str]) -> harness.Run:
 def train(run: harness.Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> harness.Trainer:
     """Stage 10's loop: the Trainer loads a --resume checkpoint, shows progress, saves on Ctrl-C."""
     cfg = run.config
-    trainer = harness.Trainer(run, model, optimizer)
-    fast = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
+    trainer = harness.Trainer(run, model, optimizer)  # loads a checkpoint; compiles with --compile
     training.train(
         trainer,
-        fast,
+        model,
         optimizer,
         cfg,
         batch=lambda: common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen),
-        estimate=lambda: common.estimate_loss(fast, run.data, cfg, run.eval_gen),
+        estimate=lambda: common.estimate_loss(model, run.data, cfg, run.eval_gen),
     )
     if trainer.trained:
         trainer.save()
@@ -289,7 +288,7 @@ def fine_tune(
     model = stage_10().LanguageModel(run.vocab_size, run.config)  # run's seed: the same as the scratch run's
     if not run.args.resume:
         learner.carry_over(pretrained, model, run.tokenizer.chars)
-        run.init_record = init_record(source, pretrained)  # every checkpoint says where it started
+        run.weights_origin = weights_origin(source, pretrained)  # every checkpoint says where it started
     model.to(run.device)
     optimizer = learner.fine_tuning_optimizer(model, pretrained, run.config)
     return model, train(run, model, optimizer)

@@ -8,6 +8,7 @@ loop is made once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -16,11 +17,13 @@ import harness
 from harness.schedule import learning_rate_at
 
 
-def train_step(model, optimizer, cfg, step: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on inputs xb (B, T) and targets yb (B, T) at the schedule's rate: the loss."""
+def train_step(model, optimizer, cfg, step: int, xb: torch.Tensor, yb: torch.Tensor, autocast=None) -> torch.Tensor:
+    """One optimizer step on inputs xb (B, T) and targets yb (B, T) at the schedule's rate: the loss.
+    autocast: the context of the forward pass (a Trainer's autocast() under --dtype bfloat16)."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate_at(step, cfg)
-    _, loss = model(xb, yb)
+    with autocast or contextlib.nullcontext():
+        _, loss = model(xb, yb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -43,4 +46,4 @@ def train(
             trainer.log(step, estimate())
             if after_estimate is not None:
                 after_estimate(step)
-        trainer.record(train_step(model, optimizer, cfg, step, *batch()))
+        trainer.record(train_step(model, optimizer, cfg, step, *batch(), trainer.autocast()))

@@ -4,20 +4,17 @@ A stage's main() uses three names from here; the rest serves them, the tools and
 
     start(...)    the command line, the device, the seed, the text and its vocabulary, the checkpoint
                   (to resume, to sample from, or with --init_from to start from) -> a Run
-    Trainer(...)  the weights it starts from, the steps, the progress bar, Ctrl-C, saving, the loss
-                  history, the sample
+    Trainer(...)  the weights it starts from, compiling, the steps, the progress bar, Ctrl-C, saving,
+                  the loss history, the sample
     run_main(...) every failure a user can cause -> one line on stderr and an exit status
 
 Modules, one job each:
     cli          the flags, built from a stage's Config, and presets
     textfile     downloading tiny Shakespeare, checking a text file before it is read
     startup      start() and the Run it returns; which vocabulary a run takes (--vocab_from)
-    accelerate   --fast (the GPU fast path), --compile and --dtype
-    dropout      --dropout_masks: dropout's masks drawn faster on a CPU, the same rule
-    training     the Trainer
+    training     the Trainer: the model's checkpoint, steps, --compile and --dtype, saving, the sample
     signals      Ctrl-C, SIGTERM and SIGHUP stop after the current step, saved
-    checkpoints  the Checkpoint (what one holds), its file and the loss history beside it, and
-                 saving as training goes, keeping the last good one
+    checkpoints  the Checkpoint (what one holds), its file and the loss history beside it
     files        writing a file whole or not at all; checking a folder is writable
     references   the val loss each stage's defaults give, for the closing "is it normal?" line
     paired_test  the paired t-test that judges two sets of runs seed by seed

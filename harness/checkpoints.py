@@ -22,13 +22,11 @@ import csv
 import dataclasses
 import io
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 import common
 from harness.errors import UserError, first_line
@@ -47,7 +45,7 @@ class Checkpoint:
     config: dict[str, Any]  # the Config's fields by name
     vocab: str  # the tokenizer's characters, sorted: id i is vocab[i]
     step: int
-    model: dict[str, torch.Tensor]  # plain weights: no torch.compile prefix
+    model: dict[str, torch.Tensor]  # the state_dict
     optimizer: dict[str, Any]
     history: list[dict[str, float]]
     elapsed: float
@@ -96,13 +94,7 @@ def previous_path(checkpoint_path: Path) -> Path:
 # -- a run, to a checkpoint and back -------------------------------------------------------------
 
 
-def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights, without the `_orig_mod.` prefix that torch.compile adds to every key."""
-    model = getattr(model, "_orig_mod", model)
-    return {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
-
-
-def take(
+def of_run(
     run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list, elapsed: float
 ) -> Checkpoint:
     """The checkpoint of a run at this step."""
@@ -111,7 +103,7 @@ def take(
         config=dataclasses.asdict(run.config),
         vocab=run.tokenizer.chars,
         step=step,
-        model=plain_state_dict(model),
+        model=model.state_dict(),
         optimizer=optimizer.state_dict(),
         history=history,
         elapsed=elapsed,
@@ -122,7 +114,7 @@ def take(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
             "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
         },
-        init_from=run.init_record,
+        init_from=run.weights_origin,
     )
 
 
@@ -136,7 +128,7 @@ def load_weights(
     which flags give the checkpoint's; otherwise (--sample, --resume) they are the checkpoint's but for
     flags typed on the command line, so it says to drop those.
     """
-    own, theirs = plain_state_dict(model), ckpt.model
+    own, theirs = model.state_dict(), ckpt.model
     mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
     mismatched += [k for k in theirs if k not in own]
     if mismatched:
@@ -150,7 +142,7 @@ def load_weights(
         else:
             advice = "drop the flags that change it to use the checkpoint's, or train afresh"
         raise UserError(f"{path} holds a model of another size ({said}; first difference: {mismatched[0]}); {advice}")
-    getattr(model, "_orig_mod", model).load_state_dict(theirs)
+    model.load_state_dict(theirs)
 
 
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -165,7 +157,7 @@ def sizes_that_differ(model: torch.nn.Module, ckpt: Checkpoint, config: Any, dif
     device, which allocates nothing: learning_rate changes no shape, n_embd does. Together they must give
     the checkpoint's shapes, or the answer is None.
     """
-    model_cls, vocab_size = type(getattr(model, "_orig_mod", model)), len(ckpt.vocab)
+    model_cls, vocab_size = type(model), len(ckpt.vocab)
 
     def shapes_with(values: dict) -> dict | None:
         try:
@@ -283,53 +275,3 @@ def read_history(path: Path) -> list[dict[str, float]]:
             return [{"step": int(r["step"]), **{k: float(r[k]) for k in HISTORY_FIELDS[1:]}} for r in csv.DictReader(f)]
     except (OSError, KeyError, ValueError, TypeError):
         return []
-
-
-# -- saving as training goes -----------------------------------------------------------------------
-
-
-class Saver:
-    """Writes a run's checkpoint and history; knows which step the file on disk holds."""
-
-    def __init__(self, run: Any) -> None:
-        self.run = run
-        self.saved_step: int | None = None  # the step of the checkpoint on disk, written by this run
-
-    def non_finite(self, what: str) -> UserError:
-        """The error for a nan or inf: says which checkpoint is kept, and what to do."""
-        path = self.run.checkpoint_path
-        kept = f"{path} (step {self.saved_step}) is kept" if self.saved_step is not None else "nothing was saved"
-        return UserError(f"{what}; training stopped and {kept}. Lower --learning_rate and train again")
-
-    def save(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list, elapsed: float
-    ) -> None:
-        run = self.run
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good file with nan
-            raise self.non_finite(f"the weights hold nan or inf at step {step}")
-        ckpt = take(run, model, optimizer, step, history, elapsed)
-        try:
-            if self.saved_step is None and not run.args.resume and run.checkpoint_path.exists():
-                self._keep_previous()
-            save(run.checkpoint_path, ckpt)
-            write_history(history_path(run.checkpoint_path), history)
-        except OSError as e:  # disk full, permissions changed mid-run: write_atomically never leaves half a file
-            raise UserError(
-                f"could not save the checkpoint ({e.strerror or e}: {e.filename or run.checkpoint_path}); "
-                "what is on disk is the last one written whole. Free some space or pass another --checkpoint"
-            ) from None
-        self.saved_step = step
-
-    def _keep_previous(self) -> None:
-        """A fresh run is about to replace a checkpoint from an earlier run: copy it (and its history) aside.
-
-        A copy, not a move: until the new checkpoint is written whole, the old one stays where it was.
-        """
-        path = self.run.checkpoint_path
-        prev = previous_path(path)
-        shutil.copy2(path, prev)
-        if history_path(path).exists():
-            shutil.copy2(history_path(path), history_path(prev))
-        tqdm.write(
-            f"copied the earlier run's checkpoint to {prev} before replacing it (--resume continues a run instead)"
-        )

@@ -1,9 +1,8 @@
 """The command line: every field of a stage's Config is a flag, checked before anything runs.
 
 Besides the hyperparameters: --device, --seed, --data, --checkpoint, --init_from, --vocab_from,
---sample/--resume, the sampling flags, --compile/--dtype/--fast, --dropout_masks for a stage with
-dropout and, for a stage with presets, --preset. Each bad value is one line that names the rule it
-breaks; an unknown flag suggests the closest known one.
+--sample/--resume, the sampling flags, --compile, --dtype and, for a stage with presets, --preset.
+Each bad value is one line that names the rule it breaks; an unknown flag suggests the closest one.
 
 What a Config field accepts follows from the field itself, so a new field needs nothing here:
   bool    a switch: --name and --no-name
@@ -27,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from harness.accelerate import FAST_DEFAULT
 from harness.errors import EXIT_USER_ERROR, UserError
 
 
@@ -215,32 +213,20 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     )
     run.add_argument(
         "--compile",
-        action="store_true",
-        help="torch.compile the model for training (pays off on a GPU; compiling costs more than it saves on a CPU)",
+        nargs="?",
+        const="default",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        default=None,
+        metavar="MODE",
+        help="torch.compile the model for training, in this mode (default, or reduce-overhead: CUDA graphs); "
+        "it pays off on a GPU, while on a CPU compiling takes longer than it saves",
     )
     run.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
         default="float32",
-        help="bfloat16: run the forward pass under autocast (fast on recent GPUs)",
+        help="bfloat16: the forward pass under autocast, fast on recent GPUs; the weights stay float32",
     )
-    run.add_argument(
-        "--fast",
-        choices=["auto", "on", "off"],
-        default=FAST_DEFAULT,
-        help="the fast path for CUDA GPUs: the step recorded as CUDA graphs (torch.compile), bfloat16 where the "
-        "GPU has it, TF32 matmuls; auto uses it where it can work and says why not otherwise, on forces it. "
-        "Off by default: it has not been measured on a GPU",
-    )
-    if any(f.name == "dropout" for f in dataclasses.fields(config_cls)):
-        run.add_argument(
-            "--dropout_masks",
-            choices=["quick", "torch"],
-            default="quick",
-            help="quick: on a CPU, dropout's random numbers are drawn four to a 64-bit draw, nn.Dropout's rule "
-            "with p rounded to 1/65536, faster (harness/dropout.py); torch: nn.Dropout's own. On a GPU, "
-            "torch's either way",
-        )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
     mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")

@@ -50,17 +50,13 @@ def is_out_of_memory(e: BaseException) -> bool:
     )
 
 
-# The run in progress says, once its sizes and checkpoint are known, what out of memory means for it
-# (the Trainer sets this); without one, the advice is general.
-explain_out_of_memory: Callable[[str], str] | None = None
-
-
 def out_of_memory_line(e: BaseException) -> str:
     # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> "DefaultCPUAllocator: ..."
     said = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", first_line(e))[:120]
-    if explain_out_of_memory is not None:
-        return explain_out_of_memory(said)
-    return f"out of memory ({said}); try a smaller --batch_size or --block_size, --preset cpu, or --device cpu"
+    return (
+        f"out of memory ({said}); try a smaller --batch_size or --block_size, --preset cpu, or --device cpu; "
+        "the last checkpoint saved, if any, is kept whole"
+    )
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
@@ -70,8 +66,6 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     """
     # the handlers that training installs for Ctrl-C, SIGTERM and SIGHUP are undone however main ends
     handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    global explain_out_of_memory
-    explain_out_of_memory = None  # a run before this one, in the same process, says nothing for this one
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0
@@ -95,6 +89,5 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         _say(f"error: {out_of_memory_line(e)}")
         return EXIT_USER_ERROR
     finally:
-        explain_out_of_memory = None
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

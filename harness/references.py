@@ -2,18 +2,16 @@
 the lecture's. The stages' closing lines ("is my loss normal?") and the pages read them from here.
 
 "Measured" is the final val loss of `python stages/NN.py` at its defaults (seed 1337, tiny
-Shakespeare), as `python tools/train_all.py` recorded it in docs/runs.json, with the machine, the
-torch and the date; nothing here writes a figure a second time. The same machine and torch give the
-same run, loss for loss; another CPU sums in another order and moves the third or fourth decimal
-(stage 09, with the loss estimates of 2026-12-02: 2.0604 on one machine of this project's kind,
-2.0582 on another), well inside the band below. The lecture's figures are read off the video, so
-they are bands ("about 2.49"), not targets; stage 10's belongs to its video preset only, as the
-lecture trains no other.
+Shakespeare), as `python tools/train_all.py` recorded it in docs/runs.json, with its machine, torch
+and date. The same machine and torch give the same run, loss for loss; another CPU sums in another
+order and moves the third or fourth decimal, well inside NOISE. The lecture's figures are read off
+the video, so they are bands ("about 2.49"), not targets; stage 10's belongs to its video preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -76,12 +74,15 @@ def _meanings(stage: str) -> dict[str, str]:
     return {k: v for k, v in (("above", ABOVE.get(stage)), ("below", BELOW.get(stage))) if v}
 
 
-REFERENCES = references(load_record())
+@functools.cache
+def recorded() -> dict[tuple[str, str | None], Reference]:
+    """The references of docs/runs.json, read once, at the first run that asks."""
+    return references(load_record())
 
 
 def lecture_figure(stage: str, preset: str | None = None) -> str:
     """The lecture's figure for a stage (at a preset, for stage 10), for tables: "≈ 2.49", or "—"."""
-    reference = REFERENCES.get((stage, preset))
+    reference = recorded().get((stage, preset))
     return reference.lecture if reference else "—"
 
 
@@ -90,7 +91,7 @@ def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dic
     not one of the stages (a learner's copy, an exercise 4 variant). Exercise 1 trains as stage 10, with
     the learner's attention, so stage 10's reference is the one its answer should meet. known: the
     references to judge by (those of docs/runs.json unless given)."""
-    reference = (REFERENCES if known is None else known).get((stage, preset))
+    reference = (recorded() if known is None else known).get((stage, preset))
     if reference is None:
         return None
     if reference.measured is None:

@@ -17,14 +17,9 @@ from typing import Any
 import torch
 
 import common
-from harness import accelerate, checkpoints, cli, dropout, references, textfile
+from harness import checkpoints, cli, references, textfile
 from harness.errors import UserError
 from harness.stages import stage_name
-
-
-def estimate_seed(seed: int, step: int) -> int:
-    """One seed for each (seed, step): seed < 2**32, so no two pairs share one; step 0's is seed + 1."""
-    return seed + 1 + step * 2**32
 
 
 @dataclasses.dataclass
@@ -42,59 +37,16 @@ class Run:
     data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
     eval_gen: torch.Generator | None = None  # draws the estimate's batches; seeded afresh at each step
-    # how the model trains (--fast, --compile, --dtype), set by accelerate(); the Trainer applies its TF32
-    plan: accelerate.Plan = dataclasses.field(default_factory=accelerate.Plan)
     preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
     at_defaults: bool = False  # the training settings are the stage's defaults: its reference loss applies
-    # --init_from: the checkpoint whose weights the Trainer puts into the model (then drops, to free its memory)
-    init_source: checkpoints.Checkpoint | None = None
+    init_from: checkpoints.Checkpoint | None = None  # --init_from's checkpoint, whose weights the Trainer loads
     # where this run's weights started, recorded in each checkpoint it saves: from --init_from, or kept
     # from the checkpoint a --resume continues; None for a run from scratch
-    init_record: dict[str, Any] | None = None
-
-    def seed_estimate(self, step: int) -> None:
-        """Seed eval_gen for the loss estimate at step, from the run's seed and the step alone: the
-        estimate at a step draws the same batches however the run got there (in one go, resumed after
-        a kill, or extended with a larger --max_iters), and the training batches never depend on it."""
-        if self.eval_gen is not None:
-            self.eval_gen.manual_seed(estimate_seed(self.args.seed, step))
+    weights_origin: dict[str, Any] | None = None
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
-
-    @property
-    def sample_only(self) -> bool:
-        return bool(self.args.sample)
-
-    def accelerate(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model to train with: on the fast path, compiled or in bf16 when asked, else model itself.
-        On a CPU its nn.Dropout layers get quick masks first, unless --dropout_masks torch (harness/dropout.py)."""
-        if self.sample_only:  # nothing trains: generate() runs the model as it is
-            return model
-        if getattr(self.args, "dropout_masks", "torch") == "quick" and self.device.type == "cpu":
-            if dropout.quick_masks(model):
-                print("dropout's masks: quick, the same rule (--dropout_masks torch: nn.Dropout's own)")
-        self.plan = accelerate.plan_for(self.args, self.device)
-        return accelerate.wrap(model, self.plan, self.device)
-
-    def generate_text(self, model: torch.nn.Module) -> str:
-        """--prompt and --num_tokens characters sampled by the stage's generate() after it."""
-        args = self.args
-        if args.prompt:
-            idx = torch.tensor([self.tokenizer.encode(args.prompt)], device=self.device)  # (1, T)
-        else:  # the newline is not part of the text returned
-            idx = torch.tensor([[empty_prompt_start(self.tokenizer)]], device=self.device)  # (1, 1)
-        model.eval()
-        out = model.generate(idx, args.num_tokens, temperature=args.temperature, top_k=args.top_k)
-        model.train()
-        text = self.tokenizer.decode(out[0].tolist())
-        return text if args.prompt else text[1:]
-
-
-def empty_prompt_start(tokenizer: common.CharTokenizer) -> int:
-    """The id an empty prompt starts from: a newline, where the text's lines start (0 if it has none)."""
-    return tokenizer.stoi.get("\n", 0)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -144,7 +96,7 @@ def check_init_from(init_from: Path, checkpoint_path: Path) -> None:
         )
 
 
-def init_record(path: Path, source: checkpoints.Checkpoint) -> dict[str, Any]:
+def weights_origin(path: Path, source: checkpoints.Checkpoint) -> dict[str, Any]:
     """What each checkpoint of a run from --init_from records about where its weights came from."""
     val_loss = source.history[-1]["val_loss"] if source.history else None
     return {"path": str(path.resolve()), "step": source.step, "val_loss": val_loss}
@@ -240,7 +192,7 @@ def start(
         tokenizer = common.CharTokenizer(ckpt.vocab)
         check_sampling_flags(args, tokenizer)
         run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt)
-        run.init_record = ckpt.init_from
+        run.weights_origin = ckpt.init_from
         return run
 
     text, source = textfile.load_text(args.data)
@@ -265,19 +217,19 @@ def start(
     # the text goes to the device once (a few MB), so each batch is gathered where it is used
     data = {"train": train_data.to(device), "val": val_data.to(device)}
     train_gen = torch.Generator().manual_seed(args.seed)
-    eval_gen = torch.Generator()  # the Trainer seeds it for each step: seed_estimate
+    eval_gen = torch.Generator()  # the Trainer seeds it afresh at each step
     run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
     run.preset = preset
-    run.init_source = init_source
+    run.init_from = init_source
     if starting:
-        run.init_record = init_record(args.init_from, init_source)
+        run.weights_origin = weights_origin(args.init_from, init_source)
     elif ckpt is not None:
-        run.init_record = ckpt.init_from  # a resumed run keeps the record of where it started
+        run.weights_origin = ckpt.init_from  # a resumed run keeps the record of where it started
     # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
     own_vocabulary = tokenizer.chars == "".join(sorted(text_chars))
     run.at_defaults = (
         references.at_defaults(config, config_cls, presets, preset, args.data)
         and own_vocabulary
-        and run.init_record is None
+        and run.weights_origin is None
     )
     return run

@@ -1,8 +1,8 @@
 """The bookkeeping around a stage's training loop, which the stage itself keeps in view.
 
-trainer = harness.Trainer(run, model, optimizer)   # loads --resume, --sample and --init_from
+trainer = harness.Trainer(run, model, optimizer)   # loads a checkpoint; compiles with --compile
 for step in trainer.steps():                       # a progress bar; Ctrl-C stops cleanly
-    ... the stage's own step ...
+    ... the stage's own step, its forward pass in `with trainer.autocast():` ...
     trainer.log(step, losses)                      # after a loss estimate: print, save
     trainer.record(loss)                           # after each step: progress, nan check
 trainer.finish()                                   # save, compare, print a sample
@@ -10,32 +10,43 @@ trainer.finish()                                   # save, compare, print a samp
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import time
 from collections.abc import Iterator
 
 import torch
 from tqdm import tqdm
 
-from harness import accelerate, errors, references
-from harness.checkpoints import Saver, history_path, load_weights, read_history, restore_training
+import common
+from harness import checkpoints, references
 from harness.errors import Interrupted, UserError
 from harness.signals import StopSignals
 from harness.stages import previous_stage
 from harness.startup import Run
 
-# Reading a loss on a GPU (loss.item()) makes the CPU wait until the GPU has run every kernel queued
-# so far, which empties the queue the GPU works from. There the losses stay on the GPU and are read
-# every LOSS_READ_INTERVAL steps, and before every save; on a CPU, every step (reading costs nothing).
+# Reading a loss on a GPU (loss.item()) makes the CPU wait for every kernel queued so far. There the
+# losses stay on the GPU and are read every LOSS_READ_INTERVAL steps and before every save.
 LOSS_READ_INTERVAL = 10
 
 
 def read_interval(device: torch.device) -> int:
-    return 1 if device.type == "cpu" else LOSS_READ_INTERVAL
+    return 1 if device.type == "cpu" else LOSS_READ_INTERVAL  # on a CPU, reading costs nothing
+
+
+def estimate_seed(seed: int, step: int) -> int:
+    """One seed for each (seed, step): seed < 2**32, so no two pairs share one; step 0's is seed + 1."""
+    return seed + 1 + step * 2**32
+
+
+def empty_prompt(tokenizer: common.CharTokenizer) -> str:
+    """What generation starts from without --prompt: a newline, where lines start (a text without one: id 0)."""
+    return "\n" if "\n" in tokenizer.stoi else tokenizer.chars[0]
 
 
 class Trainer:
-    """Steps, progress, stopping on a signal or a nan, saving, and the closing sample."""
+    """Owns the model while it trains: its checkpoint, its steps, stopping, saving and the closing sample."""
 
     def __init__(self, run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.run, self.model, self.optimizer = run, model, optimizer
@@ -43,39 +54,48 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # one row per loss estimate
         self.elapsed = 0.0  # training seconds before this process (from the checkpoint)
         self.trained = False
-        self.saver = Saver(run)
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, written by this run
         self._t0 = time.perf_counter()
         self._bar: tqdm | None = None
         self._signals = StopSignals()
         self._unread: list[tuple[int, torch.Tensor]] = []  # (step number, its loss) not yet read
         self._read_interval = read_interval(run.device)
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
-        errors.explain_out_of_memory = self.out_of_memory
         ckpt = run.checkpoint
         if ckpt is not None:
-            load_weights(model, ckpt, run.checkpoint_path, run.config)  # one clear error for another size
+            checkpoints.load_weights(model, ckpt, run.checkpoint_path, run.config)
             self.step, self.history, self.elapsed = ckpt.step, list(ckpt.history), ckpt.elapsed
             if run.args.resume:
-                restore_training(ckpt, run, optimizer)
-                self.saver.saved_step = ckpt.step  # the checkpoint on disk, kept if anything goes wrong
+                checkpoints.restore_training(ckpt, run, optimizer)
+                self.saved_step = ckpt.step  # the checkpoint on disk, kept if anything goes wrong
                 print(f"resumed from {run.checkpoint_path} at step {self.step}")
-        elif run.init_source is not None:  # --init_from: the weights alone; optimizer, step and history start afresh
-            source, run.init_source = run.init_source, None  # its optimizer state is not needed: let it go
-            load_weights(model, source, run.args.init_from, run.config, sizes_from_flags=True)
+        elif run.init_from is not None:  # the weights alone; optimizer, step and history start afresh
+            source = run.init_from
+            checkpoints.load_weights(model, source, run.args.init_from, run.config, sizes_from_flags=True)
             val = f", val loss {source.history[-1]['val_loss']:.4f}" if source.history else ""
             print(f"initialised from {run.args.init_from} (step {source.step}{val}): fresh optimizer, step 0")
+        # exercise 2's command line has neither --compile nor --dtype: it trains as without them
+        self.compile_mode, self.dtype = getattr(run.args, "compile", None), getattr(run.args, "dtype", "float32")
+        if self.compile_mode and not run.args.sample:
+            # compiled in place: the same module, so its state_dict (and each checkpoint) keeps plain names
+            model.compile(mode=self.compile_mode)
+            print(f"torch.compile (mode {self.compile_mode}): the first steps and estimates compile")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass in bfloat16 where it is safe (--dtype bfloat16); otherwise nothing changes."""
+        bf16 = self.dtype == "bfloat16"
+        return torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def steps(self) -> Iterator[int]:
         """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample.
 
-        A stop signal (Ctrl-C, SIGTERM, SIGHUP) is held until the current step ends, then the
-        checkpoint is saved and the run stops with a line that says how to resume it. The plan's
-        matmul precision holds for the loop alone: torch's setting is restored after it.
+        A stop signal (Ctrl-C, SIGTERM, SIGHUP) is held until the current step ends; then the
+        checkpoint is saved and the run stops with a line that says how to resume it.
         """
         max_iters = self.run.config.max_iters
-        if self.run.sample_only:
+        if self.run.args.sample:
             return
         if self.step >= max_iters:
             print(f"the checkpoint is already at step {self.step}; raise --max_iters to train further")
@@ -83,10 +103,11 @@ class Trainer:
         self._bar = tqdm(
             total=max_iters, initial=self.step, desc=self.run.stage, unit="step", dynamic_ncols=True, disable=None
         )
-        precision = accelerate.float32_matmul_precision(self.run.plan)
-        with self._bar, self._signals as signals, precision:
+        with self._bar, self._signals as signals:
             for step in range(self.step, max_iters):
-                self.run.seed_estimate(step)  # a loss estimate at this step: the same batches on every path
+                # a loss estimate at this step draws the same batches however the run got here
+                if self.run.eval_gen is not None:
+                    self.run.eval_gen.manual_seed(estimate_seed(self.run.args.seed, step))
                 yield step  # the stage's loop body runs here: one optimizer step
                 self.step = step + 1
                 self.trained = True
@@ -115,16 +136,23 @@ class Trainer:
         self._unread = []
         for step, value in zip(steps, torch.stack(losses).tolist(), strict=True):
             if not math.isfinite(value):
-                raise self.saver.non_finite(f"the training loss became {value} at step {step}")
+                raise self._stopped_on(f"the training loss became {value} at step {step}")
         if self._bar is not None and self._bar.n % 10 < len(steps):  # the reads that pass a multiple of 10
             self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+
+    def _stopped_on(self, what: str) -> UserError:
+        """The error for a nan or inf: says which checkpoint is kept, and what to do."""
+        path = self.run.checkpoint_path
+        kept = f"{path} (step {self.saved_step}) is kept" if self.saved_step is not None else "nothing was saved"
+        return UserError(f"{what}; training stopped and {kept}. Lower --learning_rate and train again")
 
     def log(self, step: int, losses: dict[str, float]) -> None:
         """Print a loss estimate, add it to the history, and save a checkpoint."""
         self.read_losses()  # a nan in training comes first: it is what made the estimate nan
         if not all(math.isfinite(v) for v in losses.values()):
-            what = f"the estimated loss became {losses['train']} (train), {losses['val']} (val) at step {step}"
-            raise self.saver.non_finite(what)
+            raise self._stopped_on(
+                f"the estimated loss became {losses['train']} (train), {losses['val']} (val) at step {step}"
+            )
         tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed_s": self.seconds()}
         # a resumed run estimates its first step again: that row replaces the checkpoint's
@@ -136,27 +164,36 @@ class Trainer:
         return self.elapsed + (time.perf_counter() - self._t0)
 
     def save(self) -> None:
+        """Write the checkpoint and its history, keeping an earlier run's file aside the first time."""
         self.read_losses()  # never save a model whose training went nan since the last read
+        run = self.run
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never overwrite a good file
+            raise self._stopped_on(f"the weights hold nan or inf at step {self.step}")
+        ckpt = checkpoints.of_run(run, self.model, self.optimizer, self.step, self.history, self.seconds())
+        path = run.checkpoint_path
         with self._signals.saving():  # a second Ctrl-C waits for the checkpoint and its history
-            self.saver.save(self.model, self.optimizer, self.step, self.history, self.seconds())
+            try:
+                if self.saved_step is None and not run.args.resume and path.exists():
+                    self._keep_previous()
+                checkpoints.save(path, ckpt)
+                checkpoints.write_history(checkpoints.history_path(path), self.history)
+            except OSError as e:  # disk full, permissions changed: a file is written whole or not at all
+                raise UserError(
+                    f"could not save the checkpoint ({e.strerror or e}: {e.filename or path}); "
+                    "what is on disk is the last one written whole. Free some space or pass another --checkpoint"
+                ) from None
+        self.saved_step = self.step
 
-    def out_of_memory(self, said: str) -> str:
-        """The one line for out of memory in this run: what ran out, what the run asked for, what to try."""
-        cfg, run = self.run.config, self.run
-        parameters = sum(p.numel() for p in self.model.parameters())
-        if run.sample_only:
-            doing, kept = f"sampling from {parameters:,} parameters", f"{run.checkpoint_path} is unchanged"
-        else:
-            sizes = f"batch_size {cfg.batch_size} x block_size {cfg.block_size}, {parameters:,} parameters"
-            doing = f"training batches of {sizes}"
-            saved = self.saver.saved_step
-            kept = f"{run.checkpoint_path} (step {saved}) is kept" if saved is not None else "nothing was saved"
-        tries = ["a smaller --batch_size or --block_size"]
-        if run.preset is not None and run.preset != "cpu":  # a stage with presets has a small one
-            tries.append("--preset cpu")
-        if run.device.type != "cpu":
-            tries.append("--device cpu")
-        return f"{run.device} ran out of memory ({said}) {doing}; try {', or '.join(tries)}; {kept}"
+    def _keep_previous(self) -> None:
+        """A fresh run is about to replace an earlier run's checkpoint: copy it (and its history) aside."""
+        path = self.run.checkpoint_path
+        prev = checkpoints.previous_path(path)
+        shutil.copy2(path, prev)  # a copy: until the new file is whole, the old one stays where it was
+        if checkpoints.history_path(path).exists():
+            shutil.copy2(checkpoints.history_path(path), checkpoints.history_path(prev))
+        tqdm.write(
+            f"copied the earlier run's checkpoint to {prev} before replacing it (--resume continues a run instead)"
+        )
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -172,22 +209,34 @@ class Trainer:
             )
             if verdict:
                 print(verdict)
-        text = run.generate_text(self.model)
+        text = self.sample()
         print(text)
         if self.trained:
-            sample = run.checkpoint_path.with_suffix(".sample.txt")
+            path = run.checkpoint_path.with_suffix(".sample.txt")
             try:
-                sample.write_text(text + "\n", encoding="utf-8")
+                path.write_text(text + "\n", encoding="utf-8")
             except OSError as e:
                 raise UserError(
-                    f"could not write {sample} ({e.strerror or e}); the checkpoint is saved, and --sample prints more"
+                    f"could not write {path} ({e.strerror or e}); the checkpoint is saved, and --sample prints more"
                 ) from None
+
+    def sample(self) -> str:
+        """--prompt and --num_tokens characters sampled by the stage's generate() after it."""
+        args, tokenizer = self.run.args, self.run.tokenizer
+        idx = torch.tensor([tokenizer.encode(args.prompt or empty_prompt(tokenizer))], device=self.run.device)
+        self.model.eval()
+        # the context grows by one at every character: the model's plain forward, not a compiled one
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            out = self.model.generate(idx, args.num_tokens, temperature=args.temperature, top_k=args.top_k)
+        self.model.train()
+        text = tokenizer.decode(out[0].tolist())
+        return text if args.prompt else text[1:]
 
     def _compare_with_previous_stage(self) -> None:
         previous = previous_stage(self.run.stage)
         if not self.history or previous is None:
             return
-        rows = read_history(history_path(self.run.checkpoint_path.parent / f"{previous}.pt"))
+        rows = checkpoints.read_history(checkpoints.history_path(self.run.checkpoint_path.parent / f"{previous}.pt"))
         if rows:
             print(
                 f"val loss {self.history[-1]['val_loss']:.4f} here; "

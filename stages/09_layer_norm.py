@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     model = LanguageModel(run.vocab_size, cfg).to(run.device)
     # fused: one kernel updates every parameter, instead of a Python loop over them
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-    trainer = harness.Trainer(run, model, optimizer)
-    model = run.accelerate(model)  # maybe compiled (--fast); the Trainer saves the plain one
+    trainer = harness.Trainer(run, model, optimizer)  # loads a checkpoint; compiles with --compile
 
     for step in trainer.steps():  # from 0 (or the checkpoint's step) to max_iters - 1
         # every once in a while estimate the loss on the train and val sets
@@ -198,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
         # in each checkpoint, so that a resumed run draws the batches it would have drawn
         xb, yb = common.get_batch(run.data["train"], cfg.batch_size, cfg.block_size, run.train_gen)
-        logits, loss = model(xb, yb)
+        with trainer.autocast():  # bfloat16 with --dtype bfloat16; otherwise changes nothing
+            logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

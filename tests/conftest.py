@@ -103,7 +103,7 @@ def no_project_checkpoints(tmp_path, monkeypatch):
 
 
 def torch_global_settings() -> dict:
-    """Process-wide settings of torch that a run may change (the fast path does, for its loop alone)."""
+    """Process-wide settings of torch that a run must leave as it found them, compiled or not."""
     return {
         "float32 matmul precision": torch.get_float32_matmul_precision(),
         "functorch config": torch._functorch.config.save_config_portable(),

@@ -15,7 +15,6 @@ import torch._functorch.config
 
 import common
 import harness
-import harness.accelerate
 import harness.checkpoints
 import harness.cli
 import harness.machine
@@ -24,7 +23,7 @@ import harness.schedule
 import harness.stages
 import harness.startup
 import harness.textfile
-from conftest import SMALL_TEXT, tiny_flags
+from conftest import SMALL_TEXT
 
 # -- the device ---------------------------------------------------------------------------------
 
@@ -264,13 +263,6 @@ def test_read_file_names_the_command_that_writes_a_missing_checkpoint(tmp_path):
         harness.checkpoints.read_file(other, "01_bigram")
 
 
-def test_compiled_model_keys_are_saved_plain():
-    model = torch.nn.Linear(2, 3)
-    wrapper = torch.nn.Module()
-    wrapper._orig_mod = model  # what torch.compile's OptimizedModule looks like to state_dict
-    assert sorted(harness.checkpoints.plain_state_dict(wrapper)) == ["bias", "weight"]
-
-
 # -- history -------------------------------------------------------------------------------------
 
 
@@ -311,126 +303,12 @@ def test_help_shows_zero_defaults_and_percent_signs():
     assert "--decay, --no-decay lower the rate as training goes on" in text
 
 
-# -- the fast path on a GPU, and what of it runs on a CPU --------------------------------------------
-
-H100 = harness.accelerate.Gpu("NVIDIA H100 80GB HBM3", (9, 0), bf16=True, triton=True)
-
-
-def test_the_fast_path_on_a_recent_gpu_is_cuda_graphs_in_bfloat16_with_tf32():
-    plan = harness.accelerate.plan_fast_path("auto", "cuda", H100)
-    assert (plan.compile_mode, plan.dtype, plan.tf32) == ("reduce-overhead", torch.bfloat16, True)
-    assert "fast path: CUDA graphs" in plan.note and "--fast off" in plan.note
-    assert harness.accelerate.plan_fast_path("on", "cuda", H100).compile_mode == "reduce-overhead"
-
-
-@pytest.mark.parametrize(
-    "gpu, fast, message",
-    [
-        (dataclasses.replace(H100, triton=False), "auto", "fast path off: Triton is not installed"),
-        (harness.accelerate.Gpu("Tesla P100", (6, 0), bf16=False, triton=True), "auto", "(compute 6.0) is older than"),
-    ],
-    ids=["no-triton", "old-gpu"],
-)
-def test_the_fast_path_falls_back_in_one_line_that_says_how_to_force_it(gpu, fast, message):
-    plan = harness.accelerate.plan_fast_path(fast, "cuda", gpu)
-    assert plan.compile_mode is None and plan.dtype == torch.float32
-    assert message in plan.note and "--fast on tries anyway" in plan.note and "\n" not in plan.note
-    assert harness.accelerate.plan_fast_path("on", "cuda", gpu).compile_mode == "reduce-overhead"  # forced
-
-
-def test_a_gpu_without_bfloat16_gets_the_fast_path_in_float32_and_is_told():
-    t4 = harness.accelerate.Gpu("Tesla T4", (7, 5), bf16=False, triton=True)
-    plan = harness.accelerate.plan_fast_path("auto", "cuda", t4)
-    assert (plan.compile_mode, plan.dtype) == ("reduce-overhead", torch.float32)
-    assert "float32 (Tesla T4 has no bfloat16)" in plan.note
-
-
-def test_the_matmul_precision_is_restored_even_when_training_fails():
-    before = torch.get_float32_matmul_precision()
-    with pytest.raises(RuntimeError), harness.accelerate.float32_matmul_precision(harness.accelerate.Plan(tf32=True)):
-        assert torch.get_float32_matmul_precision() == "high"
-        raise RuntimeError("the loop failed")
-    assert torch.get_float32_matmul_precision() == before
-
-
-def test_on_a_cpu_the_fast_path_changes_nothing():
-    assert harness.accelerate.plan_fast_path("auto", "cpu", None) == harness.accelerate.Plan()  # silently
-    forced = harness.accelerate.plan_fast_path("on", "cpu", None)
-    assert forced.compile_mode is None and "changes nothing" in forced.note
-    assert harness.accelerate.FAST_DEFAULT == "off"  # until measured on a GPU
-
-
-def torch_settings() -> tuple[bool, str]:
-    """The process-wide settings of torch that the fast path changes while it runs."""
-    return torch._functorch.config.force_non_lazy_backward_lowering, torch.get_float32_matmul_precision()
-
-
-def fake_compile(fails: bool, seen: list | None = None):
-    """Stands in for torch.compile (far too slow for a test on a CPU); the compiled model can fail at its first call.
-
-    Each call of the compiled model appends torch_settings() during it to seen.
-    """
-
-    def compile(model, mode=None, dynamic=None):
-        def compiled(*args, **kwargs):
-            if seen is not None:
-                seen.append(torch_settings())
-            if fails:
-                raise RuntimeError("Triton is not available\nsecond line of a long compiler error")
-            return model(*args, **kwargs)
-
-        compiled.modes = mode
-        return compiled
-
-    return compile
-
-
-def test_a_compile_that_fails_falls_back_to_the_model_as_it_is_in_one_line(
-    small_text_file, tmp_path, run_cli, monkeypatch
-):
-    before = torch_settings()
-    monkeypatch.setattr(torch, "compile", fake_compile(fails=True))
-    module = harness.stages.load_stage("01")
-    ckpt = tmp_path / "c.pt"
-    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt), "--compile"]
-    code, out, err = run_cli(module, flags)
-    assert code == 0, err
-    assert "Traceback" not in out + err
-    assert out.count("torch.compile failed (Triton is not available); training without it") == 1
-    assert torch.load(ckpt, weights_only=True)["step"] == 20  # and it trained
-    assert torch_settings() == before  # a failed compile leaves torch as it found it
-
-
-def test_a_checkpoint_from_the_fast_path_loads_on_a_cpu(small_text_file, tmp_path, run_cli, monkeypatch):
-    """The GPU plan (CUDA graphs, bf16) run on the CPU with a stand-in compile: plain float32 weights come out."""
-    before = torch_settings()
-    seen = []
-    monkeypatch.setattr(torch, "compile", fake_compile(fails=False, seen=seen))
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)  # no CUDA graphs on a CPU
-    gpu_plan = harness.accelerate.plan_fast_path("on", "cuda", H100)
-    monkeypatch.setattr(harness.accelerate, "plan_for", lambda args, device: gpu_plan)
-    module = harness.stages.load_stage("10")
-    ckpt = tmp_path / "fast.pt"
-    code, out, err = run_cli(module, tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])
-    assert code == 0, err
-    assert "fast path: CUDA graphs" in out
-    # while compiled, the backward pass compiles with the forward one, and matmuls use TF32 ...
-    assert seen and set(seen) == {(True, "high")}
-    assert torch_settings() == before  # ... and after the run, torch is as it was
-    saved = torch.load(ckpt, weights_only=True)["model"]
-    assert all(t.dtype == torch.float32 for t in saved.values()) and not any(
-        k.startswith(("model.", "_orig")) for k in saved
-    )
-    code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
-    assert code == 0, err
-
-
 # -- is the loss normal? ----------------------------------------------------------------------------
 
 
-REF_09 = harness.references.REFERENCES["09_layer_norm", None].measured
-REF_10 = harness.references.REFERENCES["10_gpt", "cpu"].measured
-REF_05 = harness.references.REFERENCES["05_multi_head_attention", None].measured
+REF_09 = harness.references.recorded()["09_layer_norm", None].measured
+REF_10 = harness.references.recorded()["10_gpt", "cpu"].measured
+REF_05 = harness.references.recorded()["05_multi_head_attention", None].measured
 
 
 @pytest.mark.parametrize(

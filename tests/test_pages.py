@@ -174,9 +174,9 @@ def test_the_readme_is_a_front_door():
 def test_the_references_are_the_recorded_figures():
     """ "Is my loss normal?" compares a run with the recorded figure, nothing written a second time."""
     for stage, run in RECORD["stages"].items():
-        reference = harness.references.REFERENCES[stage, run["preset"]]
+        reference = harness.references.recorded()[stage, run["preset"]]
         assert reference.measured == run["val_loss"]
-    assert harness.references.REFERENCES["10_gpt", "video"].measured is None  # never recorded here
+    assert harness.references.recorded()["10_gpt", "video"].measured is None  # never recorded here
     assert "has not measured" in harness.references.judge("10_gpt", "video", True, 1.49)
 
 

@@ -334,42 +334,37 @@ def test_a_run_compares_its_loss_with_the_previous_stage(small_text_file, tmp_pa
     assert f"{previous:.4f} at the end of {STAGE_IDS[0]}'s last run" in out
 
 
-@pytest.mark.parametrize("stage", [STAGE_IDS[0], STAGE_IDS[-1]])
-def test_bf16_and_compile_train_and_save_plain_float32_weights(stage, small_text_file, tmp_path, run_cli, monkeypatch):
-    """--dtype bfloat16 runs under autocast (on the CPU here); --compile's wrapper never reaches the checkpoint."""
-    compiled = []
+@pytest.mark.parametrize("stage", stages_from(10))
+def test_compile_and_bf16_train_the_stages_own_module_and_save_plain_float32_weights(
+    stage, small_text_file, tmp_path, run_cli, monkeypatch
+):
+    """--compile compiles the stage's module in place, here with TorchDynamo's eager backend (inductor takes
+    far longer than a test may on a CPU); --dtype bfloat16 runs each forward pass under autocast."""
+    modes, autocast_in_forward = [], []
+    compile_in_place = torch.nn.Module.compile
 
-    def fake_compile(
-        model, mode=None, dynamic=None
-    ):  # stands in for torch.compile, which takes far longer than a test may on a CPU
-        wrapper = torch.nn.Module()
-        wrapper._orig_mod = model  # what a real OptimizedModule holds
-        wrapper.forward = lambda *a, **k: model(*a, **k)
-        compiled.append(model)
-        return wrapper
+    def eager_compile(self, *args, mode=None, **kwargs):
+        modes.append(mode)
+        compile_in_place(self, backend="eager")
 
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    before = torch._functorch.config.force_non_lazy_backward_lowering
+    def seen(module, args, output):
+        if type(module).__name__ == "LanguageModel" and module.training:
+            autocast_in_forward.append(torch.is_autocast_enabled("cpu"))
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
     module = load_stage(stage)
     ckpt = tmp_path / "c.pt"
-    flags = tiny_flags(module) + [
-        "--data",
-        str(small_text_file),
-        "--checkpoint",
-        str(ckpt),
-        "--dtype",
-        "bfloat16",
-        "--compile",
-    ]
-    code, out, err = run_cli(module, flags)
+    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+    with torch.nn.modules.module.register_module_forward_hook(seen):
+        code, out, err = run_cli(module, flags + ["--dtype", "bfloat16", "--compile", "reduce-overhead"])
     assert code == 0, err
-    assert len(compiled) == 1
-    assert torch._functorch.config.force_non_lazy_backward_lowering == before  # torch as the run found it
+    assert modes == ["reduce-overhead"] and autocast_in_forward and all(autocast_in_forward)
     saved = torch.load(ckpt, weights_only=True)["model"]
-    assert not any(k.startswith("_orig_mod") or k.startswith("inner.") for k in saved)
+    assert sorted(saved) == sorted(module.LanguageModel(VOCAB, tiny_config(module)).state_dict())
     assert all(t.dtype == torch.float32 for t in saved.values())
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
     assert code == 0, err
+    assert modes == ["reduce-overhead"]  # sampling compiles nothing
 
 
 @pytest.mark.parametrize("stage", stages_from(10))

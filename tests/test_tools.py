@@ -360,7 +360,7 @@ def test_bench_gpu_figure_reads_its_times_from_the_stage_run(small_text_file):
     import bench
 
     tiny = "--max_iters 6 --eval_interval 2 --eval_iters 1 --batch_size 2 --block_size 8 --n_embd 16 --n_head 2"
-    flags = (*tiny.split(), "--n_layer", "1", "--num_tokens", "5", "--data", str(small_text_file), "--fast", "on")
+    flags = (*tiny.split(), "--n_layer", "1", "--num_tokens", "5", "--data", str(small_text_file))
     row = bench.bench_gpu(flags=flags, device="cpu")
     assert {"figure", "device", "machine", "wall_s", "val"} <= set(row)  # the same form as the CPU row
     assert row["device"] == "cpu" and row["wall_s"] > 0 and row["ms_per_step"] > 0

@@ -40,7 +40,7 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.stages  # noqa: E402
-import harness.startup  # noqa: E402
+import harness.training  # noqa: E402
 from tools import plot  # noqa: E402
 
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters that would otherwise be invisible on an axis
@@ -91,7 +91,7 @@ def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
     block_size is cropped to its last block_size characters (the position table has no more rows).
     """
     if not prompt:
-        start = trained.tokenizer.chars[harness.startup.empty_prompt_start(trained.tokenizer)]
+        start = harness.training.empty_prompt(trained.tokenizer)
         return start, "the prompt is empty: the model reads a newline, where the stages' generate starts"
     if len(prompt) > trained.block_size:
         return prompt[-trained.block_size :], (

@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
-import harness.accelerate  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.dropout  # noqa: E402
 import harness.stages  # noqa: E402
 
 # float32 on two devices sums the same products in another order: differences of this size are rounding
@@ -200,8 +198,6 @@ def ms_a_step(device: torch.device, preset: str, steps: int) -> float:
     cfg = stage.Config(**stage.PRESETS[preset])
     torch.manual_seed(0)
     model = stage.LanguageModel(VOCAB, cfg).to(device)
-    if device.type == "cpu":  # as the stage trains there (--dropout_masks quick, its default)
-        harness.dropout.quick_masks(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     data = torch.randint(VOCAB, (100_000,)).to(device)
     gen = torch.Generator().manual_seed(0)
@@ -263,7 +259,7 @@ def memory_findings() -> list[Finding]:
     return found
 
 
-# -- the GPU fast path ------------------------------------------------------------------------------
+# -- torch.compile on a GPU ------------------------------------------------------------------------------
 
 SMOKE = "import torch; f = torch.compile(lambda x: (x * 2).sum()); print(float(f(torch.ones(8, device='cuda'))))"
 
@@ -273,21 +269,17 @@ def compile_smoke(command: list[str], timeout: float = COMPILE_TIMEOUT_S) -> Fin
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return Finding(
-            "PROBLEM", f"a tiny torch.compile did not finish in {timeout:.0f} s: use --fast off (the default)"
-        )
+        return Finding("PROBLEM", f"a tiny torch.compile did not finish in {timeout:.0f} s: train without --compile")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1][:160]
-        return Finding("PROBLEM", f"a tiny torch.compile fails ({last}): use --fast off (the default)")
-    return Finding("ok", "a tiny torch.compile works: --fast on can run")
+        return Finding("PROBLEM", f"a tiny torch.compile fails ({last}): train without --compile")
+    return Finding("ok", "a tiny torch.compile works: --compile can run")
 
 
-def fast_path_findings() -> list[Finding]:
+def compile_findings() -> list[Finding]:
     if not torch.cuda.is_available():
-        return [Finding("note", "no CUDA GPU: the fast path (--fast) does not apply")]
-    plan = harness.accelerate.plan_fast_path("auto", "cuda", harness.accelerate.this_gpu())
-    found = [Finding("note", f"--fast auto: {plan.note or 'off'}")]
-    return found + [compile_smoke([sys.executable, "-c", SMOKE])]
+        return [Finding("note", "no CUDA GPU: --compile and --dtype bfloat16 pay off only on one")]
+    return [compile_smoke([sys.executable, "-c", SMOKE])]
 
 
 # -- the whole check --------------------------------------------------------------------------------
@@ -319,7 +311,7 @@ def doctor_main(argv: list[str] | None) -> int:
             ]
         )
     say(memory_findings())
-    say(fast_path_findings())
+    say(compile_findings())
     if not args.quick:
         say(speed_findings([torch.device("cpu"), *devices]))
     problems = [f for f in findings if f.verdict == "PROBLEM"]

@@ -708,36 +708,6 @@ def curve_at(curve: list[list[float]], step: int) -> float | None:
     return None
 
 
-STEP_PARTS = {
-    "batch": "drawing the batch",
-    "forward": "forward",
-    "backward": "backward",
-    "optimizer": "AdamW's update",
-    "step": "**the whole step**",
-    "masks": "of which dropout (the step less the same step at dropout 0)",
-    "estimate": "one loss estimate (in eval mode: no dropout, the same work in both)",
-}
-
-
-def step_table(results: list[dict]) -> str:
-    """bench.py --only step: where a training step of stage 10's cpu preset goes, before and now."""
-    found = [r for r in results if r["figure"].startswith("stage10 cpu step: ")]
-    if not found:
-        return "Not measured yet: `python benchmarks/bench.py --only step`."
-    names = [r["figure"].removeprefix("stage10 cpu step: ") for r in found]
-    rows = ["| ms | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(found)]
-    for part, said in STEP_PARTS.items():
-        rows.append(f"| {said} | " + " | ".join(f"{r['ms'][part]:.1f}" for r in found) + " |")
-    sizes = found[0]["sizes"]
-    shape = f"{sizes['n_layer']} layers of {sizes['n_embd']}, batches of {sizes['batch_size']} x {sizes['block_size']}"
-    return (
-        f"Stage 10 at its `cpu` preset ({shape}). Measured by `python benchmarks/bench.py --only step` on "
-        f"{results_machine(results)}, {found[0]['date']}: {found[0]['rounds']} rounds, the columns in turn, "
-        f"medians. Round by round, the quick masks' step was **{found[-1]['speedup']:.2f}x** as fast (the median "
-        "of the rounds' ratios, steadier than the two medians on a shared machine).\n\n" + "\n".join(rows)
-    )
-
-
 def speed_table(results: list[dict]) -> str:
     """The stages against the lecture's own loop, and stage 10's throughput, as bench.py measured them."""
     rows = ["| figure | measured | target |", "| --- | --- | --- |"]
@@ -769,7 +739,7 @@ def speed_table(results: list[dict]) -> str:
         dates.add(found["date"])
         gpu = f"{found['wall_s']} s, val {found['val']} ({found.get('machine', 'GPU')})"
     rows.append(
-        "| stage 10 at the lecture's configuration on one GPU, fast path, cold start (`--only gpu`) "
+        "| stage 10 at the lecture's configuration on one GPU, compiled, cold start (`--only gpu`) "
         f"| {gpu} | 120 s, val 1.50 on one H100 (nanoGPT's own recipe: 175 s) |"
     )
     return (
@@ -880,7 +850,6 @@ def blocks(sources: Sources) -> dict[str, str]:
         "stage-10": stage_10_figure(sources.record),
         "test-suite": suite_figure(sources.results),
         "speed": speed_table(sources.results),
-        "step": step_table(sources.results),
         "candidates": candidates_table(sources.results),
         "nanogpt": nanogpt_figure(sources.results),
         "heads": heads_table(sources.results),
