@@ -307,7 +307,7 @@ def build_parser(learner_file: str, doc: str | None) -> argparse.ArgumentParser:
         formatter_class=harness.cli.HelpFormatter,
         allow_abbrev=False,
     )
-    helps = harness.cli._field_help(Config)
+    helps = harness.cli.field_help(Config)
     group = parser.add_argument_group("the task, the model and its training")
     for f in dataclasses.fields(Config):
         if f.type is bool:
@@ -319,7 +319,7 @@ def build_parser(learner_file: str, doc: str | None) -> argparse.ArgumentParser:
         group.add_argument(f"--{f.name}", default=f.default, help=helps.get(f.name), **kind)
     run = parser.add_argument_group("running")
     run.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto", help="where to compute")
-    run.add_argument("--seed", type=harness.cli._seed, default=1337, metavar="INT", help="seed of the training draws")
+    run.add_argument("--seed", type=harness.cli.seed, default=1337, metavar="INT", help="seed of the training draws")
     run.add_argument("--checkpoint", type=Path, default=None, metavar="PATH", help="checkpoint file")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")

@@ -36,8 +36,8 @@ import common
 import harness
 import harness.checkpoints
 import harness.cli
+import harness.files
 import harness.machine
-import harness.textfile
 from exercises import learner_stage, training
 from harness.paired_test import verdict
 from harness.schedule import Schedule
@@ -240,8 +240,8 @@ def pretrain(experiment: Experiment, source: Path, path: Path) -> harness.checkp
             return ckpt
         print(f"pre-trained model: {path} stopped at step {ckpt.step} of {experiment.pretrain_steps}: continuing it")
     else:
-        fine_tuning_text, where = harness.textfile.load_text(experiment.data)
-        text = harness.textfile.read_text(source, "--corpus" if experiment.corpus else "PRETRAINING_TEXT")
+        fine_tuning_text, where = harness.files.load_text(experiment.data)
+        text = harness.files.read_text(source, "--corpus" if experiment.corpus else "PRETRAINING_TEXT")
         runs = validation_runs_in(text, fine_tuning_text)
         if runs:
             raise harness.UserError(overlap_error(source, runs, where.name))

@@ -1,19 +1,18 @@
-"""Checkpoints: what one holds, its file, and saving a run as it trains.
+"""Checkpoints: what one holds, its file, and the loss history beside it.
 
-In memory a checkpoint is a Checkpoint, which the harness and the tools ask (ckpt.step, ckpt.vocab).
-On disk it is a plain dict of tensors and plain values, since torch.load(..., weights_only=True),
-which runs no code from the file, refuses anything else:
+On disk a checkpoint is a plain dict of tensors and plain values, since torch.load(...,
+weights_only=True), which runs no code from the file, refuses anything else:
 
     format     "nano-gpt-stages/1"            stage    "01_bigram"
     config     the hyperparameters, a dict    vocab    the characters, in id order
     step       optimizer steps done           model    the weights (a state_dict)
     optimizer  AdamW's state                  history  one row per loss estimate
     elapsed    seconds of training so far     rng      every random-number generator's state
-    init_from  where a run started with --init_from took its weights: {"path", "step", "val_loss"};
-               absent from a run trained from scratch (and from files written before it existed)
+    init_from  where a run from --init_from took its weights: {"path", "step", "val_loss"};
+               absent from a run trained from scratch
 
-Files are written to a temporary file and renamed, so a crash mid-save keeps the previous one. Beside
-each checkpoint goes <stage>.history.csv, its loss history, for plotting without torch.
+Every file is written whole or not at all (write_atomically). Beside each checkpoint goes
+<stage>.history.csv, its loss history, for plotting without torch.
 """
 
 from __future__ import annotations
@@ -50,32 +49,14 @@ class Checkpoint:
     history: list[dict[str, float]]
     elapsed: float
     rng: dict[str, Any]  # "batches", "eval", "torch", "cuda", "mps": the generators' states
-    # --init_from: the checkpoint the weights came from, {"path": str, "step": int, "val_loss": float | None};
-    # None for a run from scratch. Optional on disk, so that files written before it existed still load
-    init_from: dict[str, Any] | None = None
+    init_from: dict[str, Any] | None = None  # where the weights came from; None: trained from scratch
 
     def to_file(self) -> dict[str, Any]:
-        """The dict written to disk (a shallow one: the tensors are not copied); an optional part left at
-        its default is left out, so that a run from scratch writes the file it always wrote."""
-        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        optional = [f.name for f in dataclasses.fields(self) if not _required(f) and saved[f.name] == f.default]
-        return {"format": CHECKPOINT_FORMAT, **{k: v for k, v in saved.items() if k not in optional}}
-
-    @classmethod
-    def from_file(cls, saved: dict[str, Any], path: Path) -> Checkpoint:
-        """The Checkpoint of an on-disk dict; one that lacks a required part is damaged, one clear error."""
-        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in saved]
-        if missing:
-            raise UserError(
-                f"{path} lacks {', '.join(missing)}: it is damaged, or was written by another version of "
-                "this project; delete it and train again"
-            )
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # the tensors are not copied
+        return {"format": CHECKPOINT_FORMAT} | {k: v for k, v in saved.items() if v is not None}
 
 
-def _required(f: dataclasses.Field) -> bool:
-    """Whether every checkpoint file holds this part: those with a default may be absent."""
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+REQUIRED = [f.name for f in dataclasses.fields(Checkpoint) if f.default is dataclasses.MISSING]
 
 
 def default_path(stage: str) -> Path:
@@ -91,50 +72,33 @@ def previous_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}.prev{checkpoint_path.suffix}")
 
 
-# -- a run, to a checkpoint and back -------------------------------------------------------------
-
-
 def of_run(
-    run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history: list, elapsed: float
+    run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history, elapsed
 ) -> Checkpoint:
     """The checkpoint of a run at this step."""
-    return Checkpoint(
-        stage=run.stage,
-        config=dataclasses.asdict(run.config),
-        vocab=run.tokenizer.chars,
-        step=step,
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        history=history,
-        elapsed=elapsed,
-        rng={
-            "batches": run.train_gen.get_state(),
-            "eval": run.eval_gen.get_state(),
-            "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
-            "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
-        },
-        init_from=run.weights_origin,
-    )
+    rng = {
+        "batches": run.train_gen.get_state(),
+        "eval": run.eval_gen.get_state(),
+        "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
+        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
+    }
+    config = dataclasses.asdict(run.config)
+    state = (model.state_dict(), optimizer.state_dict())
+    return Checkpoint(run.stage, config, run.tokenizer.chars, step, *state, history, elapsed, rng, run.weights_origin)
 
 
-def load_weights(
-    model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any = None, sizes_from_flags: bool = False
-) -> None:
-    """Put a checkpoint's weights into model; a model of another size is one clear error, naming the
-    hyperparameters that differ between the checkpoint and config (this run's) and make it another size.
-
-    sizes_from_flags: this run's sizes are its own (--init_from), not the checkpoint's, so the error says
-    which flags give the checkpoint's; otherwise (--sample, --resume) they are the checkpoint's but for
-    flags typed on the command line, so it says to drop those.
-    """
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, sizes_from_flags=False) -> None:
+    """Put a checkpoint's weights into model; a model of another size is one clear error that names the
+    hyperparameters that differ. sizes_from_flags: this run's sizes come from its flags (--init_from),
+    so the error says which flags give the checkpoint's; otherwise, to drop the flags that change them."""
     own, theirs = model.state_dict(), ckpt.model
     mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
     mismatched += [k for k in theirs if k not in own]
     if mismatched:
-        here = dataclasses.asdict(config) if config is not None else {}
+        here = dataclasses.asdict(config)
         differ = {k: v for k, v in ckpt.config.items() if k in here and here[k] != v}
-        sizes = sizes_that_differ(model, ckpt, config, differ) if config is not None else None
+        sizes = sizes_that_differ(model, ckpt, config, differ)
         said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in (sizes or differ).items()) or "other layers"
         if sizes_from_flags:
             flags = " ".join(as_flag(k, v) for k, v in sizes.items()) if sizes else "the checkpoint's sizes as flags"
@@ -145,32 +109,23 @@ def load_weights(
     model.load_state_dict(theirs)
 
 
-def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
 def sizes_that_differ(model: torch.nn.Module, ckpt: Checkpoint, config: Any, differ: dict) -> dict | None:
-    """Of the hyperparameters that differ, those that make the model another size, with the checkpoint's
-    values; None when that cannot be told (a model class that cannot be rebuilt from (vocab_size, config)).
-
-    Each is found by rebuilding the model with that one value taken from the checkpoint, on the meta
-    device, which allocates nothing: learning_rate changes no shape, n_embd does. Together they must give
-    the checkpoint's shapes, or the answer is None.
-    """
-    model_cls, vocab_size = type(model), len(ckpt.vocab)
+    """Of the hyperparameters that differ, those that change the model's shapes, with the checkpoint's
+    values: each found by building the model with it on the meta device, which allocates nothing. None
+    when together they do not give the checkpoint's shapes (or the model cannot be rebuilt so)."""
 
     def shapes_with(values: dict) -> dict | None:
         try:
             with torch.device("meta"):
-                return shapes(model_cls(vocab_size, dataclasses.replace(config, **values)).state_dict())
-        except Exception:  # the Config refuses the mix (n_embd not divisible by n_head), or the class is another's
+                built = type(model)(len(ckpt.vocab), dataclasses.replace(config, **values))
+            return {k: v.shape for k, v in built.state_dict().items()}
+        except Exception:  # the Config refuses the mix (n_embd not divisible by n_head), or another class
             return None
 
     own = shapes_with({})
-    if own is None:
-        return None
     sizes = {k: v for k, v in differ.items() if shapes_with({k: v}) != own}
-    return sizes if shapes_with(sizes) == shapes(ckpt.model) else None
+    theirs = {k: v.shape for k, v in ckpt.model.items()}
+    return sizes if own is not None and shapes_with(sizes) == theirs else None
 
 
 def as_flag(name: str, value: Any) -> str:
@@ -183,30 +138,31 @@ def as_flag(name: str, value: Any) -> str:
 def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimizer) -> None:
     """--resume: the optimizer's state and every random-number generator, as they were saved."""
     optimizer.load_state_dict(ckpt.optimizer)
-    for group in optimizer.param_groups:  # the optimizer state brings the old rate back:
+    for group in optimizer.param_groups:  # the optimizer's state brings the old rate back:
         group["lr"] = run.config.learning_rate  # --learning_rate (or the checkpoint's) wins
     run.train_gen.set_state(ckpt.rng["batches"])
     run.eval_gen.set_state(ckpt.rng["eval"])
     torch.set_rng_state(ckpt.rng["torch"])
-    cuda_states = ckpt.rng.get("cuda", [])
-    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    mps_state = ckpt.rng.get("mps")  # checkpoints written before it was saved have none
-    if mps_state is not None and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(mps_state)
+    if torch.cuda.is_available() and len(ckpt.rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
+    if ckpt.rng.get("mps") is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(ckpt.rng["mps"])
 
 
 # -- files -------------------------------------------------------------------------------------
 
 
 def write_file(path: Path, saved: dict) -> None:
-    """The on-disk dict, written atomically."""
     write_atomically(path, lambda f: torch.save(saved, f))
 
 
+def save(path: Path, ckpt: Checkpoint) -> None:
+    write_file(path, ckpt.to_file())
+
+
 def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
-    """The on-disk dict, loaded with weights_only=True (tensors and plain data, never arbitrary
-    code) and checked to be this project's, written by this stage. flag: the option that named path."""
+    """The on-disk dict, loaded with weights_only=True and checked to be this project's, written by
+    this stage; every way it can be wrong is one clear error. flag: the option that named path."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
@@ -240,12 +196,15 @@ def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
 
 
 def load(path: Path, stage: str, flag: str = "--checkpoint") -> Checkpoint:
-    """The checkpoint at path, written by stage; every way it can be wrong is one clear error."""
-    return Checkpoint.from_file(read_file(path, stage, flag), path)
-
-
-def save(path: Path, ckpt: Checkpoint) -> None:
-    write_file(path, ckpt.to_file())
+    """The checkpoint at path, written by stage; a file that lacks a part is damaged: one clear error."""
+    saved = read_file(path, stage, flag)
+    missing = [name for name in REQUIRED if name not in saved]
+    if missing:
+        raise UserError(
+            f"{path} lacks {', '.join(missing)}: it is damaged, or was written by another version of "
+            "this project; delete it and train again"
+        )
+    return Checkpoint(**{f.name: saved[f.name] for f in dataclasses.fields(Checkpoint) if f.name in saved})
 
 
 def check_writable(path: Path) -> None:
@@ -255,16 +214,12 @@ def check_writable(path: Path) -> None:
     check_writable_dir(path.parent, f"the checkpoint {path}", "--checkpoint")
 
 
-# -- the loss history beside it ------------------------------------------------------------------
-
-
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """The loss history as CSV (step, train_loss, val_loss, elapsed_s), written atomically."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row[k] for k in HISTORY_FIELDS})  # str(float) round-trips exactly
+    writer.writerows(rows)  # str(float) round-trips exactly
     write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 

@@ -33,7 +33,7 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
-def _say(text: str) -> None:
+def to_stderr(text: str) -> None:
     try:
         print(text, file=sys.stderr)
     except OSError:  # the terminal is gone (SIGHUP): the exit status still tells
@@ -70,23 +70,23 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         status = main(argv)
         return status if isinstance(status, int) else 0
     except Interrupted as e:
-        _say(str(e))
+        to_stderr(str(e))
         return e.exit_code
     except UserError as e:
-        _say(f"error: {e}")
+        to_stderr(f"error: {e}")
         return e.exit_code
     except StopNow as e:  # a second stop signal
-        _say(f"\n{e}")
+        to_stderr(f"\n{e}")
         return e.exit_code
     except KeyboardInterrupt:
-        _say("\ninterrupted: stopped without saving; any earlier checkpoint is unchanged")
+        to_stderr("\ninterrupted: stopped without saving; any earlier checkpoint is unchanged")
         return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     except RuntimeError as e:  # torch's out of memory, wherever it struck: the step, the estimate, sampling
         if not is_out_of_memory(e):
             raise
-        _say(f"error: {out_of_memory_line(e)}")
+        to_stderr(f"error: {out_of_memory_line(e)}")
         return EXIT_USER_ERROR
     finally:
         for signum, handler in handlers.items():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import common
-from harness import checkpoints, cli, references, textfile
+from harness import checkpoints, cli, files, references
 from harness.errors import UserError
 from harness.stages import stage_name
 
@@ -72,11 +72,9 @@ def check_sampling_flags(args: argparse.Namespace, tokenizer: common.CharTokeniz
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: the same once resolved, or (both there) the same inode, a hard link."""
-    if a.resolve() == b.resolve():
-        return True
+    """Whether two paths name one file: the same once resolved, or the same inode (a hard link)."""
     try:
-        return a.exists() and b.exists() and a.samefile(b)
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
     except OSError:
         return False
 
@@ -88,8 +86,7 @@ def check_init_from(init_from: Path, checkpoint_path: Path) -> None:
             f"--init_from {init_from} is this run's own --checkpoint, which training would overwrite; "
             "pass another --checkpoint for the new run (or use --resume to continue that one)"
         )
-    backup = checkpoints.previous_path(checkpoint_path)
-    if same_file(init_from, backup):
+    if same_file(init_from, checkpoints.previous_path(checkpoint_path)):
         raise UserError(
             f"--init_from {init_from} is where this run copies the checkpoint it replaces ({checkpoint_path}), "
             "so training could overwrite it; copy it elsewhere and start from the copy, or pass another --checkpoint"
@@ -102,57 +99,40 @@ def weights_origin(path: Path, source: checkpoints.Checkpoint) -> dict[str, Any]
     return {"path": str(path.resolve()), "step": source.step, "val_loss": val_loss}
 
 
-def characters(chars: list[str]) -> str:
-    """A few characters, repr'd, and how many: "2 characters ('Z', 'ë')", or with more than five
-    "7 characters ('!', ',', '.', ':', ';' and 2 more)"."""
-    shown = ", ".join(repr(ch) for ch in chars[:5])
-    more = f" and {len(chars) - 5} more" if len(chars) > 5 else ""
-    return f"{len(chars)} character{'s' if len(chars) != 1 else ''} ({shown}{more})"
+def some_characters(chars: set[str]) -> str:
+    """A few characters, repr'd, and how many: "2 characters ('Z', 'ë')", "7 characters ('!', ... and 2 more)"."""
+    chars = sorted(chars)
+    shown = ", ".join(repr(ch) for ch in chars[:5]) + (f" and {len(chars) - 5} more" if len(chars) > 5 else "")
+    return f"{len(chars)} character{'s' if len(chars) != 1 else ''} ({shown})"
 
 
-def choose_tokenizer(
-    text_chars: set[str],
-    source: Path,
-    extra: dict[Path, str],
-    fixed: checkpoints.Checkpoint | None,
-    fixed_path: Path | None,
-    resume: bool,
-) -> common.CharTokenizer:
-    """The run's vocabulary (see the module's docstring). text_chars: --data's characters (read from
-    source); extra: each --vocab_from file's text; fixed: the checkpoint a --resume or --init_from run
-    continues from, read from fixed_path."""
+def choose_tokenizer(text: str, source: Path, extra: dict[Path, str], fixed, fixed_path, resume: bool):
+    """The run's vocabulary (see the module's docstring). text: --data's, read from source; extra: each
+    --vocab_from file's text; fixed: the checkpoint a --resume or --init_from run goes on from (fixed_path)."""
     if fixed is None:
-        return common.CharTokenizer("".join(sorted(text_chars.union(*map(set, extra.values())))))
-    held = set(fixed.vocab)
-    lacking = sorted(text_chars - held)
+        return common.CharTokenizer("".join(sorted(set(text).union(*extra.values()))))
+    lacking = set(text) - set(fixed.vocab)
     if lacking and resume:
         raise UserError(
-            f"{fixed_path} was trained on a text with another vocabulary: {source} has {characters(lacking)} "
+            f"{fixed_path} was trained on a text with another vocabulary: {source} has {some_characters(lacking)} "
             "that it lacks; resume with the same --data, or train afresh without --resume"
         )
     if lacking:  # the model has no embedding row, and no output, for them
         raise UserError(
-            f"{source} has {characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train with "
+            f"{source} has {some_characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train with "
             f"--vocab_from {source} so that its vocabulary covers this text, or map the model's rows by "
             "character onto this text's vocabulary"
         )
     for path, extra_text in extra.items():
-        lacking = sorted(set(extra_text) - held)
-        if lacking:
+        if lacking := set(extra_text) - set(fixed.vocab):
             raise UserError(
-                f"--vocab_from {path} has {characters(lacking)} that {fixed_path} lacks, and a run from a "
+                f"--vocab_from {path} has {some_characters(lacking)} that {fixed_path} lacks, and a run from a "
                 "checkpoint keeps its vocabulary; drop --vocab_from, or train afresh with it"
             )
     return common.CharTokenizer(fixed.vocab)
 
 
-def start(
-    stage_file: str,
-    config_cls: type,
-    doc: str | None,
-    argv: list[str] | None = None,
-    presets: dict[str, dict] | None = None,
-) -> Run:
+def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | None = None, presets=None) -> Run:
     """Parse the command line, choose the device, seed, and load the data and/or the checkpoint.
 
     With --sample or --resume the hyperparameters come from the checkpoint, except flags typed on
@@ -191,15 +171,12 @@ def start(
     if args.sample:
         tokenizer = common.CharTokenizer(ckpt.vocab)
         check_sampling_flags(args, tokenizer)
-        run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt)
-        run.weights_origin = ckpt.init_from
-        return run
+        return Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, weights_origin=ckpt.init_from)
 
-    text, source = textfile.load_text(args.data)
-    text_chars = set(text)
-    extra = {path: textfile.read_text(path, "--vocab_from") for path in args.vocab_from or []}
+    text, source = files.load_text(args.data)
+    extra = {path: files.read_text(path, "--vocab_from") for path in args.vocab_from or []}
     fixed_path = checkpoint_path if ckpt is not None else args.init_from
-    tokenizer = choose_tokenizer(text_chars, source, extra, ckpt or init_source, fixed_path, args.resume)
+    tokenizer = choose_tokenizer(text, source, extra, ckpt or init_source, fixed_path, args.resume)
     check_sampling_flags(args, tokenizer)
     ids = tokenizer.encode_text(text)  # (N,) int64
     train_data, val_data = common.split_data(ids)
@@ -218,18 +195,24 @@ def start(
     data = {"train": train_data.to(device), "val": val_data.to(device)}
     train_gen = torch.Generator().manual_seed(args.seed)
     eval_gen = torch.Generator()  # the Trainer seeds it afresh at each step
-    run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
-    run.preset = preset
-    run.init_from = init_source
-    if starting:
-        run.weights_origin = weights_origin(args.init_from, init_source)
-    elif ckpt is not None:
-        run.weights_origin = ckpt.init_from  # a resumed run keeps the record of where it started
+    # a resumed run keeps the record of where it started
+    origin = weights_origin(args.init_from, init_source) if starting else ckpt and ckpt.init_from
     # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
-    own_vocabulary = tokenizer.chars == "".join(sorted(text_chars))
-    run.at_defaults = (
-        references.at_defaults(config, config_cls, presets, preset, args.data)
-        and own_vocabulary
-        and run.weights_origin is None
+    at_defaults = references.at_defaults(config, config_cls, presets, preset, args.data)
+    at_defaults = at_defaults and tokenizer.chars == "".join(sorted(set(text))) and origin is None
+    return Run(
+        stage,
+        config,
+        args,
+        device,
+        tokenizer,
+        checkpoint_path,
+        ckpt,
+        data,
+        train_gen,
+        eval_gen,
+        preset,
+        at_defaults,
+        init_source,
+        origin,
     )
-    return run

@@ -17,12 +17,12 @@ import common
 import harness
 import harness.checkpoints
 import harness.cli
+import harness.files
 import harness.machine
 import harness.references
 import harness.schedule
 import harness.stages
 import harness.startup
-import harness.textfile
 from conftest import SMALL_TEXT
 
 # -- the device ---------------------------------------------------------------------------------
@@ -51,14 +51,14 @@ def test_unusable_text_files(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
     with pytest.raises(harness.UserError, match=message):
-        harness.textfile.read_text(path)
+        harness.files.read_text(path)
 
 
 def test_data_path_that_is_a_directory_or_missing(tmp_path):
     with pytest.raises(harness.UserError, match="is a directory"):
-        harness.textfile.read_text(tmp_path)
+        harness.files.read_text(tmp_path)
     with pytest.raises(harness.UserError, match="no such file"):
-        harness.textfile.read_text(tmp_path / "missing.txt")
+        harness.files.read_text(tmp_path / "missing.txt")
 
 
 class _Server:
@@ -101,7 +101,7 @@ BODY = SMALL_TEXT.encode()
 def test_download_saves_a_verified_file(tmp_path):
     dest = tmp_path / "data" / "input.txt"
     with _Server(BODY) as server:
-        harness.textfile.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+        harness.files.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
     assert dest.read_bytes() == BODY
     assert list(dest.parent.iterdir()) == [dest]  # no temporary file left
 
@@ -109,14 +109,14 @@ def test_download_saves_a_verified_file(tmp_path):
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
     dest = tmp_path / "input.txt"
     with _Server(BODY) as server, pytest.raises(harness.UserError, match="not the expected file.*nothing was saved"):
-        harness.textfile.download(server.url, dest, size=len(BODY), md5="0" * 32)
+        harness.files.download(server.url, dest, size=len(BODY), md5="0" * 32)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_download_cut_short_leaves_nothing(tmp_path):
     dest = tmp_path / "input.txt"
     with _Server(BODY[:100]) as server, pytest.raises(harness.UserError, match="100 bytes"):
-        harness.textfile.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+        harness.files.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -126,7 +126,7 @@ def test_download_that_breaks_off_mid_reply_is_one_error(tmp_path):
         _Server(BODY[:100], broken_chunk=True) as server,
         pytest.raises(harness.UserError, match="could not download .*IncompleteRead"),
     ):
-        harness.textfile.download(
+        harness.files.download(
             server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest()
         )  # http.client.IncompleteRead
     assert list(tmp_path.iterdir()) == []
@@ -140,7 +140,7 @@ def test_download_unreachable_says_where_to_put_the_file(tmp_path):
     with pytest.raises(
         harness.UserError, match=f"could not download.*put a copy of tiny Shakespeare at {re.escape(str(dest))}"
     ):
-        harness.textfile.download(f"http://127.0.0.1:{port}/input.txt", dest)
+        harness.files.download(f"http://127.0.0.1:{port}/input.txt", dest)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -148,11 +148,11 @@ def test_the_real_file_verifies_when_present(tmp_path):
     if not common.DATA_PATH.exists():
         pytest.skip("data/input.txt is not here")
     body = common.DATA_PATH.read_bytes()
-    if hashlib.md5(body).hexdigest() != harness.textfile.DATA_MD5:
+    if hashlib.md5(body).hexdigest() != harness.files.DATA_MD5:
         pytest.skip("data/input.txt is not the canonical tiny Shakespeare")
     with _Server(body) as server:
-        harness.textfile.download(server.url, tmp_path / "input.txt")  # the project's own size and md5
-    assert (tmp_path / "input.txt").stat().st_size == harness.textfile.DATA_BYTES
+        harness.files.download(server.url, tmp_path / "input.txt")  # the project's own size and md5
+    assert (tmp_path / "input.txt").stat().st_size == harness.files.DATA_BYTES
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import common
 import harness
 import harness.checkpoints
 import harness.errors
+import harness.files
 import harness.signals
 import harness.stages
-import harness.textfile
 import harness.training
 from conftest import SMALL_TEXT, STAGE_IDS, load_stage, one_line_error, tiny_flags
 
@@ -52,7 +52,7 @@ def test_missing_data_and_no_network(bigram, tmp_path, monkeypatch, run_cli):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(common, "DATA_PATH", tmp_path / "data" / "input.txt")
-    monkeypatch.setattr(harness.textfile, "DATA_URL", f"http://127.0.0.1:{port}/input.txt")
+    monkeypatch.setattr(harness.files, "DATA_URL", f"http://127.0.0.1:{port}/input.txt")
     code, _, err = run_cli(bigram, ["--max_iters", "5", "--checkpoint", str(tmp_path / "c.pt")])
     one_line_error(
         code,
@@ -90,16 +90,16 @@ def test_unusable_data_files(bigram, tmp_path, run_cli, content, message):
 def test_a_utf8_byte_order_mark_is_not_a_character(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + SMALL_TEXT.encode("utf-8"))  # what Notepad writes
-    assert harness.textfile.read_text(path) == SMALL_TEXT
+    assert harness.files.read_text(path) == SMALL_TEXT
     path.write_bytes(b"\xef\xbb\xbf" + "café".encode("latin-1"))  # a bad byte after the mark ...
     with pytest.raises(harness.UserError, match="byte 0xe9 at offset 6"):  # ... is named where it is in the file
-        harness.textfile.read_text(path)
+        harness.files.read_text(path)
 
 
 def test_the_default_data_path_is_not_called_a_flag(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "DATA_PATH", tmp_path)  # a directory where the text should be
     with pytest.raises(harness.UserError, match=f"^{re.escape(str(tmp_path))} is a directory"):
-        harness.textfile.load_text(None)
+        harness.files.load_text(None)
 
 
 def test_data_is_a_directory_or_missing(bigram, tmp_path, run_cli):

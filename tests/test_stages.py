@@ -32,7 +32,7 @@ def test_import_reads_no_data_and_trains_nothing(stage, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("importing a stage must not read data or train")
 
-    monkeypatch.setattr(harness.textfile, "load_text", forbidden)
+    monkeypatch.setattr(harness.files, "load_text", forbidden)
     monkeypatch.setattr(harness, "start", forbidden)
     module = load_stage(stage)
     for name in ("Config", "LanguageModel", "main"):

@@ -56,7 +56,6 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.files  # noqa: E402
-import harness.textfile  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -343,7 +342,7 @@ def corpus_main(argv: list[str] | None) -> None:
             f"have): give {DEB_FILE.name} or the {DICT_FILE.name} inside it{kept}"
         )
     print(f"read {args.source}: {len(text):,} characters ({same})")
-    shakespeare, where = harness.textfile.load_text(args.shakespeare)
+    shakespeare, where = harness.files.load_text(args.shakespeare)
     try:
         cleaned, removed = build(text, shakespeare)
     except harness.UserError as e:

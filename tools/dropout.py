@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402
+import harness.files  # noqa: E402  # noqa: E402
 import harness.stages  # noqa: E402
-import harness.textfile  # noqa: E402
 from tools import plot  # noqa: E402
 
 CHARS = 50_000  # the slice: 45,000 characters to train on, read about 45 times in 1,000 steps
@@ -106,7 +105,7 @@ def dropout_main(argv: list[str] | None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     stage = harness.stages.load_stage("10")
     rate = stage.PRESETS["cpu"]["dropout"]
-    text, source = harness.textfile.load_text(args.data)
+    text, source = harness.files.load_text(args.data)
     if len(text) < args.chars:
         raise harness.UserError(f"{source} has {len(text):,} characters, fewer than --chars {args.chars:,}")
     harness.files.check_writable_dir(args.out, f"into --out {args.out}", "--out")
