@@ -47,8 +47,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """argparse, with "did you mean" for unknown flags and one line per error."""
 
-    # "-1e-3" is a value to check ("must be 0 or more"), not a flag: argparse's own pattern misses exponents
-    _negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?$", re.IGNORECASE)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # "-1e-3" is a value to check ("must be 0 or more"), not a flag: argparse's own pattern misses exponents
+        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?$", re.IGNORECASE)
 
     def error(self, message: str) -> NoReturn:
         m = re.match(r"unrecognized arguments: (.*)", message)
