@@ -129,3 +129,16 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def pytest_configure(config):
+    for stage in STAGE_IDS:
+        config.addinivalue_line("markers", f"stage{stage[:2]}: the tests of stages/{stage}.py alone")
+
+
+def pytest_collection_modifyitems(items):
+    """`python -m pytest -m stage04` runs the tests that stage 04 is a parameter of, and nothing else."""
+    for item in items:
+        params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+        for stage in {value for value in params if isinstance(value, str) and value in STAGE_IDS}:
+            item.add_marker(f"stage{stage[:2]}")

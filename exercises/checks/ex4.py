@@ -91,7 +91,9 @@ class ShortRun:
     drawn: list[tuple[int, int, int]]  # each training batch: (the split's length, batch, context)
 
 
-SHORT_RUNS: dict[str, ShortRun] = {}  # by file: the budget check reuses the run the change check made
+# by file and its text: the budget check reuses the run the change check made, and a file is run again
+# only once it is edited (stage 10's own run serves every check of the session)
+SHORT_RUNS: dict[tuple[str, bytes], ShortRun] = {}
 SHORT = ["--max_iters", "3", "--eval_interval", "3", "--eval_iters", "1", "--num_tokens", "1"]
 SHORT += ["--device", "cpu", "--seed", "0"]
 
@@ -99,8 +101,9 @@ SHORT += ["--device", "cpu", "--seed", "0"]
 def short_run(module: ModuleType) -> ShortRun:
     """module's main() at the cpu preset's sizes for a few steps on a small text, as compare.py runs
     it: the weights it ends with, and every batch it drew outside the loss estimate."""
-    if module.__file__ in SHORT_RUNS:
-        return SHORT_RUNS[module.__file__]
+    key = (module.__file__, Path(module.__file__).read_bytes())
+    if key in SHORT_RUNS:
+        return SHORT_RUNS[key]
     drawn: list[tuple[int, int, int]] = []
     estimating = False
     get_batch, estimate_loss = common.get_batch, common.estimate_loss
@@ -133,8 +136,8 @@ def short_run(module: ModuleType) -> ShortRun:
             said = err.getvalue().strip().splitlines()[-1:] or ["nothing"]
             raise Failed(f"a short run of the file at the cpu preset stopped (exit status {code}): {said[0]}")
         weights = harness.checkpoints.load(ckpt, harness.stages.stage_name(module.__file__)).model
-    SHORT_RUNS[module.__file__] = ShortRun(weights, drawn)
-    return SHORT_RUNS[module.__file__]
+    SHORT_RUNS[key] = ShortRun(weights, drawn)
+    return SHORT_RUNS[key]
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -248,7 +251,6 @@ STAGE = "a stage: Config, LanguageModel, main()"
 
 
 def checks() -> list[Check]:
-    SHORT_RUNS.clear()  # a file edited since the last check is run again
     return [
         Check(STAGE, is_a_stage),
         Check("differs from stage 10", differs_from_stage_10, needs=(STAGE,)),
