@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 from harness.errors import EXIT_USER_ERROR, UserError
 
 
+@functools.cache  # reading a class's source parses its whole file
 def field_help(config_cls: type) -> dict[str, str]:
     """The comment after each field of a Config (or of a class it builds on): that flag's --help."""
     helps = {}

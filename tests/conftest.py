@@ -7,7 +7,6 @@ from types import ModuleType
 
 import pytest
 import torch
-import torch._functorch.config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,8 +105,8 @@ def torch_global_settings() -> dict:
     """Process-wide settings of torch that a run must leave as it found them, compiled or not."""
     return {
         "float32 matmul precision": torch.get_float32_matmul_precision(),
-        "functorch config": torch._functorch.config.save_config_portable(),
         "grad enabled": torch.is_grad_enabled(),
+        "autocast": torch.is_autocast_enabled("cpu"),
     }
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch._functorch.config
 
 import common
 import harness
@@ -84,7 +83,7 @@ class _Server:
 
         self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/input.txt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
 
     def __enter__(self):
         self.thread.start()

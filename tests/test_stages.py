@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch._functorch.config
 
-import common
 import harness
 import harness.checkpoints
 import harness.cli
 import harness.errors
 import harness.stages
-from conftest import STAGE_IDS, VOCAB, build, heads, load_stage, number, stages_from, tiny_config, tiny_flags
+from conftest import STAGE_IDS, VOCAB, build, load_stage, number, stages_from, tiny_config, tiny_flags
 
 
 @pytest.fixture(params=STAGE_IDS)
@@ -73,28 +71,6 @@ def test_initial_loss_is_near_uniform(stage):
     targets = torch.randint(VOCAB, (256, 8), generator=gen)
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(VOCAB)) < 0.7, f"{loss.item():.3f} vs ln({VOCAB}) = {math.log(VOCAB):.3f}"
-
-
-def test_a_few_steps_lower_the_loss(stage, small_text_file):
-    module = load_stage(stage)
-    tok = common.CharTokenizer.from_text(small_text_file.read_text())
-    data = torch.tensor(tok.encode(small_text_file.read_text()))
-    cfg = tiny_config(module, batch_size=16)
-    torch.manual_seed(0)
-    model = module.LanguageModel(tok.vocab_size, cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    x, y = common.get_batch(data, 16, cfg.block_size, torch.Generator().manual_seed(0))
-    model.eval()
-    first = model(x, y)[1].item()
-    model.train()
-    for _ in range(25):
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    last = model(x, y)[1].item()
-    assert last < first - 0.3, f"loss {first:.3f} -> {last:.3f}"
 
 
 @pytest.mark.parametrize("stage", STAGE_IDS)
@@ -185,38 +161,6 @@ def test_stage_03_shows_its_weights_and_that_the_three_forms_agree_when_it_runs(
     gap = float(re.search(r"agree to (\S+) on", out[5]).group(1))
     assert gap < 1e-6
     assert "show_the_three_forms()" in inspect.getsource(module.main)  # shown by every run, not only here
-
-
-@pytest.mark.parametrize("stage", stages_from(4))
-def test_query_key_and_value_all_receive_gradient(stage):
-    """A query computed with the key layer (a known slip) leaves the query weights without gradient."""
-    module = load_stage(stage)
-    model = build(module)
-    idx = torch.randint(VOCAB, (4, 8), generator=torch.Generator().manual_seed(3))
-    _, loss = model(idx, idx)
-    loss.backward()
-    found = heads(model)
-    assert found, "no attention head with key, query and value layers"
-    for head in found:
-        for name in ("key", "query", "value"):
-            grad = getattr(head, name).weight.grad
-            assert grad is not None and grad.abs().sum() > 0, f"{name} weights got no gradient"
-
-
-@pytest.mark.parametrize("stage", stages_from(4))
-def test_attention_is_scaled_by_head_size(stage):
-    """A head computes softmax(q kT / sqrt(head_size), causal) @ v, not / sqrt(n_embd) (a known erratum).
-
-    In stage 04 head_size equals n_embd, so there it checks the formula; from 05 on it also tells them apart."""
-    module = load_stage(stage)
-    model = build(module).eval()
-    head = heads(model)[0]
-    head_size = head.key.weight.shape[0]
-    x = torch.randn(1, 8, head.key.weight.shape[1])  # (B, T, C)
-    q, k, v = head.query(x), head.key(x), head.value(x)  # (B, T, head_size) each
-    causal = torch.tril(torch.ones(8, 8)) == 0
-    wei = torch.softmax((q @ k.transpose(-2, -1) * head_size**-0.5).masked_fill(causal, float("-inf")), dim=-1)
-    torch.testing.assert_close(head(x), wei @ v)
 
 
 def residual_probe(module):
@@ -344,13 +288,13 @@ def test_compile_and_bf16_train_the_stages_own_module_and_save_plain_float32_wei
     monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
     module = load_stage(stage)
     ckpt = tmp_path / "c.pt"
-    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
+    flags = tiny_flags(module, n_layer=1) + ["--data", str(small_text_file), "--checkpoint", str(ckpt)]
     with torch.nn.modules.module.register_module_forward_hook(seen):
         code, out, err = run_cli(module, flags + ["--dtype", "bfloat16", "--compile", "reduce-overhead"])
     assert code == 0, err
     assert modes == ["reduce-overhead"] and autocast_in_forward and all(autocast_in_forward)
     saved = torch.load(ckpt, weights_only=True)["model"]
-    assert sorted(saved) == sorted(module.LanguageModel(VOCAB, tiny_config(module)).state_dict())
+    assert sorted(saved) == sorted(module.LanguageModel(VOCAB, tiny_config(module, n_layer=1)).state_dict())
     assert all(t.dtype == torch.float32 for t in saved.values())
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
     assert code == 0, err
