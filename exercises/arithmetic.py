@@ -28,7 +28,7 @@ import harness.checkpoints
 import harness.cli
 import harness.stages
 from exercises import training
-from harness.schedule import Schedule
+from exercises.schedule import Schedule
 from harness.startup import pick_device
 
 OPERATIONS = "+-*"
@@ -139,7 +139,7 @@ def held_out_problems(task: Task, count: int) -> list[tuple[int, str, int]]:
 
 
 @dataclass
-class Config(Schedule):  # Schedule: lr_decay and warmup_iters (harness/schedule.py)
+class Config(Schedule):  # Schedule: lr_decay and warmup_iters (exercises/schedule.py)
     """The task, the model and its training: each is also a command-line flag (--digits 3)."""
 
     digits: int = 5  # digits of each operand, zero-padded: 12 is 00012

@@ -41,7 +41,7 @@ import harness.files  # noqa: E402
 import harness.machine  # noqa: E402
 import harness.stages  # noqa: E402
 from exercises.learner_stage import budget_of, cpu_preset_flags, load_learner_file  # noqa: E402
-from harness.paired_test import mean_and_spread, seeds_to_resolve, verdict  # noqa: E402
+from exercises.paired_test import mean_and_spread, seeds_to_resolve, verdict  # noqa: E402
 from tools import plot  # noqa: E402
 
 FIRST_SEED = 1337  # the stages' default: seed 1 of a comparison is the run a learner gets

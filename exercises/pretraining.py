@@ -39,15 +39,15 @@ import harness.cli
 import harness.files
 import harness.machine
 from exercises import learner_stage, training
-from harness.paired_test import verdict
-from harness.schedule import Schedule
+from exercises.paired_test import verdict
+from exercises.schedule import Schedule
 from harness.startup import weights_origin
 from tools import corpus, plot
 
 STAGE_10 = learner_stage.STAGE_10
 FIRST_SEED = 1337  # the stages' default
 # The experiment's own recipe: stage 10's model at 0.8 million parameters, without dropout, at a
-# rate that warms up then decays (harness/schedule.py). Not stage 10's cpu preset: the experiment
+# rate that warms up then decays (exercises/schedule.py). Not stage 10's cpu preset: the experiment
 # was measured with this one, and a run this short gains more from the schedule than from dropout.
 RECIPE = dict(
     batch_size=32,

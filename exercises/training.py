@@ -1,5 +1,5 @@
 """The training loop of the exercises' own programs, written once: stage 10's loop, at the rate
-harness/schedule.py gives each step (warm-up and cosine decay with lr_decay, else constant).
+exercises/schedule.py gives each step (warm-up and cosine decay with lr_decay, else constant).
 
 Exercise 2's addition and exercise 3's pre-training train stage 10's model on data of their own;
 check.py 2 trains it without a Trainer. All three import these two functions, so that a fix to the
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 import harness
-from harness.schedule import learning_rate_at
+from exercises.schedule import learning_rate_at
 
 
 def train_step(model, optimizer, cfg, step: int, xb: torch.Tensor, yb: torch.Tensor, autocast=None) -> torch.Tensor:

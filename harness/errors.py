@@ -1,7 +1,8 @@
-"""Failures a user can cause, and the wrapper that turns them into one line and an exit status."""
+"""Failures a user can cause, and run_main, which turns each into one line on stderr and an exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
@@ -12,6 +13,8 @@ from harness.signals import STOP_SIGNALS, StopNow
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
+# what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 
 class UserError(Exception):
@@ -34,23 +37,15 @@ def first_line(e: BaseException) -> str:
 
 
 def to_stderr(text: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the exit status still tells
         print(text, file=sys.stderr)
-    except OSError:  # the terminal is gone (SIGHUP): the exit status still tells
-        pass
 
 
-# what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
-OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError" or (
-        isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OUT_OF_MEMORY)
-    )
-
-
-def out_of_memory_line(e: BaseException) -> str:
+def out_of_memory(e: RuntimeError) -> str | None:
+    """The one line for torch's out of memory, wherever it struck (a step, an estimate, sampling); None
+    for any other error."""
+    if type(e).__name__ != "OutOfMemoryError" and not any(s in str(e).lower() for s in OUT_OF_MEMORY):
+        return None
     # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> "DefaultCPUAllocator: ..."
     said = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", first_line(e))[:120]
     return (
@@ -60,12 +55,9 @@ def out_of_memory_line(e: BaseException) -> str:
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
-    """Run main(argv): a UserError, Ctrl-C or out of memory becomes one line on stderr and an exit status.
-
-    main returns None or an exit status; argparse's own exits (--help, a bad flag) pass through.
-    """
-    # the handlers that training installs for Ctrl-C, SIGTERM and SIGHUP are undone however main ends
-    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    """main(argv), its failures explained: a UserError, a stop signal or out of memory becomes one line
+    on stderr and an exit status. argparse's own exits (--help, a bad flag) pass through."""
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}  # training's own are undone however main ends
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0
@@ -83,10 +75,10 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
-    except RuntimeError as e:  # torch's out of memory, wherever it struck: the step, the estimate, sampling
-        if not is_out_of_memory(e):
+    except RuntimeError as e:
+        if (line := out_of_memory(e)) is None:
             raise
-        to_stderr(f"error: {out_of_memory_line(e)}")
+        to_stderr(f"error: {line}")
         return EXIT_USER_ERROR
     finally:
         for signum, handler in handlers.items():

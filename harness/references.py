@@ -1,11 +1,9 @@
-"""What a stage's val loss should be: the figure this project measured at the stage's defaults, and
-the lecture's. The stages' closing lines ("is my loss normal?") and the pages read them from here.
+"""Is my loss normal? The val loss this project measured at each stage's defaults, and the lecture's.
 
 "Measured" is the final val loss of `python stages/NN.py` at its defaults (seed 1337, tiny
-Shakespeare), as `python tools/train_all.py` recorded it in docs/runs.json, with its machine, torch
-and date. The same machine and torch give the same run, loss for loss; another CPU sums in another
-order and moves the third or fourth decimal, well inside NOISE. The lecture's figures are read off
-the video, so they are bands ("about 2.49"), not targets; stage 10's belongs to its video preset.
+Shakespeare), as `python tools/train_all.py` recorded it in docs/runs.json with its machine, torch
+and date. Another CPU sums in another order and moves the third or fourth decimal, well inside NOISE.
+The lecture's figures are read off the video: bands ("about 2.49"), not targets.
 """
 
 from __future__ import annotations
@@ -17,16 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU (measured: ±0.02)
-
-LEARNED_BIGRAMS = "a loss near 2.5 means the model learned only which character follows which"
-FUTURE = "a loss well below it usually means the model sees the characters it must predict (the mask)"
-
-
+NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
 
-# (stage, preset): the lecture's figure for that stage's defaults (and that preset, for stage 10),
-# as the tables show it
+# (stage, preset): the lecture's figure at that stage's defaults (and preset, for stage 10)
 LECTURE: dict[tuple[str, str | None], str] = {
     ("01_bigram", None): "≈ 2.49",
     ("02_position_embedding", None): "≈ 2.5",
@@ -40,9 +32,8 @@ LECTURE: dict[tuple[str, str | None], str] = {
     ("10_gpt", "cpu"): "— (the lecture trains only the video preset)",
     ("10_gpt", "video"): "≈ 1.48 (video preset, GPU)",
 }
-
 # what a loss far from the reference usually means, where it means something other than the default
-ABOVE = {"10_gpt": LEARNED_BIGRAMS}
+ABOVE = {"10_gpt": "a loss near 2.5 means the model learned only which character follows which"}
 BELOW = {"01_bigram": "a lower loss than a bigram table can reach: check the data"}
 
 
@@ -51,7 +42,7 @@ class Reference:
     measured: float | None  # this project's final val loss at the defaults; None: not measured
     lecture: str  # the lecture's figure, as the tables show it
     above: str = "a higher loss with the defaults usually means a change that broke something: diff the stage"
-    below: str = FUTURE
+    below: str = "a loss well below it usually means the model sees the characters it must predict (the mask)"
 
 
 def load_record(path: Path = RECORD) -> dict:
@@ -67,11 +58,11 @@ def load_record(path: Path = RECORD) -> dict:
 
 def references(record: dict) -> dict[tuple[str, str | None], Reference]:
     measured = {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
-    return {key: Reference(measured.get(key), lecture, **_meanings(key[0])) for key, lecture in LECTURE.items()}
-
-
-def _meanings(stage: str) -> dict[str, str]:
-    return {k: v for k, v in (("above", ABOVE.get(stage)), ("below", BELOW.get(stage))) if v}
+    meanings = {k: v for k, v in (("above", ABOVE), ("below", BELOW))}
+    return {
+        key: Reference(measured.get(key), lecture, **{k: m[key[0]] for k, m in meanings.items() if key[0] in m})
+        for key, lecture in LECTURE.items()
+    }
 
 
 @functools.cache
@@ -82,22 +73,19 @@ def recorded() -> dict[tuple[str, str | None], Reference]:
 
 def lecture_figure(stage: str, preset: str | None = None) -> str:
     """The lecture's figure for a stage (at a preset, for stage 10), for tables: "≈ 2.49", or "—"."""
-    reference = recorded().get((stage, preset))
-    return reference.lecture if reference else "—"
+    return LECTURE.get((stage, preset), "—")
 
 
 def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dict | None = None) -> str | None:
-    """One line: is this run's final val loss what the stage's defaults give? None for a file that is
-    not one of the stages (a learner's copy, an exercise 4 variant). Exercise 1 trains as stage 10, with
-    the learner's attention, so stage 10's reference is the one its answer should meet. known: the
-    references to judge by (those of docs/runs.json unless given)."""
+    """One line: is this final val loss what the stage's defaults give? None for a file that is not a
+    stage (a learner's copy, an exercise 4 variant). known: the references (docs/runs.json's if not given)."""
     reference = (recorded() if known is None else known).get((stage, preset))
     if reference is None:
         return None
+    where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
     if reference.measured is None:
         what = f"the {preset} preset" if preset else f"{stage}'s defaults"
         return f"no reference for {what}: this project has not measured it (the lecture: {reference.lecture})"
-    where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
     if not defaults:
         return (
             f"no reference for these settings: this project measured {reference.measured:.4f} at {where}, "
@@ -105,16 +93,15 @@ def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dic
         )
     gap = val - reference.measured
     if abs(gap) <= NOISE:
-        lecture = (
-            f"; the lecture: {reference.lecture.replace('≈', 'about')}" if reference.lecture.startswith("≈") else ""
-        )
+        lecture = reference.lecture.replace("≈", "about")
+        lecture = f"; the lecture: {lecture}" if reference.lecture.startswith("≈") else ""
         return (
             f"val loss {val:.4f} is as expected: {reference.measured:.4f} at {where}, ±{NOISE} from run to run{lecture}"
         )
-    meaning = reference.above if gap > 0 else reference.below
+    meaning, side = (reference.above, "above") if gap > 0 else (reference.below, "below")
     return (
-        f"val loss {val:.4f} is {abs(gap):.3f} {'above' if gap > 0 else 'below'} the {reference.measured:.4f} measured "
-        f"at {where} (run-to-run noise: ±{NOISE}): {meaning}"
+        f"val loss {val:.4f} is {abs(gap):.3f} {side} the {reference.measured:.4f} measured at {where} "
+        f"(run-to-run noise: ±{NOISE}): {meaning}"
     )
 
 

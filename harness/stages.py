@@ -1,4 +1,4 @@
-"""Finding the stages: their files, by number or name, and importing one without running it."""
+"""The stage files: found by number or name, and imported without running them."""
 
 from __future__ import annotations
 
@@ -30,21 +30,15 @@ def stage_name(stage_file: str) -> str:
 
 def resolve_stage(name: str) -> str:
     """ "9", "09", "09_layer_norm", "layer_norm" or "stages/09_layer_norm.py" -> "09_layer_norm"."""
-    names = stage_names()
-    text = Path(name.strip()).stem if name.strip().endswith(".py") else name.strip()
-    if text in names:
-        return text
-    if text.isdigit():
-        for stage in names:
-            if int(stage[:2]) == int(text):
-                return stage
-    by_topic = [stage for stage in names if stage[3:] == text]  # "layer_norm": the name without its number
-    if len(by_topic) == 1:
-        return by_topic[0]
-    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    names, text = stage_names(), name.strip()
+    text = Path(text).stem if text.endswith(".py") else text
+    found = [s for s in names if text in (s, s[3:]) or (text.isdigit() and int(s[:2]) == int(text))]
+    if len(found) == 1:
+        return found[0]
     if not names:
         raise UserError(f"no stage {name!r}: {STAGE_DIR} holds no stage files")
+    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
     raise UserError(
         f"no stage {name!r}{hint}; give a number from {names[0][:2]} to {names[-1][:2]} or a name such as {names[0]}"
     )
@@ -65,5 +59,4 @@ def load_stage(name: str) -> ModuleType:
 
 def previous_stage(stage: str) -> str | None:
     names = stage_names()
-    i = names.index(stage) if stage in names else 0
-    return names[i - 1] if i > 0 else None
+    return names[names.index(stage) - 1] if stage in names and names.index(stage) > 0 else None

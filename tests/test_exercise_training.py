@@ -8,7 +8,7 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import exercises.check
-import harness.schedule
+import exercises.schedule
 from conftest import SMALL_TEXT
 from exercises import arithmetic, pretraining
 
@@ -39,7 +39,7 @@ def rates_stepped_at():
 
 def scheduled(learning_rate: float, max_iters: int, warmup_iters: int) -> list[float]:
     cfg = SimpleNamespace(learning_rate=learning_rate, max_iters=max_iters, warmup_iters=warmup_iters, lr_decay=True)
-    return [harness.schedule.learning_rate_at(step, cfg) for step in range(max_iters)]
+    return [exercises.schedule.learning_rate_at(step, cfg) for step in range(max_iters)]
 
 
 def assert_warms_up_then_decays(rates: list[float], learning_rate: float, max_iters: int, warmup_iters: int) -> None:

@@ -10,8 +10,8 @@ import torch
 import exercises.check
 import exercises.checks
 import exercises.compare
+import exercises.paired_test
 import harness.errors
-import harness.paired_test
 import harness.stages
 from conftest import one_line_error, tiny_flags
 from exercises import arithmetic, learner_stage
@@ -473,23 +473,25 @@ def test_compare_refuses_two_budgets_in_one_line(tmp_path, capsys):
 )
 def test_the_verdict_is_a_paired_t_test_seed_by_seed(other, said):
     baseline = [1.55, 1.56, 1.57][: len(other)]
-    assert harness.paired_test.verdict(baseline, other) == said
+    assert exercises.paired_test.verdict(baseline, other) == said
 
 
 def test_pairing_sees_a_small_steady_gain_that_the_spread_between_seeds_would_hide():
     """Seeds far apart, each one 0.01 better: the means differ by less than the spread, the pairs all agree."""
     baseline, other = [1.50, 1.60, 1.70], [1.49, 1.588, 1.691]  # d = -0.010, -0.012, -0.009
-    mean, half = harness.paired_test.paired_interval(baseline, other)
+    mean, half = exercises.paired_test.paired_interval(baseline, other)
     assert mean == pytest.approx(-0.0103333, abs=1e-6)
     assert half == pytest.approx(4.303 * 0.0015275 / 3**0.5, rel=1e-3)
-    assert harness.paired_test.verdict(baseline, other).startswith("better: 0.0103 lower")
+    assert exercises.paired_test.verdict(baseline, other).startswith("better: 0.0103 lower")
 
 
 def test_how_many_seeds_resolve_a_difference_of_0_01():
     """sd 0.01 of the paired differences: t(n-1) * 0.01 / sqrt(n) first reaches 0.01 at n = 7 (2.447 / 2.646)."""
-    assert harness.paired_test.seeds_to_resolve([0.0, 0.0, 0.0], [-0.01, 0.0, 0.01]) == 7
-    assert harness.paired_test.seeds_to_resolve([0.0, 0.0], [0.0, 0.0]) == 2  # no spread: any two seeds
-    assert harness.paired_test.t_95(2) == 4.303 and harness.paired_test.t_95(11) == 2.228  # between rows: the larger t
+    assert exercises.paired_test.seeds_to_resolve([0.0, 0.0, 0.0], [-0.01, 0.0, 0.01]) == 7
+    assert exercises.paired_test.seeds_to_resolve([0.0, 0.0], [0.0, 0.0]) == 2  # no spread: any two seeds
+    assert (
+        exercises.paired_test.t_95(2) == 4.303 and exercises.paired_test.t_95(11) == 2.228
+    )  # between rows: the larger t
 
 
 # -- exercise 2: a GPT that adds -------------------------------------------------------------------

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import common
+import exercises.schedule
 import harness
 import harness.checkpoints
 import harness.cli
 import harness.files
 import harness.machine
 import harness.references
-import harness.schedule
 import harness.stages
 import harness.startup
 from conftest import SMALL_TEXT
@@ -365,13 +365,13 @@ def test_a_run_is_at_its_defaults_only_with_every_training_setting_and_the_text_
 
 
 @dataclasses.dataclass
-class Scheduled(harness.schedule.Schedule):
+class Scheduled(exercises.schedule.Schedule):
     max_iters: int = 1000
     learning_rate: float = 3e-4
 
 
 def test_the_schedule_is_constant_or_warms_up_then_decays_to_a_tenth():
-    rate_at = harness.schedule.learning_rate_at
+    rate_at = exercises.schedule.learning_rate_at
     assert {rate_at(s, Scheduled()) for s in (0, 50, 999)} == {3e-4}  # without lr_decay: the lecture's loop
     cfg = Scheduled(max_iters=1000, learning_rate=3e-3, lr_decay=True, warmup_iters=100)
     rates = [rate_at(s, cfg) for s in range(cfg.max_iters + 1)]

@@ -265,7 +265,7 @@ def test_the_exercise_tables_say_which_way_a_difference_goes():
     }
     rows = pages.schedule_table([compared]).splitlines()
     lower_row = next(r for r in rows if r.startswith("| `lower.py`"))
-    assert lower_row.endswith(pages.harness.paired_test.verdict(base, lower) + " |")
+    assert lower_row.endswith(pages.exercises.paired_test.verdict(base, lower) + " |")
     assert "| better: 0.1000 lower" in next(r for r in rows if r.startswith("| `lower.py`"))
     assert "| worse: 0.2000 higher" in next(r for r in rows if r.startswith("| `higher.py`"))
     pretrained = {

@@ -309,7 +309,7 @@ def test_every_preset_of_stage_10_is_the_lectures_recipe_dropout_on_and_a_consta
     assert 0.1 <= cfg.dropout <= 0.2  # the stage's one new idea is on wherever it runs
     assert not {"lr_decay", "warmup_iters"} & {f.name for f in dataclasses.fields(module.Config)}  # no schedule
     source = Path(module.__file__).read_text(encoding="utf-8")
-    assert "harness.schedule" not in source and "learning_rate_at" not in source
+    assert "exercises.schedule" not in source and "learning_rate_at" not in source
 
 
 @pytest.mark.parametrize("stage", stages_from(10))

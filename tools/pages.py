@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402
+import exercises.paired_test  # noqa: E402
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.files  # noqa: E402
-import harness.paired_test  # noqa: E402
 import harness.references  # noqa: E402
 import harness.stages  # noqa: E402
 from tools import plot  # noqa: E402
@@ -571,7 +571,7 @@ def pretraining_table(results: list[dict]) -> str:
     ]
     for r in found:
         steps = re.search(r"after (\d+) steps", r["figure"])[1]
-        said = harness.paired_test.verdict(r["scratch_val"], r["pretrained_val"])  # from scratch is the baseline
+        said = exercises.paired_test.verdict(r["scratch_val"], r["pretrained_val"])  # from scratch is the baseline
         said = re.sub(r"^(better|worse)", r"pre-trained \1", said)
         rows.append(f"| {steps}, pre-trained | " + " | ".join(f"{v:.4f}" for v in r["pretrained_val"]) + " | |")
         rows.append(f"| {steps}, from scratch | " + " | ".join(f"{v:.4f}" for v in r["scratch_val"]) + f" | {said} |")
@@ -603,10 +603,10 @@ def comparison_table(results: list[dict], prefix: str, preamble: str) -> str:
     ]
     for k, file in enumerate(files):
         values = found["val"][file]
-        mean, _ = harness.paired_test.mean_and_spread(values)
-        said = "(the baseline)" if k == 0 else harness.paired_test.verdict(base, values)
+        mean, _ = exercises.paired_test.mean_and_spread(values)
+        said = "(the baseline)" if k == 0 else exercises.paired_test.verdict(base, values)
         if k and said.startswith("no difference"):
-            said += f"; {harness.paired_test.seeds_to_resolve(base, values)} seeds would resolve 0.01"
+            said += f"; {exercises.paired_test.seeds_to_resolve(base, values)} seeds would resolve 0.01"
         cells = [f"`{file}`", *(f"{v:.4f}" for v in values), f"{mean:.4f}", said]
         rows.append("| " + " | ".join(cells) + " |")
     measured = preamble.format(

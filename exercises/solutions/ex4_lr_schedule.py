@@ -2,7 +2,7 @@
 
 stages/10_gpt.py with one change, to the training loop rather than the model: the rate climbs
 from almost 0 to its peak over the first 100 steps, then falls along half a cosine to a tenth of
-the peak at the last step (harness/schedule.py has the formula). Small steps first, while the
+the peak at the last step (exercises/schedule.py has the formula). Small steps first, while the
 weights are random and the gradients large and noisy; small steps last, to settle into a minimum.
 It affords a higher peak than a constant rate: 3e-3 at the cpu preset.
 diff -u stages/10_gpt.py exercises/solutions/ex4_lr_schedule.py shows it.
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, two up
 import common  # noqa: E402  the lecture's shared parts: text, tokenizer, batches, loss estimate
 import harness  # noqa: E402  the program around them: command line, checkpoints, progress, Ctrl-C
-from harness.schedule import Schedule, learning_rate_at  # noqa: E402  warm-up, then a cosine
+from exercises.schedule import Schedule, learning_rate_at  # noqa: E402  warm-up, then a cosine
 
 
 @dataclass
