@@ -49,8 +49,8 @@ class Config:
 
 # --preset: "video" is the Config above, the lecture's; "cpu" is the same recipe (dropout on,
 # a constant rate) shrunk to five minutes on 2 cores. Without --preset: "video" with cuda or
-# mps, "cpu" without. The cpu preset's dropout and rate were chosen by measurement
-# (benchmarks/tune_stage10.py): docs/performance.md has the runs.
+# mps, "cpu" without. The cpu preset's sizes, batch and rate were chosen by measurement
+# (docs/performance.md has the runs); its dropout, 0.1, was not varied.
 PRESETS = {
     "video": {},
     "cpu": dict(
