@@ -157,6 +157,12 @@ def bench_gpu(flags: tuple[str, ...] = GPU_FLAGS, device: str = "cuda") -> dict:
         cmd = [sys.executable, "stages/10_gpt.py", "--device", device, *flags, "--checkpoint", f"{tmp}/10.pt"]
         wall, out = run(cmd, env=env)
         rows = harness.checkpoints.read_history(Path(tmp) / "10.history.csv")
+    machine = torch.cuda.get_device_name() if device == "cuda" else harness.machine.machine_name()
+    return gpu_figure(rows, out, wall, flags, device, machine)
+
+
+def gpu_figure(rows: list[dict], out: str, wall: float, flags: tuple[str, ...], device: str, machine: str) -> dict:
+    """The GPU figure from a run's history, stdout and wall time."""
     train, val = final_losses(out)
     steps = [r["step"] for r in rows]
     times = [r["elapsed_s"] for r in rows]
@@ -166,7 +172,7 @@ def bench_gpu(flags: tuple[str, ...] = GPU_FLAGS, device: str = "cuda") -> dict:
     return {
         "figure": f"stage10 lecture config ({device})",
         "device": device,
-        "machine": torch.cuda.get_device_name() if device == "cuda" else harness.machine.machine_name(),
+        "machine": machine,
         "flags": " ".join(flags),
         "wall_s": round(wall, 1),
         "compile_s": round(compile_s, 1),

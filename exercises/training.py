@@ -43,7 +43,7 @@ def train(
     at the last, then after_estimate(step); a batch from batch() and one train_step each step."""
     for step in trainer.steps():
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
-            trainer.log(step, estimate())
+            trainer.log_estimate(step, estimate())
             if after_estimate is not None:
                 after_estimate(step)
-        trainer.record(train_step(model, optimizer, cfg, step, *batch(), trainer.autocast()))
+        trainer.count_step(train_step(model, optimizer, cfg, step, *batch(), trainer.autocast()))

@@ -106,30 +106,30 @@ def some_characters(chars: set[str]) -> str:
     return f"{len(chars)} character{'s' if len(chars) != 1 else ''} ({shown})"
 
 
-def choose_tokenizer(text: str, source: Path, extra: dict[Path, str], fixed, fixed_path, resume: bool):
+def choose_tokenizer(text: str, source: Path, extra: dict[Path, str], ckpt, ckpt_path, resume: bool):
     """The run's vocabulary (see the module's docstring). text: --data's, read from source; extra: each
-    --vocab_from file's text; fixed: the checkpoint a --resume or --init_from run goes on from (fixed_path)."""
-    if fixed is None:
+    --vocab_from file's text; ckpt: the checkpoint a --resume or --init_from run goes on from (at ckpt_path)."""
+    if ckpt is None:
         return common.CharTokenizer("".join(sorted(set(text).union(*extra.values()))))
-    lacking = set(text) - set(fixed.vocab)
+    lacking = set(text) - set(ckpt.vocab)
     if lacking and resume:
         raise UserError(
-            f"{fixed_path} was trained on a text with another vocabulary: {source} has {some_characters(lacking)} "
+            f"{ckpt_path} was trained on a text with another vocabulary: {source} has {some_characters(lacking)} "
             "that it lacks; resume with the same --data, or train afresh without --resume"
         )
     if lacking:  # the model has no embedding row, and no output, for them
         raise UserError(
-            f"{source} has {some_characters(lacking)} that --init_from {fixed_path} has no ids for; pre-train with "
+            f"{source} has {some_characters(lacking)} that --init_from {ckpt_path} has no ids for; pre-train with "
             f"--vocab_from {source} so that its vocabulary covers this text, or map the model's rows by "
             "character onto this text's vocabulary"
         )
     for path, extra_text in extra.items():
-        if lacking := set(extra_text) - set(fixed.vocab):
+        if lacking := set(extra_text) - set(ckpt.vocab):
             raise UserError(
-                f"--vocab_from {path} has {some_characters(lacking)} that {fixed_path} lacks, and a run from a "
+                f"--vocab_from {path} has {some_characters(lacking)} that {ckpt_path} lacks, and a run from a "
                 "checkpoint keeps its vocabulary; drop --vocab_from, or train afresh with it"
             )
-    return common.CharTokenizer(fixed.vocab)
+    return common.CharTokenizer(ckpt.vocab)
 
 
 def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | None = None, presets=None) -> Run:
@@ -163,7 +163,7 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
     if starting:
         check_init_from(args.init_from, checkpoint_path)
     ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
-    init_source = checkpoints.load(args.init_from, stage, "--init_from") if starting else None
+    init_from = checkpoints.load(args.init_from, stage, "--init_from") if starting else None
     config = cli.resolve_config(config_cls, args, given, presets, device, ckpt)
     preset = (cli.preset_for(presets, device.type) if args.preset == "auto" else args.preset) if presets else None
     print(f"device: {device}")
@@ -175,8 +175,8 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
 
     text, source = files.load_text(args.data)
     extra = {path: files.read_text(path, "--vocab_from") for path in args.vocab_from or []}
-    fixed_path = checkpoint_path if ckpt is not None else args.init_from
-    tokenizer = choose_tokenizer(text, source, extra, ckpt or init_source, fixed_path, args.resume)
+    vocab_path = checkpoint_path if ckpt is not None else args.init_from
+    tokenizer = choose_tokenizer(text, source, extra, ckpt or init_from, vocab_path, args.resume)
     check_sampling_flags(args, tokenizer)
     ids = tokenizer.encode_text(text)  # (N,) int64
     train_data, val_data = common.split_data(ids)
@@ -196,7 +196,7 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
     train_gen = torch.Generator().manual_seed(args.seed)
     eval_gen = torch.Generator()  # the Trainer seeds it afresh at each step
     # a resumed run keeps the record of where it started
-    origin = weights_origin(args.init_from, init_source) if starting else ckpt and ckpt.init_from
+    origin = weights_origin(args.init_from, init_from) if starting else ckpt and ckpt.init_from
     # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
     at_defaults = references.at_defaults(config, config_cls, presets, preset, args.data)
     at_defaults = at_defaults and tokenizer.chars == "".join(sorted(set(text))) and origin is None
@@ -213,6 +213,6 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
         eval_gen,
         preset,
         at_defaults,
-        init_source,
+        init_from,
         origin,
     )

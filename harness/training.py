@@ -2,9 +2,9 @@
 
 trainer = harness.Trainer(run, model, optimizer)   # loads a checkpoint; compiles with --compile
 for step in trainer.steps():                       # a progress bar; Ctrl-C stops cleanly
+    trainer.log_estimate(step, losses)             # after a loss estimate: print, save
     ... the stage's own step, its forward pass in `with trainer.autocast():` ...
-    trainer.log(step, losses)                      # after a loss estimate: print, save
-    trainer.record(loss)                           # after each step: progress, nan check
+    trainer.count_step(loss)                       # after each step: progress, nan check
 trainer.finish()                                   # save, compare, print a sample
 """
 
@@ -119,7 +119,7 @@ class Trainer:
                         signals.exit_code,
                     )
 
-    def record(self, loss: torch.Tensor) -> None:
+    def count_step(self, loss: torch.Tensor) -> None:
         """After an optimizer step: count it, show the loss; stop on nan or inf before a bad model is saved."""
         # a copy: with CUDA graphs the next step's replay writes over the loss tensor itself
         self._unread.append((self.step + 1, loss.detach().clone()))
@@ -146,7 +146,7 @@ class Trainer:
         kept = f"{path} (step {self.saved_step}) is kept" if self.saved_step is not None else "nothing was saved"
         return UserError(f"{what}; training stopped and {kept}. Lower --learning_rate and train again")
 
-    def log(self, step: int, losses: dict[str, float]) -> None:
+    def log_estimate(self, step: int, losses: dict[str, float]) -> None:
         """Print a loss estimate, add it to the history, and save a checkpoint."""
         self.read_losses()  # a nan in training comes first: it is what made the estimate nan
         if not all(math.isfinite(v) for v in losses.values()):

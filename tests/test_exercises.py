@@ -311,6 +311,17 @@ def outcomes_4(path) -> dict:
     return {o.name: o for o in exercises.check.check_exercise(4, path)}
 
 
+def outcome_4(path, name: str) -> exercises.check.Outcome:
+    """One of check 4's checks on the file at path, after the checks it needs, and no other."""
+    checks, wanted = ex4.checks(), {name}
+    for check in reversed(checks):
+        if check.name in wanted:
+            wanted |= set(check.needs)
+    module = exercises.check.load_learner_file(path)
+    outcomes = exercises.check.run_checks([c for c in checks if c.name in wanted], module, path)
+    return {o.name: o for o in outcomes}[name]
+
+
 def test_check_4_fails_on_the_untouched_starting_file():
     results = outcomes_4(EXERCISE_4)
     assert results["differs from stage 10"].status == "FAILED"
@@ -323,9 +334,7 @@ BUDGET = "trains at stage 10's budget (its Config, its preset, its loop)"
 
 def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_runs(tmp_path):
     wider = ("    n_embd: int = 384  #", "    n_embd: int = 512  #")  # the cpu preset sets n_embd 128 over it
-    results = outcomes_4(variant(tmp_path, "ex4_wider.py", wider))
-    assert results["differs from stage 10"].status == "passed"
-    reach = results[REACH]
+    reach = outcome_4(variant(tmp_path, "ex4_wider.py", wider), REACH)
     assert reach.status == "FAILED", reach
     assert "the Config's defaults only (n_embd 512 here, 384 in stage 10, the preset's 128)" in reach.message
     assert "change the value in PRESETS['cpu'] instead" in reach.message
@@ -333,7 +342,7 @@ def test_a_change_the_cpu_preset_overrides_does_not_reach_the_compared_runs(tmp_
 
 def test_a_change_to_another_preset_only_does_not_reach_the_compared_runs_and_is_told_so(tmp_path):
     video = ('    "video": {},\n', '    "video": {"dropout": 0.3},\n')
-    reach = outcomes_4(variant(tmp_path, "ex4_video.py", video))[REACH]
+    reach = outcome_4(variant(tmp_path, "ex4_video.py", video), REACH)
     assert reach.status == "FAILED" and "a change to another preset shows nothing there" in reach.message, reach
     assert "Config's defaults" not in reach.message
 
@@ -349,9 +358,8 @@ def test_clipping_that_a_few_steps_never_trigger_is_a_change_that_reaches_the_ru
     module = exercises.check.load_learner_file(path)
     stage = learner_stage.stage_10_with(None)
     assert ex4.same_weights(ex4.short_run(stage).weights, ex4.short_run(module).weights)  # the condition unmet
-    results = outcomes_4(path)
-    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
-    assert "acts only under some conditions" in results[REACH].message
+    reach = outcome_4(path, REACH)
+    assert reach.status == "passed" and "acts only under some conditions" in reach.message, reach
 
 
 @pytest.mark.parametrize(
@@ -376,9 +384,9 @@ def test_clipping_that_a_few_steps_never_trigger_is_a_change_that_reaches_the_ru
     ],
 )
 def test_a_change_to_how_it_trains_is_a_change_compare_can_measure(tmp_path, name, change):
-    results = outcomes_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change))
-    assert all(o.status == "passed" for o in results.values()), {n: o.message for n, o in results.items()}
-    assert results[REACH].message == "a change to how it trains: the same model, other weights after a few steps"
+    reach = outcome_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change), REACH)
+    assert reach.status == "passed", reach
+    assert reach.message == "a change to how it trains: the same model, other weights after a few steps"
 
 
 @pytest.mark.parametrize(
@@ -402,8 +410,7 @@ def test_a_change_to_how_it_trains_is_a_change_compare_can_measure(tmp_path, nam
     ],
 )
 def test_a_loop_that_trains_on_more_than_stage_10_is_refused(tmp_path, name, change, said):
-    results = outcomes_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change))
-    budget = results[BUDGET]
+    budget = outcome_4(variant(tmp_path, "ex4_" + name.replace(" ", "_") + ".py", change), BUDGET)
     assert budget.status == "FAILED", budget
     assert said is None or said in budget.message, budget.message
 
@@ -413,18 +420,16 @@ def test_a_changed_docstring_or_comment_is_no_change(tmp_path):
         ('"""One head of self-attention."""', '"""One head: my notes."""'),
         ("(B, T, T) hide the future", "(B, T, T) no peeking"),
     ]
-    results = outcomes_4(variant(tmp_path, "ex4_notes.py", *edits))
-    assert "no change from stage 10 yet" in results["differs from stage 10"].message
+    differs = outcome_4(variant(tmp_path, "ex4_notes.py", *edits), "differs from stage 10")
+    assert differs.status == "FAILED" and "no change from stage 10 yet" in differs.message
 
 
 def test_check_4_fails_on_a_variant_that_trains_longer_or_breaks_training(tmp_path):
-    results = outcomes_4(variant(tmp_path, "ex4_longer.py", LONGER))
-    budget = results[BUDGET]
+    budget = outcome_4(variant(tmp_path, "ex4_longer.py", LONGER), BUDGET)
     said = f"max_iters {3 * PRESET_STEPS} here, {PRESET_STEPS} in stage 10"
     assert budget.status == "FAILED" and said in budget.message, budget
     inverted = ("self.tril[:T, :T] == 0", "self.tril[:T, :T] == 1")  # the mask hides the past instead
-    results = outcomes_4(variant(tmp_path, "ex4_inverted.py", inverted))
-    trains = results["builds and trains without nan"]
+    trains = outcome_4(variant(tmp_path, "ex4_inverted.py", inverted), "builds and trains without nan")
     assert trains.status == "FAILED" and "the loss became nan at step 0" in trains.message, trains
 
 

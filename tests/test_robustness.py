@@ -440,14 +440,14 @@ def test_a_run_killed_between_estimates_then_resumed_is_the_uninterrupted_run(
     flags = dict(max_iters=30, eval_interval=5, dropout=0.1)
     assert run_cli(module, train_flags(module, small_text_file, straight, **flags))[0] == 0
     argv = train_flags(module, small_text_file, killed, **flags)
-    record = harness.training.Trainer.record
+    record = harness.training.Trainer.count_step
 
     def record_then_die(self, loss):
         record(self, loss)
         if self.step == 17:
             raise Killed
 
-    monkeypatch.setattr(harness.training.Trainer, "record", record_then_die)
+    monkeypatch.setattr(harness.training.Trainer, "count_step", record_then_die)
     with pytest.raises(Killed):
         harness.run_main(module.main, argv)
     assert torch.load(killed, weights_only=True)["step"] == 15  # saved at the estimate of step 15

@@ -336,7 +336,7 @@ def pipeline_section(sources: Sources) -> str:
 
     stage = sources.stages["01_bigram"]
     loop = re.search(
-        r"^    for step in trainer\.steps\(\).*?trainer\.record\(loss\).*?$", stage, re.DOTALL | re.MULTILINE
+        r"^    for step in trainer\.steps\(\).*?trainer\.count_step\(loss\).*?$", stage, re.DOTALL | re.MULTILINE
     )
     steps = [
         (
