@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
             losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
-            trainer.log_estimate(
-                step, losses
-            )  # prints it, adds it to the history, saves a checkpoint
+            trainer.log_estimate(step, losses)  # print, add to the history, save a checkpoint
 
         # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
         # in each checkpoint, so that a resumed run draws the batches it would have drawn

@@ -60,7 +60,7 @@ class Head(nn.Module):
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
         # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
-        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # With unit-variance q and k, that sum has variance head_size; the scale makes it 1, so
         # the softmax stays diffuse instead of peaking on one position. (The video's code scales
         # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
@@ -119,8 +119,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Residual connections: each sublayer adds to x instead of replacing it. Addition passes
-        # the gradient through unchanged, so it reaches every block directly. At the start the
-        # deep network behaves like a shallow one, and learns to use its depth gradually.
+        # the gradient through unchanged, so it reaches every block directly, and the stream
+        # carries the embeddings to the head with each block's output added along the way.
         # Pre-norm, as in GPT-2 and the lecture: each sublayer gets normalised input, and the
         # stream itself stays a clean path from the embeddings to the head. The Transformer
         # paper normalised after the addition instead: x = LayerNorm(x + sublayer(x)).
@@ -192,9 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
             losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
-            trainer.log_estimate(
-                step, losses
-            )  # prints it, adds it to the history, saves a checkpoint
+            trainer.log_estimate(step, losses)  # print, add to the history, save a checkpoint
 
         # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
         # in each checkpoint, so that a resumed run draws the batches it would have drawn

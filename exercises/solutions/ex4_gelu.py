@@ -40,6 +40,7 @@ class Config:
     n_layer: int = 6  # Transformer blocks stacked one after another
     # Dropout: a random fraction of activations zeroed at each training step, none in eval.
     # No unit can rely on one particular other: in effect an ensemble of thinned networks.
+    # The kept ones are scaled by 1 / (1 - p) in training, so eval needs no change.
     dropout: float = field(default=0.2, metadata={"below": 1})  # the fraction zeroed in training
 
     def __post_init__(self) -> None:  # checked before anything is built or trained
@@ -49,8 +50,8 @@ class Config:
 
 # --preset: "video" is the Config above, the lecture's; "cpu" is the same recipe (dropout on,
 # a constant rate) shrunk to five minutes on 2 cores. Without --preset: "video" with cuda or
-# mps, "cpu" without. The cpu preset's dropout and rate were chosen by measurement
-# (benchmarks/tune_stage10.py): docs/performance.md has the runs.
+# mps, "cpu" without. The cpu preset's sizes, batch and rate were chosen by measurement
+# (docs/performance.md has the runs); its dropout, 0.1, was not varied.
 PRESETS = {
     "video": {},
     "cpu": dict(
@@ -88,13 +89,14 @@ class Head(nn.Module):
         k = self.key(x)  # (B, T, hs) what each position contains
         q = self.query(x)  # (B, T, hs) what each position looks for
         # Affinities: position t attends to position s by q_t . k_s, a sum of head_size products.
-        # Its variance grows with head_size; scaling by head_size**-0.5 brings it back to 1, so
+        # With unit-variance q and k, that sum has variance head_size; the scale makes it 1, so
         # the softmax stays diffuse instead of peaking on one position. (The video's code scales
         # by n_embd**-0.5; the lecture's repository by head_size, as here. In stage 04 they agree.)
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # (B, T, T) hide the future
         wei = F.softmax(wei, dim=-1)  # (B, T, T) each row sums to 1
-        wei = self.dropout(wei)  # randomly cut some of the communication
+        # randomly cut some of the communication: a row now sums to 1 only on average
+        wei = self.dropout(wei)  # (B, T, T)
         v = self.value(x)  # (B, T, hs) what each position offers
         out = wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
         return out
@@ -150,8 +152,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Residual connections: each sublayer adds to x instead of replacing it. Addition passes
-        # the gradient through unchanged, so it reaches every block directly. At the start the
-        # deep network behaves like a shallow one, and learns to use its depth gradually.
+        # the gradient through unchanged, so it reaches every block directly, and the stream
+        # carries the embeddings to the head with each block's output added along the way.
         # Pre-norm, as in GPT-2 and the lecture: each sublayer gets normalised input, and the
         # stream itself stays a clean path from the embeddings to the head. The Transformer
         # paper normalised after the addition instead: x = LayerNorm(x + sublayer(x)).
@@ -227,9 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         # every once in a while estimate the loss on the train and val sets
         if step % cfg.eval_interval == 0 or step == cfg.max_iters - 1:
             losses = common.estimate_loss(model, run.data, cfg, run.eval_gen)  # {"train", "val"}
-            trainer.log_estimate(
-                step, losses
-            )  # prints it, adds it to the history, saves a checkpoint
+            trainer.log_estimate(step, losses)  # print, add to the history, save a checkpoint
 
         # inputs (B, T) and targets (B, T), the inputs shifted by one; from run.train_gen, saved
         # in each checkpoint, so that a resumed run draws the batches it would have drawn
