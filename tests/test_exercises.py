@@ -675,6 +675,24 @@ def test_carrying_sums_are_served_early_then_fade_and_are_never_held_out():
     assert late == [solution.training_problem(task, problems.test_set, generator) for _ in range(100)]
 
 
+def test_at_two_digits_a_carrying_sum_that_is_held_out_is_never_served():
+    """At 2 digits, as check 2 trains, a fifth of the carrying sums are held out when 2,000 problems are."""
+    solution = exercises.check.load_learner_file(SOLUTION_2)
+    problems = arithmetic.Problems(solution, arithmetic.Task(2), 2000, carry_heavy=True)
+    early = problems.training(3000, torch.Generator().manual_seed(0), progress=0.0)
+    assert sum(carries_far(p, 2) for p in early) > 1000  # carrying sums are served ...
+    assert not set(early) & problems.test_set  # ... and not one of them is held out
+
+
+def test_check_2_trains_with_the_early_carrying_sums(monkeypatch):
+    """As the program does: without them, a right answer stalls more often (the margin of check 2)."""
+    served = []
+    carrying_sum = arithmetic.carrying_sum
+    monkeypatch.setattr(arithmetic, "carrying_sum", lambda *args: served.append(1) or carrying_sum(*args))
+    ex2.learns(exercises.check.load_learner_file(SOLUTION_2), pass_accuracy=0.0, **TINY_TRAINING)
+    assert served
+
+
 def test_the_calculator_is_served_the_learner_s_problems_alone():
     solution = exercises.check.load_learner_file(SOLUTION_2)
     task = arithmetic.Task(2, "+-*", trace=True)
