@@ -1,10 +1,10 @@
 """Exercise 5: generate with a key-value cache.
 
 Beyond the lecture. Stage 10's generate runs the whole context through the model for every new
-character: at step t it computes the keys and values of all t positions, though t - 1 of them were
-computed at step t - 1 and have not changed. A key-value cache keeps them instead: each step runs
-only the new character through the model, its query against the cached keys of every position
-before it. The model, its weights and its training stay stage 10's.
+character: at step t it computes the keys and values of all t positions, though inside block_size
+t - 1 of them were computed at step t - 1 and have not changed. A key-value cache keeps them: each
+step runs only the new character through the model, its query against the cached keys of every
+position before it. The model, its weights and its training stay stage 10's.
 
 The task: write the three parts marked "write this":
 
@@ -19,7 +19,7 @@ positions 0 .. block_size - 1: every character moves one position back at each s
 position embedding changes, and with it every key and value of every layer. A cache cannot simply
 slide on. Whatever you choose, the characters must stay stage 10's.
 
-Check it:   python exercises/check.py 5
+Check it:   python exercises/check.py 5    (its first check needs cached_attention alone)
 Sample:     python exercises/ex5_kv_cache.py --prompt "ROMEO:"   stage 10's trained model
             (checkpoints/10_gpt.pt) generating with your cache; stage 10's sampling flags
 A worked solution is in exercises/solutions/ex5_kv_cache.py: for after.
@@ -63,7 +63,8 @@ def cached_attention(sa: stage.MultiHeadAttention, x: Tensor, cache: KVCache, la
     Use sa's own layers: for each head h of sa.heads, head.key, head.query and head.value, the
     scale head_size**-0.5, head.tril for the mask, head.dropout on the weights; then sa.proj and
     sa.dropout, as stage 10's Head and MultiHeadAttention do. New position i is position
-    cache.length + i: it sees every cached position, and the new ones up to itself.
+    cache.length + i: it sees every cached position, and the new ones up to itself. Leave
+    cache.length as it is: forward_cached advances it, once every layer has the new positions.
     """
     B, T_new, C = x.shape
     # --- write this: (B, T_new, C) -> (B, T_new, C), the cache of this layer extended ----------

@@ -182,6 +182,51 @@ class CachedLanguageModel(CachedLanguageModel):
         self.register_buffer("cached_keys", torch.zeros(config.block_size, config.n_embd))
 """
 
+# keeps each layer's input instead, and computes every key and value again at each step, with one
+# product on the heads' stacked weights: the cache holds the wrong thing
+INPUTS_KEPT = """
+
+def cached_attention(sa, x, cache, layer):
+    inputs = cache.__dict__.setdefault("inputs", {})
+    x_all = torch.cat([inputs[layer], x], dim=1) if cache.length else x  # (B, T_all, C)
+    inputs[layer] = x_all
+    T_all, T_new = x_all.shape[1], x.shape[1]
+    keys = x_all @ torch.cat([head.key.weight for head in sa.heads]).T  # (B, T_all, n_head * hs)
+    values = x_all @ torch.cat([head.value.weight for head in sa.heads]).T
+    outs = []
+    for h, head in enumerate(sa.heads):
+        hs = head.key.weight.shape[0]
+        k, v = keys[..., h * hs : (h + 1) * hs], values[..., h * hs : (h + 1) * hs]
+        wei = head.query(x) @ k.transpose(-2, -1) * hs**-0.5  # (B, T_new, T_all)
+        wei = wei.masked_fill(head.tril[T_all - T_new : T_all, :T_all] == 0, float("-inf"))
+        outs.append(head.dropout(F.softmax(wei, dim=-1)) @ v)
+    return sa.dropout(sa.proj(torch.cat(outs, dim=-1)))
+"""
+# no cache at all: every step runs a new window, the characters then padding, through the cached pass
+NO_CACHE = """
+
+class CachedLanguageModel(CachedLanguageModel):
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        for _ in range(max_new_tokens):
+            window = idx[:, -self.block_size :]  # (B, T)
+            T = window.shape[1]
+            padded = F.pad(window, (0, self.block_size - T))  # (B, block_size): the later ones unseen
+            logits = self.forward_cached(padded, self.new_cache())[:, T - 1, :]
+            logits = common.adjust_logits(logits, temperature, top_k)
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)
+        return idx
+"""
+UNCROPPED = [  # the first step's prompt whole; only the windows past block_size cropped
+    ("        for _ in range(max_new_tokens):\n", "        for step in range(max_new_tokens):\n"),
+    (
+        "                idx_cond = idx[:, -self.block_size :]  #",
+        "                idx_cond = idx[:, -self.block_size :] if step else idx  #",
+    ),
+]
+
 MISTAKES = {
     "every position one too high": (
         [("torch.arange(start, start + T_new,", "torch.arange(start + 1, start + T_new + 1,")],
@@ -224,6 +269,21 @@ MISTAKES = {
         "the work per new character does not grow with the context",
         "your generate recomputes the positions it has seen",
     ),
+    "keys and values computed again from cached inputs": (
+        [],
+        "the work per new character does not grow with the context",
+        "your generate computes again keys or values it has seen",
+    ),
+    "no cache: a whole window through the model at every step": (
+        [],
+        "the work per new character does not grow with the context",
+        "each step runs a whole window again",
+    ),
+    "a prompt longer than block_size not cropped": (
+        UNCROPPED,
+        "a prompt longer than block_size",
+        "crop it to its last block_size characters before the first step",
+    ),
     "every position's weights computed again": (
         WHOLE_MATRIX,
         "the work per new character does not grow with the context",
@@ -240,7 +300,11 @@ MISTAKES = {
         "the model's state_dict has cached_keys, which stage 10's has not",
     ),
 }
-APPENDED = {"the cache as a buffer of the model": BUFFER}
+APPENDED = {
+    "the cache as a buffer of the model": BUFFER,
+    "keys and values computed again from cached inputs": INPUTS_KEPT,
+    "no cache: a whole window through the model at every step": NO_CACHE,
+}
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
@@ -251,6 +315,19 @@ def test_each_mistake_fails_its_check_with_its_own_message(mistake, tmp_path):
     assert message in results[check].message, results[check].message
     others = [o for name, o in results.items() if name != check]
     assert all(o.status == "passed" for o in others), {o.name: o.message for o in others}
+
+
+def test_cached_attention_is_checked_on_its_own_before_the_rest_is_written(tmp_path):
+    """A learner who has written only cached_attention learns that it is right."""
+    solution = SOLUTION_5.read_text(encoding="utf-8")
+    body = solution[solution.index("    outs = []\n") : solution.index("class CachedLanguageModel")]
+    source = EXERCISE_5.read_text(encoding="utf-8")
+    todo = '    raise NotImplementedError("not written yet: cached_attention")\n'
+    path = tmp_path / f"{ex5.NAME}.py"
+    path.write_text(source.replace(todo, body.rstrip() + "\n"), encoding="utf-8")
+    results = outcomes(path)
+    assert results[ex5.ATTENTION].status == "passed", results[ex5.ATTENTION]
+    assert "not written yet: CachedLanguageModel.generate" in results[ex5.RUNS].message
 
 
 def test_each_mistake_has_a_message_of_its_own():

@@ -1,9 +1,10 @@
 """Exercise 5's checks: the learner's cached generate against stage 10's own, on the same weights.
 
 Both generate from the same prompts with the same seeds. The checks read each step's logits where
-both hand them to common.adjust_logits, and count each step's work as check 1 counts products: the
-positions the linear layers see, and the multiply-adds of the attention products. Logits are
-compared within TOLERANCE: float32 sums the same products in another order, nothing more.
+both hand them to common.adjust_logits, and count each step's work: the positions the linear layers
+see, the multiply-adds of the attention products (as check 1 counts them), and every multiply-add of
+the matrix products (torch's FlopCounterMode). Logits are compared within TOLERANCE: float32 sums
+the same products in another order, nothing more. The first check takes cached_attention alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import common
 import harness
@@ -104,21 +106,30 @@ def product_madds(func, args: tuple) -> int:
 
 
 class StepWork(TorchFunctionMode):
-    """Counts, inside it, the positions the linear layers see and the attention products' multiply-adds."""
+    """Counts, inside it, the positions the linear layers see and the attention products' multiply-adds;
+    with flops (torch's FlopCounterMode), every matrix product however written (F.linear, @, einsum)."""
 
-    def __init__(self) -> None:
+    def __init__(self, flops: FlopCounterMode | None = None) -> None:
         super().__init__()
-        self.rows, self.madds = 0, 0
+        self.rows, self.madds, self.sdpa_madds = 0, 0, 0
+        self.flops = flops
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.linear:  # (..., in) -> (..., out): one row a position
             self.rows += args[0].numel() // args[0].shape[-1]
         elif func in PRODUCTS:
             try:
-                self.madds += product_madds(func, args)
+                madds = product_madds(func, args)
             except (IndexError, TypeError, ValueError, RuntimeError):  # a form not foreseen: not counted
-                pass
+                madds = 0
+            self.madds += madds
+            if func is F.scaled_dot_product_attention:  # FlopCounterMode counts it on a GPU only
+                self.sdpa_madds += madds
         return func(*args, **(kwargs or {}))
+
+    def total(self) -> int:
+        """Every multiply-add of the matrix products so far: the weights' and attention's."""
+        return (self.flops.get_total_flops() // 2 if self.flops else 0) + self.sdpa_madds
 
 
 @dataclasses.dataclass
@@ -130,23 +141,30 @@ class Run:
     logits: list[Tensor] = dataclasses.field(default_factory=list)
     rows: list[int] = dataclasses.field(default_factory=list)
     madds: list[int] = dataclasses.field(default_factory=list)
+    work: list[int] = dataclasses.field(default_factory=list)  # every multiply-add of a step
 
 
 @contextlib.contextmanager
 def recorded(run: Run, count: bool) -> Iterator[Run]:
     """Each call of common.adjust_logits inside: a step, its logits and (count) the work since the last."""
-    work, original = StepWork(), common.adjust_logits
+    flops = FlopCounterMode(display=False)
+    work, original, done = StepWork(flops), common.adjust_logits, [0]
 
     def adjust_logits(logits, *args, **kwargs):
         run.logits.append(logits.detach().float().cpu().clone())
         run.rows.append(work.rows)
         run.madds.append(work.madds)
+        run.work.append(work.total() - done[0])
         work.rows = work.madds = 0
+        done[0] = work.total()
         return original(logits, *args, **kwargs)
 
     common.adjust_logits = adjust_logits
     try:
-        with work if count else contextlib.nullcontext():
+        with contextlib.ExitStack() as counting:
+            if count:
+                counting.enter_context(flops)
+                counting.enter_context(work)
             yield run
     finally:
         common.adjust_logits = original
@@ -289,6 +307,60 @@ def same_run(module: ModuleType, case: Case, said: str, **model) -> None:
 # -- the checks ---------------------------------------------------------------------------------
 
 
+def attention_alone(module: ModuleType) -> str:
+    """cached_attention on its own, before the rest is written: block 0's attention for 3 new positions
+    on a new cache (the learner's new_cache), then for 2 more, against stage 10's over all 5."""
+    attend = getattr(module, "cached_attention", None)
+    if not callable(attend):
+        raise Failed("the file has no function cached_attention: keep the name the exercise gives it")
+    reference, mine = pair(module)
+    sa = mine.blocks[0].sa  # the learner's model holds stage 10's weights
+    x = torch.randn(2, 5, N_EMBD, generator=torch.Generator().manual_seed(13))  # (B, T, C)
+    cache = mine.new_cache()
+    with torch.no_grad():
+        expected = reference.blocks[0].sa(x)  # (B, 5, C) stage 10's attention over all five positions at once
+        parts = [attend(sa, x[:, :3], cache, 0)]
+        cache.length += 3  # what forward_cached does once every layer has seen the new positions
+        parts.append(attend(sa, x[:, 3:], cache, 0))
+    shapes = [tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__ for p in parts]
+    if shapes != [(2, 3, N_EMBD), (2, 2, N_EMBD)]:
+        raise Failed(
+            f"for new positions x of shapes (2, 3, {N_EMBD}) then (2, 2, {N_EMBD}) cached_attention returned "
+            f"{shapes[0]} then {shapes[1]}: one output for each new position, (B, T_new, C) as sa(x)"
+        )
+    gap = (torch.cat(parts, dim=1) - expected).abs().amax(dim=(0, 2))  # (5,) a position's largest difference
+    if gap[:3].max() > TOLERANCE:
+        raise Failed(
+            f"on a new cache, the 3 new positions differ from stage 10's attention by up to {gap[:3].max():.2g}: "
+            "compute as stage 10's heads do, each position's query against the keys up to its own (head.tril), "
+            "scaled by head_size**-0.5, then sa.proj"
+        )
+    if gap[3:].max() > TOLERANCE:
+        raise Failed(
+            f"after 3 cached positions (cache.length 3), the 2 new ones differ from stage 10's attention by up to "
+            f"{gap[3:].max():.2g}: they must see the cached keys and values and their own, new position i being "
+            "position cache.length + i"
+        )
+    return f"3 new positions, then 2 more from the cache: within {TOLERANCE:g} of stage 10's attention"
+
+
+def long_prompt(module: ModuleType) -> str:
+    """A prompt longer than block_size, which stage 10's generate crops to its last block_size characters."""
+    reference, mine = pair(module)
+    idx = prompt(BLOCK + 5, seed=9)
+    said = f"a prompt of {BLOCK + 5} characters, longer than block_size ({BLOCK})"
+    crop = "crop it to its last block_size characters before the first step, as stage 10's generate does"
+    try:
+        ours = generate(mine, idx, 3, top_k=1)
+    except (IndexError, ValueError, RuntimeError) as e:
+        path = Path(getattr(module, "__file__", None) or ".")
+        raise Failed(f"for {said} {learner_stage.raised(e, path)}: {crop}") from None
+    difference = first_difference(generate(reference, idx, 3, top_k=1), ours)
+    if difference is not None:
+        raise Failed(f"for {said} your logits differ from stage 10's from {difference.where()} on: {crop}")
+    return f"{said}: 3 new characters within {TOLERANCE:g}"
+
+
 def runs(module: ModuleType) -> None:
     _, mine = pair(module)
     learners_generate(mine, prompt(3, batch=2), 5)
@@ -388,8 +460,20 @@ def no_dropout_in_eval(module: ModuleType) -> str:
     return f"dropout {DROPOUT} configured, none in eval mode"
 
 
+def one_position(model: nn.Module) -> tuple[int, int]:
+    """The multiply-adds a cache needs for one new character: (its weights', attention's over block_size).
+
+    The weights': one position through every linear layer. Attention's: in each layer its query
+    against block_size keys and its weights against as many values, the most a window holds, so
+    that a cache that attends a whole preallocated window at every step is no more work than allowed.
+    """
+    weights = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    return weights, N_LAYER * 2 * BLOCK * N_EMBD
+
+
 def work_per_character(module: ModuleType) -> str:
-    """Inside one window, the positions the linear layers see a step, and how the attention products grow."""
+    """Inside one window: the positions the linear layers see a step, how the attention products grow,
+    and how much work a new character costs against one position's."""
     reference, mine = pair(module)
     idx = prompt(1, seed=12)
     theirs = generate(reference, idx, BLOCK, top_k=1, count=True)
@@ -412,10 +496,26 @@ def work_per_character(module: ModuleType) -> str:
             f"{early}, where the context is {context_growth:.0f}x as long: they grow with its square; compute "
             "only the new position's query against the cached keys, one row of weights, not the whole matrix"
         )
+    weights, attention = one_position(reference)
+    most = max(ours.work[1:BLOCK])  # each step after the prompt's, up to a context of block_size
+    if most >= BLOCK / 2 * weights:
+        raise Failed(
+            f"a new character costs {most:,} multiply-adds, as much as running {most / weights:.0f} positions "
+            "through the model: each step runs a whole window again, which is stage 10's generate without a "
+            "cache; run only the new character, with the keys and values of the others from the cache"
+        )
+    if most > 1.25 * (weights + attention):
+        raise Failed(
+            f"a new character costs {most:,} multiply-adds, {most / (weights + attention):.1f}x what one "
+            f"position needs ({weights:,} through the weights, {attention:,} for attention over block_size): "
+            "your generate computes again keys or values it has seen; compute each once, at its own step, "
+            "and keep it in the cache"
+        )
     return (
         f"{rows[early]} and {rows[late]} positions through the linear layers for a character at context {early} "
         f"and {late} (stage 10's: {theirs.rows[early - 1]} and {theirs.rows[late - 1]}); attention products "
-        f"{growth:.1f}x as large at context {late} as at {early}"
+        f"{growth:.1f}x as large at context {late} as at {early}; at most {most:,} multiply-adds a character, "
+        f"against {weights + attention:,} for one position"
     )
 
 
@@ -500,6 +600,7 @@ SPEED_SIZES = {
     "the lecture's configuration": (preset("video"), 100),
 }
 
+ATTENTION = "cached_attention alone: stage 10's attention for the new positions, from the cache"
 RUNS, LOGITS, PAST = (
     "generate returns the prompt and the new characters",
     "the same logits at every step, inside block_size",
@@ -551,11 +652,13 @@ def one_thread(run: Callable[[ModuleType], str | None]) -> Callable[[ModuleType]
 def checks(speed_sizes: dict | None = None) -> list[Check]:
     """Exercise 5's checks, in order; the speed check at speed_sizes (default: SPEED_SIZES)."""
     judged = [
+        Check(ATTENTION, attention_alone),
         Check(RUNS, runs),
         Check(LOGITS, same_logits_inside, needs=(RUNS,)),
         Check(PAST, same_logits_past, needs=(LOGITS,)),
         Check("the same text, greedy (top_k 1)", same_text_greedy, needs=(LOGITS,)),
         Check("the same text, sampled with the same seed", same_text_sampled, needs=(LOGITS,)),
+        Check("a prompt longer than block_size", long_prompt, needs=(LOGITS,)),
         Check("each sequence of a batch on its own", batch_apart, needs=(LOGITS, PAST)),
         Check("a new cache for each call", new_cache_each_call, needs=(LOGITS, PAST)),
         Check("no dropout in eval mode", no_dropout_in_eval, needs=(LOGITS, PAST)),
