@@ -552,8 +552,8 @@ def addition_table(results: list[dict]) -> str:
     dates = ", ".join(sorted({f["date"] for f in measured}))
     said = (
         "Measured by `python benchmarks/bench.py --only addition` and `--only calculator` (the worked "
-        f"solution, each run from scratch; {results_machine(results)}, {dates}): held-out exact match, "
-        "and the seconds of training the run reports, its loss and accuracy estimates included:"
+        f"solution, each run from scratch; {results_machine(results)}, {dates}). The columns: held-out exact "
+        "match, and the seconds of training the run reports, its loss and accuracy estimates included:"
     )
     return said + "\n\n" + "\n".join(rows)
 
