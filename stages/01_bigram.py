@@ -5,6 +5,7 @@ The model is one vocab x vocab table: row i scores each character that may follo
 New: everything. The data, the batches, the loss estimate and the loop serve every later stage.
 Predict: how far below a uniform guess can one previous character bring the loss?
 
+Watch: 0:07:52-0:42:13, the data, batches, the bigram: https://youtu.be/kCc8FmEb1nY?t=472
 Run: python stages/01_bigram.py    (--help lists every flag)
 """
 

@@ -5,6 +5,7 @@ through a linear head to the next character's logits: the plumbing that attentio
 New: the n_embd hyperparameter, the position table and lm_head.
 Predict: tokens still do not see each other. Will knowing the position help?
 
+Watch: 0:58:26-1:02:00, positions (the video: after 03): https://youtu.be/kCc8FmEb1nY?t=3506
 Run: python stages/02_position_embedding.py    (--help lists every flag)
 """
 

@@ -5,6 +5,7 @@ A masked softmax over all-zero affinities computes it; attention will learn thos
 New: CausalAverage between the embeddings and the head, and a lower learning rate.
 Predict: the average blurs the last character with all the others. Better or worse than 02?
 
+Watch: 0:42:13-0:58:26, the averaging trick: https://youtu.be/kCc8FmEb1nY?t=2533
 Run: python stages/03_causal_average.py    (--help lists every flag)
 """
 

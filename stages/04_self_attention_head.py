@@ -5,6 +5,7 @@ Their dot products, masked to the past and softmaxed, weigh the values: learned,
 New: Head, with its key, query and value layers, in place of CausalAverage.
 Predict: learned weights in place of equal ones. Below the bigram at last?
 
+Watch: 1:02:00-1:21:59, self-attention, one head: https://youtu.be/kCc8FmEb1nY?t=3720
 Run: python stages/04_self_attention_head.py    (--help lists every flag)
 """
 

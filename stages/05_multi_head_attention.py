@@ -5,6 +5,7 @@ concatenated back to n_embd channels. Four heads of 8 hold the weights of one he
 New: MultiHeadAttention, and the n_head hyperparameter.
 Predict: the same weights, split four ways. Does the split alone help?
 
+Watch: 1:21:59-1:24:25, multi-headed self-attention: https://youtu.be/kCc8FmEb1nY?t=4919
 Run: python stages/05_multi_head_attention.py    (--help lists every flag)
 """
 

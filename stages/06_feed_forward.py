@@ -5,6 +5,7 @@ alone, on what was gathered there: communication, then computation.
 New: FeedForward (Linear, then ReLU), applied after the attention heads.
 Predict: one small layer that never looks across time. Does it help?
 
+Watch: 1:24:25-1:26:48, the feed-forward layer: https://youtu.be/kCc8FmEb1nY?t=5065
 Run: python stages/06_feed_forward.py    (--help lists every flag)
 """
 

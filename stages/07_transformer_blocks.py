@@ -5,6 +5,7 @@ talk, think, and talk again about what they now know.
 New: Block, the n_layer hyperparameter, and the stack in place of the single pair.
 Predict: will three blocks beat stage 06's one?
 
+Watch: 1:24:25-1:26:48, blocks, before residuals: https://youtu.be/kCc8FmEb1nY?t=5065
 Run: python stages/07_transformer_blocks.py    (--help lists every flag)
 """
 

@@ -5,6 +5,7 @@ The gradient flows down the sum straight to every block, so the stack trains.
 New: the two additions in Block, and projections back into this residual stream.
 Predict: stage 07's stack with the additions. Does depth pay off now?
 
+Watch: 1:26:48-1:32:51, residual connections: https://youtu.be/kCc8FmEb1nY?t=5208
 Run: python stages/08_residual_connections.py    (--help lists every flag)
 """
 

@@ -5,6 +5,7 @@ gain and bias. Each sublayer's input stays well scaled however deep the stack gr
 New: ln1 and ln2 in Block, before each sublayer, and ln_f before the head.
 Predict: three blocks are not deep. How much will normalisation buy here?
 
+Watch: 1:32:51-1:37:49, layernorm: https://youtu.be/kCc8FmEb1nY?t=5571
 Run: python stages/09_layer_norm.py    (--help lists every flag)
 """
 

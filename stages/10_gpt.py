@@ -5,6 +5,7 @@ No unit can rely on one other unit, so the bigger model memorises less of its tr
 New: dropout in three places, the lecture's sizes, and a smaller preset for a CPU.
 Predict: a much bigger model, within five minutes on a CPU. How far below stage 09?
 
+Watch: 1:37:49-1:42:39, scaling up, and dropout: https://youtu.be/kCc8FmEb1nY?t=5869
 Run: python stages/10_gpt.py    (--help lists every flag; --preset video: the lecture's)
 """
 

@@ -130,13 +130,24 @@ def test_stage_01s_page_explains_the_loss_and_shows_the_pipeline():
 
 
 def test_each_diff_is_the_lesson_not_the_docstring():
-    """diff -u of consecutive stages changes at most 12 lines of the docstring, and more of the code."""
+    """diff -u of consecutive stages changes at most 14 lines of the docstring (the Watch: line's two
+    among them), and more of the code."""
     for before, stage in itertools.pairwise(STAGES):
         docstrings = [SOURCES.stages[s].splitlines()[: pages.code_lines(SOURCES.stages[s])[0]] for s in (before, stage)]
         in_docstring = changed_lines("\n".join(difflib.unified_diff(*docstrings, lineterm="", n=0)))
         code = difflib.unified_diff(code_below_docstring(before), code_below_docstring(stage), lineterm="", n=0)
         in_code = changed_lines("\n".join(code))
-        assert len(in_docstring) <= 12 and len(in_code) > len(in_docstring), (before, stage)
+        assert len(in_docstring) <= 14 and len(in_code) > len(in_docstring), (before, stage)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_links_its_minutes_of_the_lecture_and_its_page_opens_with_them(stage):
+    minutes, link = pages.watch(SOURCES.stages[stage])
+    assert re.fullmatch(r"\d:\d\d:\d\d-\d:\d\d:\d\d, .+", minutes), minutes
+    start = sum(int(part) * 60**i for i, part in enumerate(reversed(minutes[:7].split(":"))))
+    assert link == f"https://youtu.be/kCc8FmEb1nY?t={start}"  # the link starts where the minutes do
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    assert page.index(f"[{minutes}]({link})") < page.index(pages.lesson(SOURCES.stages[stage])[:40])
 
 
 @pytest.mark.parametrize("stage", STAGES)

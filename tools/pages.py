@@ -96,8 +96,9 @@ def number_or_dash(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def stages_table(record: dict, links: bool = True) -> str:
-    """The table of the recorded runs, one row a stage; with links, each stage's number links its page."""
+def stages_table(record: dict, links: bool = True, sources: dict[str, str] | None = None) -> str:
+    """The table of the recorded runs, one row a stage; with links, each stage's number links its page;
+    with the stages' sources, each concept links its minutes of the lecture."""
     if not record.get("stages"):
         return "No run is recorded yet: `python tools/train_all.py` trains every stage and records them."
     rows = [
@@ -107,6 +108,9 @@ def stages_table(record: dict, links: bool = True) -> str:
     for stage, run in record["stages"].items():
         number = f"[{stage[:2]}](docs/stages/{stage}.md)" if links else stage[:2]
         concept = run["concept"] + (f" (preset {run['preset']})" if run.get("preset") else "")
+        minutes = watch(sources[stage]) if sources and stage in sources else None
+        if minutes is not None:
+            concept += f" ([{minutes[0].split(',')[0]}]({minutes[1]}))"
         lecture = harness.references.lecture_figure(stage, run.get("preset"))
         cells = [
             number,
@@ -140,11 +144,11 @@ def markdown_safe(text: str) -> str:
 
 def lesson(source: str) -> str:
     """The docstring's lesson as Markdown: its paragraphs without the title, the Predict: line (the page
-    asks it before the figures answer it) and the Run: line (the page shows the command); the "New:"
-    line a paragraph of its own."""
+    asks it before the figures answer it), the Watch: line (the page links it) and the Run: line (the
+    page shows the command); the "New:" line a paragraph of its own."""
     paragraphs, lines = [], []
     for line in docstring(source).splitlines()[1:] + [""]:
-        if line.startswith(("Predict:", "Run:")):
+        if line.startswith(("Predict:", "Watch:", "Run:")):
             continue
         if line.startswith("New:") or not line.strip():
             if lines:
@@ -153,6 +157,12 @@ def lesson(source: str) -> str:
         if line.strip():
             lines.append(line.strip())
     return "\n\n".join(markdown_safe(p) for p in paragraphs)
+
+
+def watch(source: str) -> tuple[str, str] | None:
+    """The docstring's "Watch:" line: the lecture's minutes for this stage, and their link."""
+    found = re.search(r"^Watch: (.+): (https://\S+)$", docstring(source), re.MULTILINE)
+    return (found[1], found[2]) if found else None
 
 
 def question(source: str) -> str | None:
@@ -393,8 +403,10 @@ def stage_page(stage: str, sources: Sources) -> str:
         "edit those, then run it -->",
         " · ".join(nav),
         f"# {title(source)}",
-        lesson(source),
     ]
+    if (minutes := watch(source)) is not None:
+        parts.append(f"**In the lecture:** [{minutes[0]}]({minutes[1]})")
+    parts += [lesson(source)]
     if previous is None:
         parts += [loss_section(run), pipeline_section(sources)]
     asked = question(source)
@@ -851,7 +863,7 @@ def stage_01_verdict(record: dict) -> str:
 def blocks(sources: Sources) -> dict[str, str]:
     """Each block's name -> its text."""
     return {
-        "stages": stages_table(sources.record),
+        "stages": stages_table(sources.record, sources=sources.stages),
         "pages": "\n".join(f"{int(s[:2])}. [{title(src)}](stages/{s}.md)" for s, src in sources.stages.items()),
         "stage-01-verdict": stage_01_verdict(sources.record),
         "stage-10": stage_10_figure(sources.record),
