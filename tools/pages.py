@@ -278,7 +278,17 @@ def measured_table(stage: str, run: dict, record: dict) -> str:
         f"| steps | {number_or_dash(run['steps'], ',')}" + (f" (preset {preset})" if preset else "") + " | |",
         f"| time, the whole run | {run['wall_time_s']} s | |",
     ]
-    return f"{measured_by(record)}:\n\n" + "\n".join(rows)
+    said = f"{measured_by(record)}:\n\n" + "\n".join(rows)
+    video = harness.references.LECTURE.get((stage, "video")) if preset and preset != "video" else None
+    if video:  # the lecture's own run is another preset's: say what differs
+        said += (
+            f"\n\nThe lecture trains only the `video` preset, on a GPU: its val loss is "
+            f"{video.split(' (')[0].replace('≈', 'about')}. That is "
+            f"{harness.stages.load_stage(stage).Config().n_layer} blocks at the sizes of the stage's Config, "
+            f"for {harness.stages.load_stage(stage).Config().max_iters:,} steps; the run above is the `{preset}` "
+            "preset, smaller and shorter, to finish in minutes on a CPU."
+        )
+    return said
 
 
 def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
