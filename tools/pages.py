@@ -310,6 +310,32 @@ def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     return f"Val loss **{val:.4f}**, against stage {previous[:2]}'s {before:.4f}: {said}."
 
 
+def recipe(stage: str, preset: str | None) -> tuple[float, int]:
+    """A stage's learning rate and tokens a step at its defaults (and preset)."""
+    module = harness.stages.load_stage(stage)
+    cfg = module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {}))
+    return cfg.learning_rate, cfg.batch_size * cfg.block_size
+
+
+def unlike(stage: str, run: dict, previous: str, previous_run: dict) -> str:
+    """A sentence when the curve is drawn over a run of another recipe; "" when the two train alike."""
+    (rate, tokens), (rate_before, tokens_before) = (
+        recipe(stage, run.get("preset")),
+        recipe(previous, previous_run.get("preset")),
+    )
+    differ = []
+    if rate != rate_before:
+        differ.append(f"at a rate of {rate:g} against {rate_before:g}")
+    if tokens != tokens_before:
+        differ.append(f"on {tokens:,} tokens a step against {tokens_before:,}")
+    if not differ:
+        return ""
+    return (
+        f"The two curves are not like for like: stage {stage[:2]} trains {' and '.join(differ)} in stage "
+        f"{previous[:2]}. Compare where each ends, not their steps."
+    )
+
+
 def draw_curve(stage: str, run: dict, previous: tuple[str, dict] | None, out: Path) -> Path:
     """This stage's train and val loss, over the previous stage's val loss. The vertical scale leaves
     out the first estimate (the untrained model, far above the rest), to show where the curves differ."""
@@ -430,7 +456,10 @@ def stage_page(stage: str, sources: Sources) -> str:
         if compared:
             parts.append(bought(stage, run, previous, runs[previous]))
         image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
-        parts += [image, measured_table(stage, run, sources.record)]
+        parts += [image]
+        if compared and (note := unlike(stage, run, previous, runs[previous])):
+            parts.append(note)
+        parts += [measured_table(stage, run, sources.record)]
     if previous:
         parts += [f"## What changed from stage {previous[:2]}", annotated_diff(sources, previous, stage)]
     if stage == "10_gpt":
