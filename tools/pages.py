@@ -317,6 +317,22 @@ def recipe(stage: str, preset: str | None) -> tuple[float, int]:
     return cfg.learning_rate, cfg.batch_size * cfg.block_size
 
 
+def scale_up(stage: str, run: dict, previous: str, previous_run: dict) -> str:
+    """Stage 10's gain, said for what it is: the sizes grew, and dropout alone does not lower the loss here."""
+    configs = []
+    for name, recorded in ((previous, previous_run), (stage, run)):
+        module = harness.stages.load_stage(name)
+        preset = recorded.get("preset")
+        configs.append(module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {})))
+    before, after = configs
+    return (
+        f"Most of this is the scale-up: a context of {before.block_size} characters grows to {after.block_size}, "
+        f"{before.n_embd} channels to {after.n_embd}, {before.n_layer} blocks to {after.n_layer}. Dropout alone "
+        "does not lower the loss of a run this short: [what dropout is for](#what-dropout-is-for), below, shows "
+        "where it does."
+    )
+
+
 def unlike(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     """A sentence when the curve is drawn over a run of another recipe; "" when the two train alike."""
     (rate, tokens), (rate_before, tokens_before) = (
@@ -455,6 +471,8 @@ def stage_page(stage: str, sources: Sources) -> str:
         parts.append("## What the idea bought" if compared else "## What it measured")
         if compared:
             parts.append(bought(stage, run, previous, runs[previous]))
+            if stage == "10_gpt":
+                parts.append(scale_up(stage, run, previous, runs[previous]))
         image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
         parts += [image]
         if compared and (note := unlike(stage, run, previous, runs[previous])):
