@@ -200,19 +200,5 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
     # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
     at_defaults = references.at_defaults(config, config_cls, presets, preset, args.data)
     at_defaults = at_defaults and tokenizer.chars == "".join(sorted(set(text))) and origin is None
-    return Run(
-        stage,
-        config,
-        args,
-        device,
-        tokenizer,
-        checkpoint_path,
-        ckpt,
-        data,
-        train_gen,
-        eval_gen,
-        preset,
-        at_defaults,
-        init_from,
-        origin,
-    )
+    run = Run(stage, config, args, device, tokenizer, checkpoint_path, ckpt, data, train_gen, eval_gen)
+    return dataclasses.replace(run, preset=preset, at_defaults=at_defaults, init_from=init_from, weights_origin=origin)
