@@ -76,8 +76,8 @@ def test_a_sampler_that_draws_impossible_ids_is_a_problem():
 
 
 def test_a_compile_that_hangs_or_fails_is_a_problem_and_one_that_works_is_ok():
-    hangs = doctor.compile_smoke([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
-    assert hangs.verdict == "PROBLEM" and "did not finish in 1 s" in hangs.text
+    hangs = doctor.compile_smoke([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.2)
+    assert hangs.verdict == "PROBLEM" and "did not finish in 0.2 s" in hangs.text
     fails = doctor.compile_smoke([sys.executable, "-c", "raise SystemExit('no Triton')"])
     assert fails.verdict == "PROBLEM" and "fails (no Triton)" in fails.text
     assert doctor.compile_smoke([sys.executable, "-c", "pass"]).verdict == "ok"

@@ -1,7 +1,6 @@
 """tools/plot.py and tools/train_all.py: the charts, the record of the runs, and their one-line failures."""
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -274,20 +273,38 @@ def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, caps
 # -- benchmarks/tune_stage10.py ----------------------------------------------------------------------
 
 
-def test_tune_stage10_runs_a_candidate_as_the_stage_and_records_its_curve(
-    small_text_file, tmp_path, monkeypatch, capsys
-):
+class StageProcess:
+    """Stands in for a candidate's `python stages/10_gpt.py` process: prints what the stage prints at each
+    loss estimate (the stage's own command line is tested with the stages)."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, cmd, cwd=None, stdout=None, stderr=None, env=None):
+        StageProcess.commands.append(cmd)
+        args = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+        steps, every = int(args["--max_iters"]), int(args["--eval_interval"])
+        for step in [*range(0, steps - 1, every), steps - 1]:
+            stdout.write(f"step {step}: train loss {3 - step / 10:.4f}, val loss {3.1 - step / 10:.4f}\n")
+        stdout.flush()
+
+    def wait(self) -> int:
+        return 0
+
+
+def test_tune_stage10_runs_a_candidate_as_the_stage_and_records_its_curve(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import tune_stage10
 
+    monkeypatch.setattr(tune_stage10.subprocess, "Popen", StageProcess)
     out_json = tmp_path / "results.json"
-    extra = f"--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2 --data {small_text_file}"
+    extra = "--max_iters 3 --eval_interval 2 --eval_iters 1 --batch_size 2"
     argv = ["tune_stage10.py", "curves", "w128-l4", "--jobs", "1", "--extra", extra, "--out", str(out_json)]
     monkeypatch.setattr(sys, "argv", argv)
-    assert tune_stage10.main() == 0  # the candidate itself runs as its own process, as the stage a user types
+    assert tune_stage10.main() == 0  # the candidate runs as its own process, as the stage a user types
     out = capsys.readouterr().out
     assert "w128-l4: python stages/10_gpt.py --preset cpu --device cpu --n_embd 128" in out
-    assert re.search(r"w128-l4: 0: \d\.\d{4}, 2: \d\.\d{4}", out)  # the val loss at each estimate
+    assert StageProcess.commands[-1][1] == "stages/10_gpt.py" and "--n_embd" in StageProcess.commands[-1]
+    assert "w128-l4: 0: 3.1000, 2: 2.9000" in out  # the val loss at each estimate
     (entry,) = json.loads(out_json.read_text(encoding="utf-8"))["results"]
     assert entry["figure"] == "stage10 cpu candidate w128-l4" and [row[0] for row in entry["curve"]] == [0, 2]
     assert entry["sizes"]["dropout"] > 0 and "--dropout" in entry["flags"]  # the lecture's recipe: dropout on

@@ -269,7 +269,7 @@ def compile_smoke(command: list[str], timeout: float = COMPILE_TIMEOUT_S) -> Fin
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return Finding("PROBLEM", f"a tiny torch.compile did not finish in {timeout:.0f} s: train without --compile")
+        return Finding("PROBLEM", f"a tiny torch.compile did not finish in {timeout:g} s: train without --compile")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1][:160]
         return Finding("PROBLEM", f"a tiny torch.compile fails ({last}): train without --compile")
