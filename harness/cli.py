@@ -41,7 +41,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default in --help unless it has none worth showing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == "" or "default" in action.help:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == ""
+            or "default" in (action.help or "")
+        ):
             return action.help
         return super()._get_help_string(action)
 

@@ -382,3 +382,10 @@ def test_the_schedule_is_constant_or_warms_up_then_decays_to_a_tenth():
     assert rates[1000] == pytest.approx(3e-4)  # ... to a tenth at max_iters
     assert rate_at(5, Scheduled(max_iters=3, lr_decay=True, warmup_iters=3)) > 0  # a run shorter than its warm-up
     assert rate_at(0, Scheduled(lr_decay=True, warmup_iters=0, max_iters=10)) == pytest.approx(3e-4)  # no warm-up
+
+
+def test_help_lists_a_field_that_has_no_comment():
+    """A Config whose source cannot be read (made at run time) has flags without help, and --help works."""
+    config = dataclasses.make_dataclass("Config", [("steps", int, dataclasses.field(default=3))])
+    text = harness.cli.build_parser("00_x", "A stage.", config, None).format_help()
+    assert "--steps INT" in text
