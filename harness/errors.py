@@ -41,7 +41,15 @@ def to_stderr(text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def out_of_memory(e: RuntimeError) -> str | None:
+def compile_failed(e: BaseException) -> str | None:
+    """The one line for a failure of torch.compile's compilers (--compile); None for any other error."""
+    if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return None
+    said = first_line(e)[:120]
+    return f"torch.compile failed ({said}); train without --compile, and see what python tools/doctor.py says"
+
+
+def out_of_memory(e: BaseException) -> str | None:
     """The one line for torch's out of memory, wherever it struck (a step, an estimate, sampling); None
     for any other error."""
     if type(e).__name__ != "OutOfMemoryError" and not any(s in str(e).lower() for s in OUT_OF_MEMORY):
@@ -75,8 +83,8 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
-    except RuntimeError as e:
-        if (line := out_of_memory(e)) is None:
+    except RuntimeError as e:  # torch's: out of memory, or --compile's compilers
+        if (line := out_of_memory(e) or compile_failed(e)) is None:
             raise
         to_stderr(f"error: {line}")
         return EXIT_USER_ERROR

@@ -15,7 +15,7 @@ import harness.checkpoints
 import harness.cli
 import harness.errors
 import harness.stages
-from conftest import STAGE_IDS, VOCAB, build, load_stage, number, stages_from, tiny_config, tiny_flags
+from conftest import STAGE_IDS, VOCAB, build, load_stage, number, one_line_error, stages_from, tiny_config, tiny_flags
 
 
 @pytest.fixture(params=STAGE_IDS)
@@ -299,6 +299,24 @@ def test_compile_and_bf16_train_the_stages_own_module_and_save_plain_float32_wei
     code, out, err = run_cli(module, ["--sample", "--checkpoint", str(ckpt), "--num_tokens", "10", "--device", "cpu"])
     assert code == 0, err
     assert modes == ["reduce-overhead"]  # sampling compiles nothing
+
+
+def test_a_compiler_that_fails_is_one_line_that_says_to_train_without_compile(
+    small_text_file, tmp_path, run_cli, monkeypatch
+):
+    failure = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})
+
+    def failing_compile(self, *args, **kwargs):
+        def forward(*a, **k):
+            raise failure("backend='inductor' raised:\nCppCompileError: C++ compile error")
+
+        self.forward = forward
+
+    monkeypatch.setattr(torch.nn.Module, "compile", failing_compile)
+    module = load_stage(STAGE_IDS[0])
+    flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "c.pt"), "--compile"]
+    code, _, err = run_cli(module, flags)
+    one_line_error(code, err, "torch.compile failed (backend='inductor' raised:)", "train without --compile")
 
 
 @pytest.mark.parametrize("stage", stages_from(10))
