@@ -340,3 +340,28 @@ def test_the_candidates_table_reads_each_curve_where_its_steps_fit_the_budget():
     assert "| `slow` | big | 1250 |" in table and "**≈ 2.9500** (step 200) |" in table
     assert "unmeasured" not in table  # a candidate without both its curve and its step time is not shown
     assert "a CPU, 2 cores, torch 2.13.0, 2026-12-06" in table
+
+
+# -- the walkthrough beside each hunk ------------------------------------------------------------------
+
+
+def test_a_walkthrough_puts_its_prose_under_its_hunk_and_refuses_prose_for_a_hunk_that_changed():
+    before, stage = "04_self_attention_head", "05_multi_head_attention"
+    hunks = pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage])
+    mine = dataclasses.replace(SOURCES, walkthroughs={stage: f"## {hunks[1].key}\nWhat this hunk does.\n"})
+    page = pages.annotated_diff(mine, before, stage)
+    assert page.index("What this hunk does.") > page.index(hunks[1].text) > 0
+    assert hunks[0].reasons[0] in page  # a hunk without prose keeps the reasons its comments give
+    stale = dataclasses.replace(SOURCES, walkthroughs={stage: "## 0123abcd\nProse for code that is gone.\n"})
+    with pytest.raises(harness.UserError, match=f"docs/walkthrough/{stage}.md has prose for hunk 0123abcd"):
+        pages.annotated_diff(stale, before, stage)
+
+
+def test_a_hunk_keeps_its_key_when_the_stage_changes_elsewhere():
+    before, stage = "04_self_attention_head", "05_multi_head_attention"
+    edited = SOURCES.stages[stage].replace(
+        "class LanguageModel(nn.Module):", "# a note\nclass LanguageModel(nn.Module):"
+    )
+    keys = [h.key for h in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage])]
+    keys_after = [h.key for h in pages.code_hunks(SOURCES.stages[before], edited)]
+    assert keys[0] in keys_after and keys[3] in keys_after  # the Config's hunk and the forward pass's

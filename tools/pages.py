@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import hashlib
 import itertools
 import json
 import math
@@ -42,6 +43,7 @@ from tools import plot  # noqa: E402
 DOCS = common.ROOT / "docs"
 PAGES = DOCS / "stages"
 IMAGES = DOCS / "images"
+WALKTHROUGH = common.ROOT / "docs" / "walkthrough"  # the prose under each hunk of a stage's diff, by hand
 RESULTS = common.ROOT / "benchmarks" / "results.json"
 COMMON = common.ROOT / "common.py"
 NOISE_EXPLAINED = "../README.md#how-far-to-trust-a-figure"  # from a stage's page
@@ -63,6 +65,7 @@ class Sources:
     record: dict  # docs/runs.json
     results: list[dict]  # benchmarks/results.json's entries
     stages: dict[str, str]  # stage name -> its source
+    walkthroughs: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> docs/walkthrough/<stage>.md
 
 
 def load_sources() -> Sources:
@@ -70,7 +73,8 @@ def load_sources() -> Sources:
     stages = {
         s: (harness.stages.STAGE_DIR / f"{s}.py").read_text(encoding="utf-8") for s in harness.stages.stage_names()
     }
-    return Sources(harness.references.load_record(), results, stages)
+    walkthroughs = {s: path.read_text(encoding="utf-8") for s in stages if (path := WALKTHROUGH / f"{s}.md").exists()}
+    return Sources(harness.references.load_record(), results, stages, walkthroughs)
 
 
 def entry(results: list[dict], prefix: str) -> dict | None:
@@ -194,6 +198,27 @@ class Hunk:
     text: str  # the hunk as `diff -u` prints it, its @@ line first
     reasons: list[str]  # the comments and one-line docstrings it adds, a paragraph each
 
+    @property
+    def key(self) -> str:
+        """What the hunk changes, in 8 characters: its walkthrough's key. Its line numbers and the lines
+        around it are left out, so an edit elsewhere in the stage keeps it."""
+        changed = [line for line in self.text.splitlines()[1:] if line.startswith(("+", "-"))]
+        return hashlib.sha1("\n".join(changed).encode()).hexdigest()[:8]
+
+
+def walkthrough(sources: Sources, stage: str, hunks: list[Hunk]) -> dict[str, str]:
+    """docs/walkthrough/<stage>.md: the prose under each hunk it has written, by the hunk's key. Prose
+    kept for a hunk that has changed since is refused: it would explain code that is not there."""
+    text = sources.walkthroughs.get(stage, "")
+    prose = {m[1]: m[2].strip() for m in re.finditer(r"^## ([0-9a-f]{8})\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    stale = sorted(prose.keys() - {h.key for h in hunks})
+    if stale:
+        raise harness.UserError(
+            f"docs/walkthrough/{stage}.md has prose for hunk {', '.join(stale)}, which the diff no longer has: "
+            f"rewrite it for the hunk as it is now (python tools/pages.py --keys {stage[:2]} lists them)"
+        )
+    return prose
+
 
 def code_hunks(before: str, after: str) -> list[Hunk]:
     """The hunks of `diff -u before after` below the docstrings, numbered as in the whole files: the
@@ -251,15 +276,13 @@ def sentence(text: str) -> str:
 
 
 def annotated_diff(sources: Sources, before: str, after: str) -> str:
-    """The code diff hunk by hunk, each followed by the reasons it adds."""
-    parts = [
-        f"`diff -u stages/{before}.py stages/{after}.py` shows these changes below the docstring, hunk by hunk. "
-        "Under a hunk: the reason, from the comments it adds (a hunk that only wires in what an earlier hunk "
-        "explains has none)."
-    ]
-    for hunk in code_hunks(sources.stages[before], sources.stages[after]):
+    """The code diff hunk by hunk, each followed by its walkthrough, or else by the reasons it adds."""
+    hunks = code_hunks(sources.stages[before], sources.stages[after])
+    prose = walkthrough(sources, after, hunks)
+    parts = [f"`diff -u stages/{before}.py stages/{after}.py`, below the docstring, hunk by hunk."]
+    for hunk in hunks:
         parts.append(fence(hunk.text, "diff"))
-        parts += hunk.reasons
+        parts += [prose[hunk.key]] if hunk.key in prose else hunk.reasons
     return "\n\n".join(parts)
 
 
@@ -993,8 +1016,18 @@ def write_pages(sources: Sources) -> list[Path]:
 def pages_main(argv: list[str] | None) -> int:
     parser = harness.cli.Parser(prog="python tools/pages.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; name each file that is out of date")
+    parser.add_argument("--keys", metavar="NN", help="print the keys of stage NN's hunks, for its walkthrough")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     sources = load_sources()
+    if args.keys:
+        stage = harness.stages.resolve_stage(args.keys)
+        previous = harness.stages.previous_stage(stage)
+        if previous is None:
+            raise harness.UserError(f"{stage} is the first stage: it has no diff")
+        for hunk in code_hunks(sources.stages[previous], sources.stages[stage]):
+            first = next(line for line in hunk.text.splitlines()[1:] if line.startswith(("+", "-")))
+            print(f"## {hunk.key}    {hunk.text.splitlines()[0]}  {first[:70]}")
+        return 0
     if args.check:
         stale = stale_files(sources)
         for path in stale:
