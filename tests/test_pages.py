@@ -365,3 +365,14 @@ def test_a_hunk_keeps_its_key_when_the_stage_changes_elsewhere():
     keys = [h.key for h in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage])]
     keys_after = [h.key for h in pages.code_hunks(SOURCES.stages[before], edited)]
     assert keys[0] in keys_after and keys[3] in keys_after  # the Config's hunk and the forward pass's
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_every_hunk_has_its_walkthrough_and_the_page_answers_its_question_folded(stage):
+    before = STAGES[STAGES.index(stage) - 1]
+    sections = pages.walkthrough_sections(SOURCES, stage)
+    missing = [h.key for h in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage]) if h.key not in sections]
+    assert not missing, f"docs/walkthrough/{stage}.md has no prose for hunk {missing} (python tools/pages.py --keys)"
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    folded = page[page.index("<details>") : page.index("</details>")]
+    assert sections["answer"] in folded and folded.index("Val loss **") < folded.index(sections["answer"])

@@ -206,11 +206,18 @@ class Hunk:
         return hashlib.sha1("\n".join(changed).encode()).hexdigest()[:8]
 
 
+def walkthrough_sections(sources: Sources, stage: str) -> dict[str, str]:
+    """The sections of docs/walkthrough/<stage>.md by their heading: a hunk's key, or "answer"."""
+    text = sources.walkthroughs.get(stage, "")
+    found = re.finditer(r"^## ([0-9a-f]{8}|answer)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    return {m[1]: m[2].strip() for m in found}
+
+
 def walkthrough(sources: Sources, stage: str, hunks: list[Hunk]) -> dict[str, str]:
     """docs/walkthrough/<stage>.md: the prose under each hunk it has written, by the hunk's key. Prose
     kept for a hunk that has changed since is refused: it would explain code that is not there."""
-    text = sources.walkthroughs.get(stage, "")
-    prose = {m[1]: m[2].strip() for m in re.finditer(r"^## ([0-9a-f]{8})\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    prose = walkthrough_sections(sources, stage)
+    prose.pop("answer", None)
     stale = sorted(prose.keys() - {h.key for h in hunks})
     if stale:
         raise harness.UserError(
@@ -492,15 +499,17 @@ def stage_page(stage: str, sources: Sources) -> str:
     else:
         compared = previous is not None and previous in runs
         parts.append("## What the idea bought" if compared else "## What it measured")
-        if compared:
+        if compared:  # folded: the learner predicts first
+            parts += ["<details><summary>Predict first, then open: what the run measured, and why</summary>"]
             parts.append(bought(stage, run, previous, runs[previous]))
+            parts += [answer] if (answer := walkthrough_sections(sources, stage).get("answer")) else []
             if stage == "10_gpt":
                 parts.append(scale_up(stage, run, previous, runs[previous]))
         image = f"![train and val loss of stage {stage[:2]} during training](../images/{curve_image(stage).name})"
         parts += [image]
         if compared and (note := unlike(stage, run, previous, runs[previous])):
             parts.append(note)
-        parts += [measured_table(stage, run, sources.record)]
+        parts += [measured_table(stage, run, sources.record)] + (["</details>"] if compared else [])
     if previous:
         parts += [f"## What changed from stage {previous[:2]}", annotated_diff(sources, previous, stage)]
     if stage == "10_gpt":
