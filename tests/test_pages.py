@@ -376,3 +376,12 @@ def test_every_hunk_has_its_walkthrough_and_the_page_answers_its_question_folded
     page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
     folded = page[page.index("<details>") : page.index("</details>")]
     assert sections["answer"] in folded and folded.index("Val loss **") < folded.index(sections["answer"])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_page_draws_its_model_with_the_new_part_marked(stage):
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    drawn = page[page.index("## The model") :]
+    drawn = drawn[drawn.index("```mermaid") : drawn.index("```", drawn.index("```mermaid") + 3)]
+    assert re.search(r"^  class \w+(,\w+)* new$", drawn, re.MULTILINE), drawn
+    assert page.index("## The model") < page.index("## Predict, then run")

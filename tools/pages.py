@@ -207,17 +207,16 @@ class Hunk:
 
 
 def walkthrough_sections(sources: Sources, stage: str) -> dict[str, str]:
-    """The sections of docs/walkthrough/<stage>.md by their heading: a hunk's key, or "answer"."""
+    """The sections of docs/walkthrough/<stage>.md by their heading: a hunk's key, "answer" or "model"."""
     text = sources.walkthroughs.get(stage, "")
-    found = re.finditer(r"^## ([0-9a-f]{8}|answer)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    found = re.finditer(r"^## ([0-9a-f]{8}|answer|model)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     return {m[1]: m[2].strip() for m in found}
 
 
 def walkthrough(sources: Sources, stage: str, hunks: list[Hunk]) -> dict[str, str]:
     """docs/walkthrough/<stage>.md: the prose under each hunk it has written, by the hunk's key. Prose
     kept for a hunk that has changed since is refused: it would explain code that is not there."""
-    prose = walkthrough_sections(sources, stage)
-    prose.pop("answer", None)
+    prose = {k: v for k, v in walkthrough_sections(sources, stage).items() if k not in ("answer", "model")}
     stale = sorted(prose.keys() - {h.key for h in hunks})
     if stale:
         raise harness.UserError(
@@ -489,6 +488,8 @@ def stage_page(stage: str, sources: Sources) -> str:
     if (minutes := watch(source)) is not None:
         parts.append(f"**In the lecture:** [{minutes[0]}]({minutes[1]})")
     parts += [lesson(source)]
+    if (drawn := walkthrough_sections(sources, stage).get("model")) is not None:
+        parts += ["## The model", drawn]
     if previous is None:
         parts += [loss_section(run), pipeline_section(sources)]
     asked = question(source)
