@@ -310,11 +310,12 @@ def measured_table(stage: str, run: dict, record: dict) -> str:
     said = f"{measured_by(record)}:\n\n" + "\n".join(rows)
     video = harness.references.LECTURE.get((stage, "video")) if preset and preset != "video" else None
     if video:  # the lecture's own run is another preset's: say what differs
+        lecture = stage_config(stage, "video")
         said += (
             f"\n\nThe lecture trains only the `video` preset, on a GPU: its val loss is "
             f"{video.split(' (')[0].replace('≈', 'about')}. That is "
-            f"{harness.stages.load_stage(stage).Config().n_layer} blocks at the sizes of the stage's Config, "
-            f"for {harness.stages.load_stage(stage).Config().max_iters:,} steps; the run above is the `{preset}` "
+            f"{lecture.n_layer} blocks at the sizes of the stage's Config, "
+            f"for {lecture.max_iters:,} steps; the run above is the `{preset}` "
             "preset, smaller and shorter, to finish in minutes on a CPU."
         )
     return said
@@ -339,21 +340,15 @@ def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     return f"Val loss **{val:.4f}**, against stage {previous[:2]}'s {before:.4f}: {said}."
 
 
-def recipe(stage: str, preset: str | None) -> tuple[float, int]:
-    """A stage's learning rate and tokens a step at its defaults (and preset)."""
+def stage_config(stage: str, preset: str | None):
+    """A stage's Config at its defaults, with its preset applied."""
     module = harness.stages.load_stage(stage)
-    cfg = module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {}))
-    return cfg.learning_rate, cfg.batch_size * cfg.block_size
+    return module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {}))
 
 
 def scale_up(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     """Stage 10's gain, said for what it is: the sizes grew, and dropout alone does not lower the loss here."""
-    configs = []
-    for name, recorded in ((previous, previous_run), (stage, run)):
-        module = harness.stages.load_stage(name)
-        preset = recorded.get("preset")
-        configs.append(module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {})))
-    before, after = configs
+    before, after = stage_config(previous, previous_run.get("preset")), stage_config(stage, run.get("preset"))
     return (
         f"Most of this is the scale-up: a context of {before.block_size} characters grows to {after.block_size}, "
         f"{before.n_embd} channels to {after.n_embd}, {before.n_layer} blocks to {after.n_layer}. Dropout alone "
@@ -364,13 +359,11 @@ def scale_up(stage: str, run: dict, previous: str, previous_run: dict) -> str:
 
 def unlike(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     """A sentence when the curve is drawn over a run of another recipe; "" when the two train alike."""
-    (rate, tokens), (rate_before, tokens_before) = (
-        recipe(stage, run.get("preset")),
-        recipe(previous, previous_run.get("preset")),
-    )
+    cfg, before = stage_config(stage, run.get("preset")), stage_config(previous, previous_run.get("preset"))
+    tokens, tokens_before = cfg.batch_size * cfg.block_size, before.batch_size * before.block_size
     differ = []
-    if rate != rate_before:
-        differ.append(f"at a rate of {rate:g} against {rate_before:g}")
+    if cfg.learning_rate != before.learning_rate:
+        differ.append(f"at a rate of {cfg.learning_rate:g} against {before.learning_rate:g}")
     if tokens != tokens_before:
         differ.append(f"on {tokens:,} tokens a step against {tokens_before:,}")
     if not differ:
