@@ -326,6 +326,7 @@ def build_parser(learner_file: str, doc: str | None) -> argparse.ArgumentParser:
     mode.add_argument(
         "--ask", default=None, metavar="PROBLEM", help="what the trained model answers, e.g. --ask 23+45 (no training)"
     )
+    parser.set_defaults(compile=None, dtype="float32")  # the Trainer's: no --compile or --dtype for a model this small
     return parser
 
 

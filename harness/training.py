@@ -74,16 +74,14 @@ class Trainer:
             checkpoints.load_weights(model, source, run.args.init_from, run.config, sizes_from_flags=True)
             val = f", val loss {source.history[-1]['val_loss']:.4f}" if source.history else ""
             print(f"initialised from {run.args.init_from} (step {source.step}{val}): fresh optimizer, step 0")
-        # exercise 2's command line has neither --compile nor --dtype: it trains as without them
-        self.compile_mode, self.dtype = getattr(run.args, "compile", None), getattr(run.args, "dtype", "float32")
-        if self.compile_mode and not run.args.sample:
+        if run.args.compile and not run.args.sample:
             # compiled in place: the same module, so its state_dict (and each checkpoint) keeps plain names
-            model.compile(mode=self.compile_mode)
-            print(f"torch.compile (mode {self.compile_mode}): the first steps and estimates compile")
+            model.compile(mode=run.args.compile)
+            print(f"torch.compile (mode {run.args.compile}): the first steps and estimates compile")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass in bfloat16 where it is safe (--dtype bfloat16); otherwise nothing changes."""
-        bf16 = self.dtype == "bfloat16"
+        bf16 = self.run.args.dtype == "bfloat16"
         return torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # -- the loop ---------------------------------------------------------------------------
