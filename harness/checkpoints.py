@@ -1,18 +1,9 @@
-"""Checkpoints: what one holds, its file, and the loss history beside it.
+"""Checkpoints: what one holds (the Checkpoint's fields), its file, and the loss history beside it.
 
 On disk a checkpoint is a plain dict of tensors and plain values, since torch.load(...,
-weights_only=True), which runs no code from the file, refuses anything else:
-
-    format     "nano-gpt-stages/1"            stage    "01_bigram"
-    config     the hyperparameters, a dict    vocab    the characters, in id order
-    step       optimizer steps done           model    the weights (a state_dict)
-    optimizer  AdamW's state                  history  one row per loss estimate
-    elapsed    seconds of training so far     rng      every random-number generator's state
-    init_from  where a run from --init_from took its weights: {"path", "step", "val_loss"};
-               absent from a run trained from scratch
-
-Every file is written whole or not at all (write_atomically). Beside each checkpoint goes
-<stage>.history.csv, its loss history, for plotting without torch.
+weights_only=True), which runs no code from the file, refuses anything else. Every file is written
+whole or not at all (write_atomically). Beside each checkpoint goes <stage>.history.csv, its loss
+history, for plotting without torch.
 """
 
 from __future__ import annotations
@@ -182,16 +173,12 @@ def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
         raise UserError(f"{path} is damaged or not a checkpoint ({first_line(e)}); delete it and train again") from None
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another {flag}")
-    if saved.get("stage") != stage:
-        if flag == "--init_from":  # another stage's model has other layers: its weights fit no model here
-            raise UserError(
-                f"--init_from {path} was saved by stage {saved.get('stage')}, not {stage}; a stage starts only "
-                f"from its own weights: pass a checkpoint that stages/{stage}.py wrote"
-            )
-        raise UserError(
-            f"{path} was saved by stage {saved.get('stage')}, not {stage}; "
-            f"run stages/{saved.get('stage')}.py with it, or give this stage its own --checkpoint"
-        )
+    if saved.get("stage") != stage:  # another stage's model has other layers: its weights fit no model here
+        other = saved.get("stage")
+        advice = f"run stages/{other}.py with it, or give this stage its own --checkpoint"
+        if flag == "--init_from":
+            advice = f"a stage starts only from its own weights: pass a checkpoint that stages/{stage}.py wrote"
+        raise UserError(f"{flag} {path} was saved by stage {other}, not {stage}; {advice}")
     return saved
 
 

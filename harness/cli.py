@@ -41,12 +41,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default in --help unless it has none worth showing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if (
-            action.default is None
-            or action.default is False
-            or action.default == ""
-            or "default" in (action.help or "")
-        ):
+        if action.default in (None, "") or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -123,18 +118,11 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     own = config_cls.__dict__.get("__annotations__", {})  # the stage's own fields first, then those it builds on
     for f in sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own):
         if f.type in (bool, "bool"):
-            hp.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name)
-            )
-        else:
+            accepts = {"action": argparse.BooleanOptionalAction}
+        else:  # `x: float = 1` is a float
             kind = f.type if f.type in (int, float) else type(f.default)
-            hp.add_argument(
-                f"--{f.name}",
-                type=field_check(f),
-                default=f.default,
-                metavar=kind.__name__.upper(),
-                help=helps.get(f.name),
-            )
+            accepts = {"type": field_check(f), "metavar": kind.__name__.upper()}
+        hp.add_argument(f"--{f.name}", default=f.default, help=helps.get(f.name), **accepts)
     run = parser.add_argument_group("running")
     if presets:
         sets = "; ".join(f"{n} sets {', '.join(f'{k}={v}' for k, v in p.items())}" for n, p in presets.items() if p)
@@ -149,38 +137,19 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     devices = ["auto", "cuda", "mps", "cpu"]
     run.add_argument("--device", choices=devices, default="auto", help="where to compute; auto: cuda, mps, then cpu")
     run.add_argument("--seed", type=seed, default=1337, metavar="INT", help="random seed, for reproducible runs")
-    run.add_argument("--data", type=Path, metavar="PATH", help="train on this UTF-8 text file, not tiny Shakespeare")
-    run.add_argument("--checkpoint", type=Path, metavar="PATH", help=f"default: checkpoints/{stage}.pt")
-    run.add_argument(
-        "--init_from",
-        type=Path,
-        metavar="PATH",
-        help="fine-tune: start from this checkpoint's weights and vocabulary (same stage and sizes), "
-        "with a fresh optimizer at step 0",
-    )
-    run.add_argument(
-        "--vocab_from",
-        type=Path,
-        nargs="+",
-        action="extend",
-        metavar="FILE",
-        help="build the vocabulary from --data and these text files, to fine-tune on them later with --init_from",
-    )
-    run.add_argument(
-        "--compile",
-        nargs="?",
-        const="default",
-        choices=["default", "reduce-overhead", "max-autotune"],
-        metavar="MODE",
-        help="torch.compile the model for training, in this mode (default, or reduce-overhead: CUDA graphs); "
-        "it pays off on a GPU, while on a CPU compiling takes longer than it saves",
-    )
-    run.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="bfloat16: the forward pass under autocast, fast on recent GPUs; the weights stay float32",
-    )
+    path = {"type": Path, "metavar": "PATH"}
+    run.add_argument("--data", **path, help="train on this UTF-8 text file, not tiny Shakespeare")
+    run.add_argument("--checkpoint", **path, help=f"default: checkpoints/{stage}.pt")
+    init = "fine-tune: start from this checkpoint's weights and vocabulary (same stage and sizes), fresh optimizer"
+    run.add_argument("--init_from", **path, help=init + ", step 0")
+    vocab = "build the vocabulary from --data and these text files, to fine-tune on them later with --init_from"
+    run.add_argument("--vocab_from", type=Path, metavar="FILE", nargs="+", action="extend", help=vocab)
+    modes = ["default", "reduce-overhead", "max-autotune"]
+    compile_help = "torch.compile the model for training in MODE (reduce-overhead, max-autotune: CUDA graphs); "
+    compile_help += "it pays off on a GPU, while on a CPU compiling takes longer than it saves"
+    run.add_argument("--compile", nargs="?", const="default", choices=modes, metavar="MODE", help=compile_help)
+    bf16 = "bfloat16: the forward pass under autocast, fast on recent GPUs; the weights stay float32"
+    run.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=bf16)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--sample", action="store_true", help="load the checkpoint and only generate text")
     mode.add_argument("--resume", action="store_true", help="continue training from the checkpoint")
@@ -189,9 +158,8 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     count, rate = positive(int), positive(float)
     gen.add_argument("--num_tokens", type=count, default=500, metavar="INT", help="how many characters to generate")
     gen.add_argument("--temperature", type=rate, default=1.0, metavar="FLOAT", help="below 1: safer; above 1: wilder")
-    gen.add_argument(
-        "--top_k", type=count, metavar="INT", help="sample among the k likeliest characters (default: all)"
-    )
+    top_k = "sample among the k likeliest characters (default: all)"
+    gen.add_argument("--top_k", type=count, metavar="INT", help=top_k)
     return parser
 
 

@@ -9,6 +9,7 @@ characters it holds."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -71,26 +72,19 @@ def check_sampling_flags(args: argparse.Namespace, tokenizer: common.CharTokeniz
         )
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: the same once resolved, or the same inode (a hard link)."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
 def check_init_from(init_from: Path, checkpoint_path: Path) -> None:
     """--init_from must be a file that training leaves alone: neither the run's own checkpoint nor its backup."""
-    if same_file(init_from, checkpoint_path):
-        raise UserError(
-            f"--init_from {init_from} is this run's own --checkpoint, which training would overwrite; "
-            "pass another --checkpoint for the new run (or use --resume to continue that one)"
-        )
-    if same_file(init_from, checkpoints.previous_path(checkpoint_path)):
-        raise UserError(
-            f"--init_from {init_from} is where this run copies the checkpoint it replaces ({checkpoint_path}), "
-            "so training could overwrite it; copy it elsewhere and start from the copy, or pass another --checkpoint"
-        )
+    backup = checkpoints.previous_path(checkpoint_path)
+    for written, what in [
+        (checkpoint_path, "is this run's own --checkpoint"),
+        (backup, f"is where this run copies the checkpoint it replaces ({checkpoint_path})"),
+    ]:
+        with contextlib.suppress(OSError):  # a path that does not exist is no file training writes
+            if init_from.resolve() == written.resolve() or (written.exists() and init_from.samefile(written)):
+                raise UserError(
+                    f"--init_from {init_from} {what}, which training would overwrite; pass another --checkpoint "
+                    "for the new run (or use --resume to continue that one)"
+                )
 
 
 def weights_origin(path: Path, source: checkpoints.Checkpoint) -> dict[str, Any]:
