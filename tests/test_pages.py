@@ -21,6 +21,12 @@ RECORD = SOURCES.record
 STAGES = harness.stages.stage_names()
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+GLOSSARY_LINK = re.compile(r"\[([^\]]+)\]\(\.\./glossary\.md#([\w-]+)\)")
+
+
+def page_text(stage: str) -> str:
+    """A stage's page with its links to the glossary undone: its prose as its sources say it."""
+    return GLOSSARY_LINK.sub(r"\1", (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8"))
 
 
 def test_every_stage_has_a_recorded_run():
@@ -50,7 +56,7 @@ def changed_lines(diff: str) -> list[str]:
 def test_each_page_shows_every_code_change_of_todays_diff(stage):
     """The page's hunks, joined, change exactly the lines that today's diff -u changes below the docstring."""
     before = STAGES[STAGES.index(stage) - 1]
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     shown = [m[2] for m in re.finditer(r"^(`{3,})diff\n(.*?)\n\1$", page, re.DOTALL | re.MULTILINE)]
     today = difflib.unified_diff(code_below_docstring(before), code_below_docstring(stage), lineterm="", n=0)
     assert shown and changed_lines("\n".join(shown)) == changed_lines("\n".join(today))
@@ -109,7 +115,7 @@ def test_what_the_idea_bought_weighs_the_change_against_the_noise():
 @pytest.mark.parametrize("stage", STAGES[1:])
 def test_each_page_asks_before_it_answers(stage):
     """The stage's question comes before the figures that answer it, and the answer is the record's."""
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     asked = pages.question(SOURCES.stages[stage])
     before = STAGES[STAGES.index(stage) - 1]
     answer = pages.bought(stage, RECORD["stages"][stage], before, RECORD["stages"][before])
@@ -118,7 +124,7 @@ def test_each_page_asks_before_it_answers(stage):
 
 
 def test_stage_01s_page_explains_the_loss_and_shows_the_pipeline():
-    page = (pages.PAGES / "01_bigram.md").read_text(encoding="utf-8")
+    page = page_text("01_bigram")
     run = RECORD["stages"]["01_bigram"]
     assert "a loss of ln 65 ≈ 4.17" in page and f"The trained bigram reaches {run['val_loss']:.2f}" in page
     common_source = (ROOT / "common.py").read_text(encoding="utf-8")
@@ -146,13 +152,13 @@ def test_each_stage_links_its_minutes_of_the_lecture_and_its_page_opens_with_the
     assert re.fullmatch(r"\d:\d\d:\d\d-\d:\d\d:\d\d, .+", minutes), minutes
     start = sum(int(part) * 60**i for i, part in enumerate(reversed(minutes[:7].split(":"))))
     assert link == f"https://youtu.be/kCc8FmEb1nY?t={start}"  # the link starts where the minutes do
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     assert page.index(f"[{minutes}]({link})") < page.index(pages.lesson(SOURCES.stages[stage])[:40])
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_page_has_its_lesson_curve_and_sample(stage):
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     run = RECORD["stages"][stage]
     assert page.count("\n# ") + page.startswith("# ") == 1 and pages.lesson(SOURCES.stages[stage]) in page
     assert f"python stages/{stage}.py" in page
@@ -303,7 +309,7 @@ def test_a_record_that_cannot_be_read_is_one_warning_and_no_reference(tmp_path, 
 
 def test_stage_10s_attention_map_is_drawn_by_the_command_its_page_shows():
     """The page shows the command that tools/train_all.py runs for the map: two layers, a short line."""
-    page = (pages.PAGES / "10_gpt.md").read_text(encoding="utf-8")
+    page = page_text("10_gpt")
     assert pages.fence(pages.attention_command(), "bash") in page
     assert "--prompt $'JULIET:\\nO Romeo!' --layers 1 -1 --out docs/images/attention_10_gpt.png" in page
     args = attention.build_parser().parse_args(pages.attention_flags(ROOT / "ckpt.pt", ROOT / "map.png"))
@@ -373,15 +379,99 @@ def test_every_hunk_has_its_walkthrough_and_the_page_answers_its_question_folded
     sections = pages.walkthrough_sections(SOURCES, stage)
     missing = [h.key for h in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage]) if h.key not in sections]
     assert not missing, f"docs/walkthrough/{stage}.md has no prose for hunk {missing} (python tools/pages.py --keys)"
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     folded = page[page.index("<details>") : page.index("</details>")]
     assert sections["answer"] in folded and folded.index("Val loss **") < folded.index(sections["answer"])
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_page_draws_its_model_with_the_new_part_marked(stage):
-    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    page = page_text(stage)
     drawn = page[page.index("## The model") :]
     drawn = drawn[drawn.index("```mermaid") : drawn.index("```", drawn.index("```mermaid") + 3)]
     assert re.search(r"^  class \w+(,\w+)* new$", drawn, re.MULTILINE), drawn
     assert page.index("## The model") < page.index("## Predict, then run")
+
+
+# -- the glossary's words, linked from each page ------------------------------------------------------
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but - and _ dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+GLOSSARY_TEXT = (ROOT / "docs" / "glossary.md").read_text(encoding="utf-8")
+ANCHORS = {github_anchor(h) for h in re.findall(r"^### (.+)$", GLOSSARY_TEXT, re.MULTILINE)}  # the entries
+
+
+def prose(page: str) -> str:
+    """What a page says outside code, Mermaid, headings, tables, HTML and the links of its own (the
+    glossary's links kept): the text a glossary word may be linked in."""
+    page = re.sub(r"^(`{3,}).*?^\1$", "", page, flags=re.DOTALL | re.MULTILINE)
+    page = re.sub(r"(`+).+?\1", "", page, flags=re.DOTALL)
+    page = re.sub(r"^[#|<].*$", "", page, flags=re.MULTILINE)
+    return re.sub(r"!?\[[^\]]*\]\((?!\.\./glossary\.md#)[^)]*\)", "", page)
+
+
+def test_the_glossary_words_are_its_headings_and_its_bold_words_with_their_plurals():
+    words = pages.glossary_words(GLOSSARY_TEXT)
+    assert words["softmax"] == "softmax" and words["logits"] == "logits"
+    assert words["loss"] == words["losses"] == words["nats"] == "loss-cross-entropy"  # the brackets left out
+    assert words["val split"] == words["train split"] == "train-and-val-split"  # the entry's bold words
+    assert words["queries"] == words["keys"] == "query-key-and-value" and words["batches"] == "batch"
+    assert words["heads"] == words["multi-head"] == "head-and-head_size"
+    assert "head" not in words  # a bare "head" is as often lm_head: the glossary does not bold it
+    assert set(words.values()) <= ANCHORS
+
+
+def test_a_words_first_use_in_prose_links_its_entry_and_nothing_else_is_touched():
+    glossary = "# Glossary\n\n### Softmax\n\nexp over a sum.\n\n### Loss (cross-entropy)\n\nIn **nats**.\n"
+    page = (
+        "# Softmax\n\n<!-- softmax -->\n\n```mermaid\nsoftmax\n```\n\nSee `softmax` and [softmax](x.md).\n\n"
+        "| softmax |\n\n<details><summary>softmax</summary>\n\nThe Softmax of losses, in nats; the softmax again.\n"
+    )
+    linked = pages.link_glossary(page, glossary)
+    assert linked == page.replace(
+        "The Softmax of losses, in nats",
+        "The [Softmax](../glossary.md#softmax) of [losses](../glossary.md#loss-cross-entropy), in nats",
+    )  # nats is the loss's entry too, linked once already; code, headings, links, tables and HTML keep theirs
+    assert pages.link_glossary("pre-softmax, softmax_fn, lossy", glossary) == "pre-softmax, softmax_fn, lossy"  # words
+    spread = pages.link_glossary("one loss\nestimate", "### Loss estimate\n\nA mean.\n")
+    assert spread == "one [loss\nestimate](../glossary.md#loss-estimate)"  # a term broken across lines
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_page_links_the_first_use_of_each_glossary_word_to_its_entry(stage):
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    anchors = [anchor for _, anchor in GLOSSARY_LINK.findall(page)]
+    assert len(anchors) >= 4 and len(anchors) == len(set(anchors)), anchors  # each entry once
+    assert set(anchors) <= ANCHORS, "a link to an entry the glossary does not have"
+    words = pages.glossary_words(GLOSSARY_TEXT)
+    forms = "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
+    said, first = prose(page), {}  # a longer word wins: "loss estimate" is not a use of "loss"
+    for found in re.finditer(rf"(?<![\w-])(?:{forms})(?![\w-])", said, re.IGNORECASE):
+        first.setdefault(words[" ".join(found[0].lower().split())], found)
+    assert set(first) == set(anchors), "an entry whose words the prose uses is not linked, or the reverse"
+    for anchor, found in first.items():
+        assert said[found.start() - 1] == "[", f"the first use of {found[0]!r} is not linked"
+        assert said[found.end() :].startswith(f"](../glossary.md#{anchor})"), (found[0], anchor)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_glossary_link_stands_in_code_a_heading_or_a_drawing(stage):
+    page = (pages.PAGES / f"{stage}.md").read_text(encoding="utf-8")
+    fenced = re.compile(r"^(`{3,}).*?^\1$", re.DOTALL | re.MULTILINE)
+    blocks = [m[0] for m in fenced.finditer(page)]
+    inline = re.findall(r"`[^`\n]+`", fenced.sub("", page))
+    headings = re.findall(r"^#.*$", page, re.MULTILINE)
+    assert not [text for text in blocks + inline + headings if "glossary.md" in text]
+    unlinked = " ".join(blocks + inline + headings).lower()  # they do use the glossary's words, unlinked
+    assert [w for w in pages.glossary_words(GLOSSARY_TEXT) if re.search(rf"(?<![\w-]){re.escape(w)}\b", unlinked)]
+
+
+def test_the_links_are_the_only_change_the_glossary_makes_to_a_page():
+    without = dataclasses.replace(SOURCES, glossary="")
+    for stage in ("01_bigram", "04_self_attention_head"):
+        linked = pages.stage_page(stage, SOURCES)
+        assert GLOSSARY_LINK.search(linked) and GLOSSARY_LINK.sub(r"\1", linked) == pages.stage_page(stage, without)

@@ -6,7 +6,8 @@
 Nothing here trains. The figures come from the record: docs/runs.json (what `python
 tools/train_all.py` measured, stage by stage) and benchmarks/results.json (the benchmarks' and the
 exercises' measurements). The lesson's text comes from each stage's docstring, the code diffs from
-the stages themselves. What it writes:
+the stages themselves, the prose beside them from docs/walkthrough/, and each page links the first
+use of a word of docs/glossary.md to its entry there. What it writes:
 
   docs/stages/<stage>.md     the stage's lesson, how to run it, what it measured beside the
                              lecture's figure, its curve, the diff against the stage before it and
@@ -45,6 +46,7 @@ PAGES = DOCS / "stages"
 IMAGES = DOCS / "images"
 WALKTHROUGH = common.ROOT / "docs" / "walkthrough"  # the prose under each hunk of a stage's diff, by hand
 RESULTS = common.ROOT / "benchmarks" / "results.json"
+GLOSSARY = DOCS / "glossary.md"
 COMMON = common.ROOT / "common.py"
 NOISE_EXPLAINED = "../README.md#how-far-to-trust-a-figure"  # from a stage's page
 # a block is the lines between its opening and its end, each a line of its own (prose may name them)
@@ -66,6 +68,7 @@ class Sources:
     results: list[dict]  # benchmarks/results.json's entries
     stages: dict[str, str]  # stage name -> its source
     walkthroughs: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> docs/walkthrough/<stage>.md
+    glossary: str = ""  # docs/glossary.md
 
 
 def load_sources() -> Sources:
@@ -74,7 +77,8 @@ def load_sources() -> Sources:
         s: (harness.stages.STAGE_DIR / f"{s}.py").read_text(encoding="utf-8") for s in harness.stages.stage_names()
     }
     walkthroughs = {s: path.read_text(encoding="utf-8") for s in stages if (path := WALKTHROUGH / f"{s}.md").exists()}
-    return Sources(harness.references.load_record(), results, stages, walkthroughs)
+    glossary = GLOSSARY.read_text(encoding="utf-8")
+    return Sources(harness.references.load_record(), results, stages, walkthroughs, glossary)
 
 
 def entry(results: list[dict], prefix: str) -> dict | None:
@@ -116,14 +120,8 @@ def stages_table(record: dict, links: bool = True, sources: dict[str, str] | Non
         if minutes is not None:
             concept += f" ([{minutes[0].split(',')[0]}]({minutes[1]}))"
         lecture = harness.references.lecture_figure(stage, run.get("preset"))
-        cells = [
-            number,
-            concept,
-            number_or_dash(run["parameters"], ","),
-            number_or_dash(run["val_loss"], ".4f"),
-            lecture,
-            f"{run['wall_time_s']} s",
-        ]
+        figures = [number_or_dash(run["parameters"], ","), number_or_dash(run["val_loss"], ".4f")]
+        cells = [number, concept, *figures, lecture, f"{run['wall_time_s']} s"]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return measured_by(record) + ".\n\n" + "\n".join(rows)
 
@@ -206,6 +204,38 @@ class Hunk:
         return hashlib.sha1("\n".join(changed).encode()).hexdigest()[:8]
 
 
+# What a page links no word in: a fenced block (code, a diff, a Mermaid drawing), an HTML comment, a line that
+# is a heading, a table's row or HTML, inline code, a link or an image
+UNLINKED = r"^(`{3,})[^\n]*\n.*?^\1$|<!--.*?-->|^[#|<][^\n]*|(`+).+?\2|!?\[[^\]]*\]\([^)]*\)"
+
+
+def glossary_words(glossary: str) -> dict[str, str]:
+    """Each word of docs/glossary.md, and its plurals (s, es, ies) -> its entry's anchor. An entry's words
+    are its heading without a part in brackets, and the words in bold in its text."""
+    words = {}
+    for name, text in re.findall(r"^### ([^\n]+)\n(.*?)(?=^#|\Z)", glossary, re.MULTILINE | re.DOTALL):
+        anchor = re.sub(r"[^\w\- ]", "", name.lower()).replace(" ", "-")  # as GitHub anchors a heading
+        for word in [re.sub(r" \(.*\)", "", name).lower(), *(w.lower() for w in re.findall(r"\*\*(.+?)\*\*", text))]:
+            for form in (word, word + "s", word + "es", re.sub("y$", "ies", word)):
+                words.setdefault(form, anchor)
+    return words
+
+
+def link_glossary(page: str, glossary: str) -> str:
+    """The page with the first use in its prose of each glossary entry's words linked to the entry."""
+    words, linked = glossary_words(glossary), set()
+    forms = "|".join(re.escape(f).replace("\\ ", r"\s+") for f in sorted(words, key=len, reverse=True))
+
+    def link(found: re.Match) -> str:
+        anchor = words.get(" ".join(found[0].lower().split()))
+        if anchor is None or anchor in linked:
+            return found[0]
+        linked.add(anchor)
+        return f"[{found[0]}](../glossary.md#{anchor})"
+
+    return re.sub(rf"{UNLINKED}|(?<![\w-])(?:{forms})(?![\w-])", link, page, flags=re.I | re.M | re.S)
+
+
 def walkthrough_sections(sources: Sources, stage: str) -> dict[str, str]:
     """The sections of docs/walkthrough/<stage>.md by their heading: a hunk's key, "answer" or "model"."""
     text = sources.walkthroughs.get(stage, "")
@@ -246,18 +276,12 @@ def reasons(hunk: list[str]) -> list[str]:
     """The comments a hunk adds, each run of comment lines one paragraph, and its one-line docstrings:
     the why of the lines it adds, as sentences. Without them, the notes at the ends of the lines it adds."""
     paragraphs: list[list[str]] = []
-    previous_was_comment = False
-    for line in hunk:
-        text = line[1:].strip()
-        comment = line.startswith("+") and text.startswith("#")
-        doc = re.fullmatch(r'"""(.+)"""', text) if line.startswith("+") else None
-        if comment and previous_was_comment:
-            paragraphs[-1].append(text.lstrip("#").strip())
-        elif comment:
-            paragraphs.append([text.lstrip("#").strip()])
-        elif doc:
-            paragraphs.append([doc[1]])
-        previous_was_comment = comment
+    for comment, lines in itertools.groupby(hunk, lambda line: bool(re.match(r"\+\s*#", line))):
+        added = [line[1:].strip() for line in lines if line.startswith("+")]
+        if comment:  # a run of added comment lines: one paragraph
+            paragraphs.append([text.lstrip("#").strip() for text in added])
+        else:  # each added one-line docstring: a paragraph of its own
+            paragraphs += [[doc[1]] for text in added if (doc := re.fullmatch(r'"""(.+)"""', text))]
     if not paragraphs:  # no comment of its own: the notes at the ends of the lines it adds, beyond shapes
         return [f"`{code}`: {markdown_safe(note.rstrip('.'))}." for code, note in map(end_note, hunk) if note]
     return [sentence(" ".join(p)) for p in paragraphs]
@@ -409,9 +433,8 @@ def draw_curve(stage: str, run: dict, previous: tuple[str, dict] | None, out: Pa
 
 def pipeline_section(sources: Sources) -> str:
     """Stage 01's page: the pipeline every stage is built on, as the code that runs it."""
-    tree = ast.parse(COMMON.read_text(encoding="utf-8"))
     text = COMMON.read_text(encoding="utf-8")
-    named = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    named = {n.name: n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
 
     def code(name: str) -> str:
         node = named[name]
@@ -514,7 +537,7 @@ def stage_page(stage: str, sources: Sources) -> str:
             "The closing sample of the recorded run (500 characters from a newline, temperature 1):",
             fence(run["sample"], "text"),
         ]
-    return "\n\n".join(parts) + "\n"
+    return link_glossary("\n\n".join(parts) + "\n", sources.glossary)
 
 
 def dropout_section(results: list[dict]) -> str:
@@ -684,8 +707,8 @@ def results_machine(results: list[dict]) -> str:
     return f"{top['machine']}, torch {top['torch'].split('+')[0]}"
 
 
-def comparison_table(results: list[dict], prefix: str, preamble: str) -> str:
-    """A compare.py measurement: each file's val loss seed by seed, its mean and its paired verdict."""
+def comparison_table(results: list[dict], prefix: str, lead: str) -> str:
+    """A compare.py measurement, after lead: each file's val loss seed by seed, its mean and its paired verdict."""
     found = entry(results, prefix)
     if found is None:
         return "Not measured yet."
@@ -704,32 +727,20 @@ def comparison_table(results: list[dict], prefix: str, preamble: str) -> str:
             said += f"; {exercises.paired_test.seeds_to_resolve(base, values)} seeds would resolve 0.01"
         cells = [f"`{file}`", *(f"{v:.4f}" for v in values), f"{mean:.4f}", said]
         rows.append("| " + " | ".join(cells) + " |")
-    measured = preamble.format(
-        command=found["command"],
-        steps=found["steps"],
-        machine=found.get("machine") or results_machine(results),
-        date=found["date"],
-        runs=len(files) * len(seeds),
+    machine = found.get("machine") or results_machine(results)
+    measured = (
+        f"{lead} `{found['command']}` (the `cpu` preset, {found['steps']} steps a run; {machine}, {found['date']}; "
+        f"{len(files) * len(seeds)} runs). Final val loss, lower is better:"
     )
-    return measured + " Final val loss, lower is better:\n\n" + "\n".join(rows)
+    return measured + "\n\n" + "\n".join(rows)
 
 
 def schedule_table(results: list[dict]) -> str:
-    return comparison_table(
-        results,
-        SCHEDULE,
-        "Measured in one invocation of `{command}` (the `cpu` preset, {steps} steps a run; {machine}, {date}; "
-        "{runs} runs).",
-    )
+    return comparison_table(results, SCHEDULE, "Measured in one invocation of")
 
 
 def three_solutions_table(results: list[dict]) -> str:
-    return comparison_table(
-        results,
-        THREE,
-        "The other three worked solutions, measured in one invocation of `{command}` (the `cpu` preset, "
-        "{steps} steps a run; {machine}, {date}; {runs} runs).",
-    )
+    return comparison_table(results, THREE, "The other three worked solutions, measured in one invocation of")
 
 
 def stage_10_figure(record: dict) -> str:
@@ -835,11 +846,8 @@ def speed_table(results: list[dict]) -> str:
         "| stage 10 at the lecture's configuration on one GPU, compiled, cold start (`--only gpu`) "
         f"| {gpu} | 120 s, val 1.50 on one H100 (nanoGPT's own recipe: 175 s) |"
     )
-    return (
-        f"Measured by `python benchmarks/bench.py` on {results_machine(results)} ({', '.join(sorted(dates))}):"
-        + "\n\n"
-        + "\n".join(rows)
-    )
+    dated = ", ".join(sorted(dates))
+    return f"Measured by `python benchmarks/bench.py` on {results_machine(results)} ({dated}):\n\n" + "\n".join(rows)
 
 
 HEAD_SIZES = {
@@ -975,41 +983,32 @@ def fill_blocks(text: str, made: dict[str, str], path: Path) -> str:
     return BLOCK.sub(lambda m: f"<!-- made by tools/pages.py: {m[1]} -->\n{made[m[1]]}\n<!-- end of {m[1]} -->", text)
 
 
-def documents() -> list[Path]:
-    """The hand-written files that hold blocks: the README and docs/'s chapters."""
-    return [common.ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
-
-
 def expected_files(sources: Sources) -> dict[Path, str]:
     """Every file this makes -> the text it should hold."""
     files = {PAGES / f"{stage}.md": stage_page(stage, sources) for stage in sources.stages}
     made = blocks(sources)
-    for path in documents():
+    for path in [common.ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:  # the hand-written files with blocks
         files[path] = fill_blocks(path.read_text(encoding="utf-8"), made, path)
     return files
 
 
-def stale_files(sources: Sources) -> list[Path]:
-    """The files whose text is not what this would write (missing ones included)."""
-    return list(stale(expected_files(sources)))
-
-
-def stale(expected: dict[Path, str]) -> dict[Path, str]:
+def stale_files(sources: Sources) -> dict[Path, str]:
+    """The files whose text is not what this would write (missing ones included) -> the text to write."""
+    expected = expected_files(sources)
     return {p: text for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text}
 
 
 def write_pages(sources: Sources) -> list[Path]:
     """Write every file that is out of date, and draw each recorded stage's curve: what it wrote."""
     written = []
-    for path, text in stale(expected_files(sources)).items():
+    for path, text in stale_files(sources).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         harness.files.write_atomically(path, lambda f, text=text: f.write(text.encode("utf-8")))
         written.append(path)
     if plot.have_matplotlib():
         runs = sources.record.get("stages", {})
-        names = list(sources.stages)  # the stages' order, whatever the record's
         for stage, run in runs.items():
-            before = names[names.index(stage) - 1] if names.index(stage) else None
+            before = harness.stages.previous_stage(stage)
             previous = (before, runs[before]) if before in runs else None
             written.append(draw_curve(stage, run, previous, curve_image(stage)))
     return written
