@@ -7,7 +7,9 @@ with a part written another way appended (a class defined again replaces the sta
 import pytest
 
 import exercises.check
+import harness.checkpoints
 import harness.stages
+from conftest import one_line_error
 from exercises.checks import stage
 
 STAGE_FILE = {n: harness.stages.STAGE_DIR / f"{harness.stages.STAGES[n - 1]}.py" for n in stage.NUMBERS}
@@ -306,3 +308,64 @@ def test_every_stage_has_three_mistakes_each_with_its_own_message_and_two_right_
         said = [m[3] for m in MISTAKES.values() if m[0] == number]
         assert len(said) >= 3 and len(set(said)) == len(said), number
         assert len(RIGHT[number]) >= 2
+
+
+# -- the short run, the band, the command ------------------------------------------------------------
+
+
+def test_the_short_run_trains_saves_and_samples_outside_the_projects_checkpoints(small_text_file, monkeypatch):
+    flags = stage.budget_flags
+    monkeypatch.setattr(
+        stage, "budget_flags", lambda n, seed=stage.SEED: [*flags(n, seed), "--data", str(small_text_file)]
+    )
+    monkeypatch.setattr(stage, "STEPS", {2: 20})
+    project = sorted(harness.checkpoints.CHECKPOINT_DIR.parent.glob("**/*"))
+    said = stage.trains(2)(stage.reference(2))
+    assert said.startswith("20 steps, val loss") and "a checkpoint and a sample" in said
+    assert sorted(harness.checkpoints.CHECKPOINT_DIR.parent.glob("**/*")) == project  # nothing written there
+
+
+@pytest.mark.parametrize(
+    ("spreads", "status", "said"),
+    [(0, "passed", "where stage 02's"), (5, "FAILED", "learns more slowly"), (-5, "passed", "below the band")],
+)
+def test_a_short_run_is_weighed_against_the_stages_band(monkeypatch, spreads, status, said):
+    mean, spread, _ = stage.band(2)
+    run = stage.ShortRun(mean + spreads * spread, True, "a sample")
+    monkeypatch.setattr(stage, "short_run", lambda module, number, seed=stage.SEED: run)
+    module = stage.reference(2)
+    results = exercises.check.run_checks(stage.checks(2)[-2:], module, STAGE_FILE[2])
+    assert results[-1].status == status and said in results[-1].message, results[-1]
+
+
+def test_the_band_is_recorded_with_its_machine_and_date():
+    entry = stage.band(10)[2]
+    assert entry["machine"].endswith("cores") and entry["date"] and entry["steps"]["10"] == stage.STEPS[10]
+    assert all(len(entry["val_loss"][f"{n:02d}"]) >= 3 for n in stage.NUMBERS)
+
+
+def test_the_command_checks_a_file_and_says_what_is_wrong_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(stage, "short_run", lambda module, number, seed=stage.SEED: stage.ShortRun(2.5, True, "x"))
+    assert exercises.check.main(["stage", "02"]) == 0
+    assert "all 7 checks passed" in capsys.readouterr().out
+    path = learner_file(tmp_path, 2, ("x = tok_emb + pos_emb", "x = tok_emb"))
+    assert exercises.check.main(["stage", "2", "--file", str(path)]) == 1
+    assert "FAILED  each prediction from its own character and position" in capsys.readouterr().out
+    for argv, said in (
+        (["stage", "11"], "no stage '11' to check"),
+        (["stage", "04", "--file", str(tmp_path / "nope.py")], "no exercise file at"),
+    ):
+        code = exercises.check.main(argv)
+        one_line_error(code, capsys.readouterr().err, said)
+    path.write_text("def broken(:\n")
+    one_line_error(exercises.check.main(["stage", "02", "--file", str(path)]), capsys.readouterr().err, "line 1")
+
+
+def test_a_learners_copy_beside_the_stages_is_not_a_stage(tmp_path, monkeypatch):
+    for p in harness.stages.stage_files():
+        (tmp_path / p.name).write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "04_mine.py").write_text(STAGE_FILE[4].read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "00_mine.py").write_text("", encoding="utf-8")
+    monkeypatch.setattr(harness.stages, "STAGE_DIR", tmp_path)
+    assert harness.stages.stage_names() == list(harness.stages.STAGES)
+    assert harness.stages.load_stage("04").__file__ == str(tmp_path / "04_self_attention_head.py")
