@@ -272,6 +272,12 @@ MISTAKES = {
         "dropout in training",
         "feed-forward's outputs are zeroed",
     ),
+    "10 attention weights never dropped": (
+        10,
+        (("        wei = self.dropout(wei)  # (B, T, T)\n", ""),),
+        "dropout in training",
+        "attention weights are all kept",
+    ),
     "10 generate takes the likeliest": (
         10,
         (("torch.multinomial(probs, num_samples=1)", "probs.argmax(dim=-1, keepdim=True)"),),

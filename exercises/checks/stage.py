@@ -765,15 +765,31 @@ def dropout_rate(module: ModuleType) -> str:
             raise Failed(f"no dropout in training: with config.dropout {RATE} two training passes give the same logits")
         shown = []
         for name, call in (("attention", found.attention[0]), ("the feed-forward", found.feed_forward[0])):
-            zeroed = (call.again(call.args[0]) == 0).float().mean().item()
+            out = call.again(call.args[0])
+            zeroed = (out == 0).float().mean().item()
+            if zeroed == 0:
+                raise Failed(
+                    f"in training nothing of {name}'s output is zeroed: stage 10 drops after each sublayer's "
+                    "last Linear, nn.Dropout(config.dropout)"
+                )
             if abs(zeroed - RATE) > RATE_TOLERANCE:
                 raise Failed(
                     f"in training {zeroed:.0%} of {name}'s outputs are zeroed where config.dropout is {RATE:.0%}: "
                     "use nn.Dropout(config.dropout), not a rate of your own"
                 )
             shown.append(f"{zeroed:.0%} of {name}'s outputs")
+        # dropout after the projection only scales what it keeps by 1 / (1 - p); dropped attention
+        # weights change the kept numbers too
+        attention = found.attention[0]
+        out = attention.again(attention.args[0])
+        kept = out != 0
+        if close(out[kept] * (1 - RATE), attention.out[kept], 1e-4):
+            raise Failed(
+                "in training the attention weights are all kept: stage 10 also drops some of them after the "
+                "softmax, self.dropout(wei)"
+            )
     model.eval()
-    return f"{' and '.join(shown)} zeroed in training at config.dropout {RATE}"
+    return f"{' and '.join(shown)} zeroed in training at config.dropout {RATE}, and attention weights dropped"
 
 
 # -- the checks of each stage ----------------------------------------------------------------------
