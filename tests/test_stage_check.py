@@ -12,7 +12,7 @@ import harness.stages
 from conftest import one_line_error
 from exercises.checks import stage
 
-STAGE_FILE = {n: harness.stages.STAGE_DIR / f"{harness.stages.STAGES[n - 1]}.py" for n in stage.NUMBERS}
+STAGE_FILE = {n: harness.stages.STAGE_DIR / f"{harness.stages.STAGES[n - 1]}.py" for n in range(1, 11)}
 
 
 def learner_file(tmp_path, number: int, *replacements: tuple[str, str], appended: str = ""):
@@ -152,6 +152,12 @@ RIGHT = {
 def test_each_project_stage_passes_as_its_own_answer(number):
     results = outcomes(STAGE_FILE[number], number)
     assert not failed(results), failed(results)
+
+
+@pytest.mark.parametrize("number", list(stage.NUMBERS))
+def test_the_stage_before_copied_unchanged_is_refused(number):
+    results = outcomes(STAGE_FILE[number - 1], number)
+    assert failed(results), results
 
 
 @pytest.mark.parametrize(

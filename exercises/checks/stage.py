@@ -221,8 +221,8 @@ def first_attention(model: nn.Module, n_embd: int = SIZES["n_embd"]) -> Call:
     found = parts(model, n_embd).attention
     if not found:
         raise Failed(
-            "found no module that mixes positions: put the part where tokens talk in a module of its own "
-            "(an nn.Module called in forward), as the lecture does"
+            "found no module whose output at a position uses the earlier positions: write the part where "
+            "tokens talk as a module of its own (an nn.Module called in forward), as the lecture does"
         )
     return found[0]
 
@@ -795,36 +795,34 @@ def dropout_rate(module: ModuleType) -> str:
 # -- the checks of each stage ----------------------------------------------------------------------
 
 STAGE, SHAPES, TRAINS = "a stage: Config, its flags, LanguageModel and main", "shapes and a loss", "trains"
-IDEAS = {
-    2: [("each prediction from its own character and position", tokens_alone)],
-    3: [("equal weights over the past, summing to 1", equal_weights)],
-    4: [],
-    5: [],
-}
+DATA, ROWS = "attention weights that depend on the data", "each row of attention weights sums to 1"
+FEED_FORWARD, BLOCKS = "a non-linear feed-forward, each position alone, after attention", "n_layer blocks"
 
 
-def ideas(number: int) -> list[tuple[str, object]]:
-    """The stage's idea and those before it that its model keeps, each a (name, run) pair."""
-    found = list(IDEAS.get(number, []))
-    if number >= 4:
-        found += [
-            ("attention weights that depend on the data", data_dependent(number)),
-            ("each row of attention weights sums to 1", rows_sum_to_one(number)),
-            ("heads with their own weights", own_heads(number)),
-            ("scores scaled by head_size**-0.5", scaled_by_head_size(number)),
-        ]
+def ideas(number: int) -> list[Check]:
+    """The stage's idea, and each idea before it that its model keeps."""
+    if number == 2:
+        return [Check("each prediction from its own character and position", tokens_alone, needs=(SHAPES,))]
+    if number == 3:
+        return [Check("equal weights over the past, summing to 1", equal_weights, needs=(SHAPES,))]
+    found = [
+        Check(DATA, data_dependent(number), needs=(SHAPES,)),
+        Check(ROWS, rows_sum_to_one(number), needs=(SHAPES,)),
+        Check("heads with their own weights", own_heads(number), needs=(DATA,)),
+        Check("scores scaled by head_size**-0.5", scaled_by_head_size(number), needs=(DATA, ROWS)),
+    ]
     if number >= 6:
-        found.append(("a non-linear feed-forward, each position alone, after attention", feed_forward(number)))
+        found.append(Check(FEED_FORWARD, feed_forward(number), needs=(SHAPES,)))
     if number >= 7:
-        found.append(("n_layer blocks", blocks))
+        found.append(Check(BLOCKS, blocks, needs=(SHAPES,)))
     if number >= 8:
-        found.append(("sublayers that add to the stream", residual(number)))
+        found.append(Check("sublayers that add to the stream", residual(number), needs=(BLOCKS,)))
     if number >= 9:
-        found.append(("a norm before each sublayer and before the head", norms(number)))
+        found.append(Check("a norm before each sublayer and before the head", norms(number), needs=(BLOCKS,)))
     if number == 10:
         found += [
-            ("no dropout in eval mode", dropout_in_eval),
-            ("dropout in training, at config.dropout", dropout_rate),
+            Check("no dropout in eval mode", dropout_in_eval, needs=(SHAPES,)),
+            Check("dropout in training, at config.dropout", dropout_rate, needs=(FEED_FORWARD,)),
         ]
     return found
 
@@ -836,7 +834,7 @@ def checks(number: int, train: bool = True) -> list[Check]:
         Check(SHAPES, shapes(number), needs=(STAGE,)),
         Check("causal: no prediction depends on a later character", causal(number), needs=(SHAPES,)),
         Check("generate: crops to block_size and samples", generates(number), needs=(SHAPES,)),
-        *(Check(name, run, needs=(SHAPES,)) for name, run in ideas(number)),
+        *ideas(number),
     ]
     if train:
         listed += [
