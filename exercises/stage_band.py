@@ -21,14 +21,13 @@ import harness.machine  # noqa: E402
 from exercises.checks import stage  # noqa: E402
 
 
-def measure(numbers: list[int], seeds: list[int]) -> dict:
-    losses = {}
+def measure(numbers: list[int], seeds: list[int]) -> None:
+    """Each stage's val loss for each seed, recorded as soon as the stage is done."""
     for number in numbers:
-        losses[f"{number:02d}"] = [
-            round(stage.short_run(stage.reference(number), number, s).val_loss, 4) for s in seeds
-        ]
-        print(f"stage {number:02d}: val {losses[f'{number:02d}']}", flush=True)
-    return losses
+        name = f"{number:02d}"
+        losses = [round(stage.short_run(stage.reference(number), number, s).val_loss, 4) for s in seeds]
+        print(f"stage {name}: val {losses}", flush=True)
+        record({name: losses}, seeds)
 
 
 def record(losses: dict, seeds: list[int]) -> None:
@@ -60,7 +59,7 @@ def band_main(argv: list[str] | None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="how many seeds, from 0 (default 5)")
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))
-    record(measure(args.stages, seeds), seeds)
+    measure(args.stages, seeds)
     print(f"recorded in {stage.RESULTS}")
 
 
