@@ -3,9 +3,8 @@
 Loads exercise N's file (exercises/exN_<name>.py, or the copy --file names), or your own version of
 stage NN (02 to 10; without --file, the project's own), and runs its checks in order. Each prints
 one line: passed, or what is wrong in words to act on; a check that needs an earlier one says it
-could not run. A syntax error or an exception in the exercise's code is
-reported with its file and line, never as a traceback of the checker. Exit status 0 only when
-every check passes.
+could not run. A syntax error or an exception in the learner's code is reported with its file and
+line, never as a traceback of the checker. Exit status 0 only when every check passes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ benchmarks/results.json. `python exercises/check.py stage NN` reads them from th
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -17,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
+import harness.cli  # noqa: E402
 import harness.machine  # noqa: E402
 from exercises.checks import stage  # noqa: E402
 
@@ -54,9 +54,9 @@ def record(losses: dict, seeds: list[int]) -> None:
 
 
 def band_main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python exercises/stage_band.py", description=__doc__.split("\n\n")[0])
+    parser = harness.cli.Parser(prog="python exercises/stage_band.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", type=int, nargs="+", default=list(stage.NUMBERS), help="default: 2 to 10")
-    parser.add_argument("--seeds", type=int, default=5, help="how many seeds, from 0 (default 5)")
+    parser.add_argument("--seeds", type=int, default=10, help="how many seeds, from 0 (default 10)")
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))
     measure(args.stages, seeds)

@@ -6,6 +6,7 @@ with a part written another way appended (a class defined again replaces the sta
 
 import pytest
 
+import common
 import exercises.check
 import harness.checkpoints
 import harness.stages
@@ -331,10 +332,12 @@ def test_the_short_run_trains_saves_and_samples_outside_the_projects_checkpoints
         stage, "budget_flags", lambda n, seed=stage.SEED: [*flags(n, seed), "--data", str(small_text_file)]
     )
     monkeypatch.setattr(stage, "STEPS", {2: 20})
-    project = sorted(harness.checkpoints.CHECKPOINT_DIR.parent.glob("**/*"))
+    project = common.ROOT / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in project.glob("*")}
     said = stage.trains(2)(stage.reference(2))
     assert said.startswith("20 steps, val loss") and "a checkpoint and a sample" in said
-    assert sorted(harness.checkpoints.CHECKPOINT_DIR.parent.glob("**/*")) == project  # nothing written there
+    assert {p.name: p.stat().st_mtime_ns for p in project.glob("*")} == before
+    assert not harness.checkpoints.CHECKPOINT_DIR.exists()  # nor where a run without --checkpoint would write
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ EVAL_ITERS = 20
 SEED = 1337
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results.json"
 BAND_FIGURE = "check stage: val loss after the check's short run of each stage"
-SPREADS = 4  # the band: the stage's mean val loss across seeds, plus this many standard deviations
+SPREADS = 5  # the band: the stage's mean val loss across seeds, plus this many standard deviations
 
 
 @functools.cache
