@@ -100,9 +100,6 @@ class Norm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, x.shape[-1:]) * self.gain
-
-
-nn.LayerNorm = Norm
 """
 
 SUM_FIRST = ("x = x + self.sa(x)", "x = self.sa(x) + x")
@@ -144,7 +141,13 @@ RIGHT = {
     6: {"sdpa": ((), batched(6, sdpa=True)), "GELU, by hand": ((), FF_BY_HAND)},
     7: {"a loop": ((LOOP, LOOPED), ""), "einsum": ((), batched(7, sdpa=False))},
     8: {"a loop": ((LOOP, LOOPED), ""), "sdpa, the sum the other way": ((SUM_FIRST,), batched(8, sdpa=True))},
-    9: {"norm by hand": ((), NORM_BY_HAND), "a loop, einsum": ((LOOP, LOOPED), batched(9, sdpa=False))},
+    9: {
+        "norm by hand": (
+            (("self.ln1 = nn.LayerNorm", "self.ln1 = Norm"), ("self.ln_f = nn.LayerNorm", "self.ln_f = Norm")),
+            NORM_BY_HAND,
+        ),
+        "a loop, einsum": ((LOOP, LOOPED), batched(9, sdpa=False)),
+    },
     10: {"sdpa, dropout_p": ((), batched(10, sdpa=True)), "a loop, einsum": ((LOOP, LOOPED), batched(10, sdpa=False))},
 }
 
@@ -342,7 +345,7 @@ def test_the_short_run_trains_saves_and_samples_outside_the_projects_checkpoints
 
 @pytest.mark.parametrize(
     ("spreads", "status", "said"),
-    [(0, "passed", "where stage 02's"), (5, "FAILED", "learns more slowly"), (-5, "passed", "below the band")],
+    [(0, "passed", "where stage 02's"), (6, "FAILED", "learns more slowly"), (-6, "passed", "below the band")],
 )
 def test_a_short_run_is_weighed_against_the_stages_band(monkeypatch, spreads, status, said):
     mean, spread, _ = stage.band(2)
