@@ -208,7 +208,7 @@ MISTAKES = {
         "equal weights",
         "sum to 8, not 1",
     ),
-    "04 mask lets the next one in": (4, (LEAKY_MASK,), CAUSAL, "sees a later character"),
+    "04 mask lets the next one in": (4, (LEAKY_MASK,), CAUSAL, "the very one it should predict"),
     "04 softmax over the queries": (4, (BY_COLUMNS,), "each row of attention", "the softmax runs over the queries"),
     "04 unscaled": (4, (UNSCALED,), "scores scaled", "are not scaled"),
     "04 stage 03's average kept": (
@@ -219,7 +219,7 @@ MISTAKES = {
     ),
     "05 heads share one module": (5, (SHARED_HEADS,), "heads with their own", "share one module"),
     "05 scaled by n_embd, as in the video": (5, (BY_N_EMBD,), "scores scaled", "description corrects it"),
-    "05 mask lets the next one in": (5, (LEAKY_MASK,), CAUSAL, "sees a later character"),
+    "05 mask lets the next one in": (5, (LEAKY_MASK,), CAUSAL, "the very one it should predict"),
     "06 no ReLU": (6, (("            nn.ReLU(),\n", ""),), "a non-linear feed-forward", "is linear"),
     "06 feed-forward never called": (6, (("        x = self.ffwd(x)  # (B, T, C)\n", ""),), "a non-linear", "found no"),
     "06 feed-forward before attention": (

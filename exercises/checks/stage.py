@@ -294,10 +294,11 @@ def causal(number: int):
                 moved = (logits_of(model, changed) - before).abs().amax(dim=-1)[0]  # (T,)
                 earlier = [t for t in range(later) if moved[t] > 1e-5]
                 if earlier:
+                    which = "the very one it should predict" if later == earlier[0] + 1 else "a later character"
                     raise Failed(
                         f"the prediction at position {earlier[0]} changes when the character at position {later} "
-                        "does: it sees a later character, the one it should predict; each position may use itself "
-                        "and the positions before it (look at the mask)"
+                        f"does: it sees {which}; each position may use itself and the positions before it "
+                        "(look at the mask)"
                     )
 
     return run
