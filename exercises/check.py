@@ -1,10 +1,10 @@
-"""Check an exercise: python exercises/check.py N [--file PATH]
+"""Check an exercise: python exercises/check.py N [--file PATH]; or your own stage: stage NN --file PATH
 
-Loads exercise N's file (exercises/exN_<name>.py, or the copy --file names) and runs its checks in
-order. Each prints one line: passed, or what is wrong in words to act on; a check that needs an
-earlier one says it could not run. A syntax error or an exception in the exercise's code is
-reported with its file and line, never as a traceback of the checker. Exit status 0 only when
-every check passes.
+Loads exercise N's file (exercises/exN_<name>.py, or the copy --file names), or your own version of
+stage NN (02 to 10; without --file, the project's own), and runs its checks in order. Each prints
+one line: passed, or what is wrong in words to act on; a check that needs an earlier one says it
+could not run. A syntax error or an exception in the learner's code is reported with its file and
+line, never as a traceback of the checker. Exit status 0 only when every check passes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
-from exercises.checks import Check, Failed, ex1, ex2, ex3, ex4, ex5  # noqa: E402
+from exercises.checks import Check, Failed, ex1, ex2, ex3, ex4, ex5, stage  # noqa: E402
 from exercises.learner_stage import load_learner_file, raised  # noqa: E402
 
 EXERCISES = {1: ex1, 2: ex2, 3: ex3, 4: ex4, 5: ex5}  # number -> its checks module: NAME (the file's name) and checks()
@@ -71,7 +71,46 @@ def check_exercise(
     return run_checks(checks_module.checks(**options), module, path, report)
 
 
+def check_stage(
+    number: int, path: Path, report: Callable[[Outcome], None] = lambda o: None, **options
+) -> list[Outcome]:
+    """The outcomes of stage number's checks on the learner's file at path; options go to stage.checks()."""
+    module = load_learner_file(path, "give the path of your own stage with --file")
+    return run_checks(stage.checks(number, **options), module, path, report)
+
+
+def stage_number(text: str) -> int:
+    if not text.isdigit() or int(text) not in stage.NUMBERS:
+        raise harness.UserError(f"no stage {text!r} to check: give a number from 02 to 10, such as stage 04")
+    return int(text)
+
+
+def summary(outcomes: list[Outcome]) -> int:
+    passed = sum(o.status == "passed" for o in outcomes)
+    if passed == len(outcomes):
+        print(f"all {passed} checks passed")
+        return 0
+    print(f"{passed} of {len(outcomes)} checks passed")
+    return 1
+
+
+def stage_main(argv: list[str]) -> int:
+    parser = harness.cli.Parser(
+        prog="python exercises/check.py stage", description="Check your own version of a stage, 02 to 10."
+    )
+    parser.add_argument("number", metavar="NN", help="the stage's number, 02 to 10")
+    parser.add_argument("--file", type=Path, default=None, metavar="PATH", help="your file (default: the stage's own)")
+    args = parser.parse_args(argv)
+    number = stage_number(args.number)
+    path = args.file or stage.reference(number).__file__
+    print(f"stage {number:02d}: {path}")
+    return summary(check_stage(number, Path(path), report=lambda outcome: print(outcome.line(), flush=True)))
+
+
 def check_main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stage"]:
+        return stage_main(argv[1:])
     parser = harness.cli.Parser(prog="python exercises/check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("exercise", type=int, choices=sorted(EXERCISES), help="the exercise's number")
     parser.add_argument("--file", type=Path, default=None, metavar="PATH", help="check this copy instead")
@@ -79,13 +118,7 @@ def check_main(argv: list[str] | None) -> int:
     name = EXERCISES[args.exercise].NAME
     path = args.file or EXERCISE_DIR / f"{name}.py"
     print(f"exercise {args.exercise}: {path}")
-    outcomes = check_exercise(args.exercise, path, report=lambda outcome: print(outcome.line(), flush=True))
-    passed = sum(o.status == "passed" for o in outcomes)
-    if passed == len(outcomes):
-        print(f"all {passed} checks passed")
-        return 0
-    print(f"{passed} of {len(outcomes)} checks passed")
-    return 1
+    return summary(check_exercise(args.exercise, path, report=lambda outcome: print(outcome.line(), flush=True)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,15 @@ import common
 from harness.errors import UserError
 
 STAGE_DIR = common.ROOT / "stages"
+# the project's stages, in order; a learner's own file beside them (stages/04_mine.py) is none of them
+STAGES = tuple(
+    "01_bigram 02_position_embedding 03_causal_average 04_self_attention_head 05_multi_head_attention "
+    "06_feed_forward 07_transformer_blocks 08_residual_connections 09_layer_norm 10_gpt".split()
+)
 
 
 def stage_files() -> list[Path]:
-    return sorted(STAGE_DIR.glob("[0-9][0-9]_*.py"))
+    return [STAGE_DIR / f"{s}.py" for s in STAGES if (STAGE_DIR / f"{s}.py").exists()]
 
 
 def stage_names() -> list[str]:
@@ -49,7 +54,7 @@ def load_stage(name: str) -> ModuleType:
     also be just its number ("09"). Importing a stage reads no data and trains nothing."""
     path = STAGE_DIR / f"{name}.py"
     if not path.exists():
-        path = next(iter(STAGE_DIR.glob(f"{name.zfill(2)}_*.py")), path)
+        path = next((p for p in stage_files() if p.stem[:2] == name.zfill(2)), path)
     spec = importlib.util.spec_from_file_location(f"stage_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as `import` would: inspect and dataclasses look modules up here
