@@ -359,16 +359,18 @@ def within_band(number: int):
         upper, lower = mean + SPREADS * spread, mean - SPREADS * spread
         seeds = len(entry["seeds"])
         where = (
-            f"stage {number:02d}'s {mean:.3f} ± {spread:.3f} over {seeds} seeds ({entry['machine']}, {entry['date']})"
+            f"stage {number:02d}'s mean {mean:.3f}, standard deviation {spread:.3f}, over {seeds} seeds "
+            f"({entry['machine']}, {entry['date']})"
         )
         if mine > upper:
             raise Failed(
-                f"val loss {mine:.4f} after {STEPS[number]} steps, above {upper:.3f}, where {where}: it learns "
-                "more slowly than the stage; the checks above say what is there, compare the rest with the stage"
+                f"val loss {mine:.4f} after {STEPS[number]} steps, above the band's top {upper:.3f} "
+                f"({where}): it learns more slowly than the stage; the checks above say what is there, "
+                "compare the rest with the stage"
             )
         if mine < lower:
-            return f"val loss {mine:.4f}, below the band, where {where}: fine for a change made on purpose"
-        return f"val loss {mine:.4f}, where {where}"
+            return f"val loss {mine:.4f}, below the band ({where}): fine for a change made on purpose"
+        return f"val loss {mine:.4f}, inside the band from {lower:.3f} to {upper:.3f} ({where})"
 
     return run
 
