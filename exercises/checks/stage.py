@@ -360,7 +360,7 @@ def within_band(number: int):
         seeds = len(entry["seeds"])
         where = (
             f"stage {number:02d}'s mean {mean:.3f}, standard deviation {spread:.3f}, over {seeds} seeds "
-            f"({entry['machine']}, {entry['date']})"
+            f"on {entry['machine']}, {entry['date']}"
         )
         if mine > upper:
             raise Failed(
