@@ -67,17 +67,16 @@ def task_lines(text: str) -> list[str]:
     return list(dict.fromkeys(line for line in lines if re.search(f"[A-Za-z]{{{MIN_WORD},}}", line)))
 
 
-def with_typo(line: str, rng: random.Random) -> str:
-    """line with one typo in one of its long words: two neighbouring letters swapped, or a letter replaced."""
+def with_typo(line: str, rng: random.Random, letters: str) -> str:
+    """line with one typo in one of its long words: two neighbouring letters swapped, or a letter
+    replaced by another of letters of the same case."""
     word = rng.choice(list(re.finditer(f"[A-Za-z]{{{MIN_WORD},}}", line)))
     while True:
         i = rng.randrange(word.start(), word.end() - 1)
         if rng.random() < 0.5:  # swap letters i and i + 1
             typo = line[:i] + line[i + 1] + line[i] + line[i + 2 :]
-        else:  # replace letter i by another of the same case
-            letters = "abcdefghijklmnopqrstuvwxyz"
-            letter = rng.choice(letters.upper() if line[i].isupper() else letters)
-            typo = line[:i] + letter + line[i + 1 :]
+        else:  # replace letter i
+            typo = line[:i] + rng.choice([ch for ch in letters if ch.isupper() == line[i].isupper()]) + line[i + 1 :]
         if typo != line:
             return typo
 
@@ -97,9 +96,10 @@ def make_task(text: str, judged: int | None = None) -> Task:
     seen = task_lines(text[:cut])
     unseen = [line for line in task_lines(text[cut:].split("\n", 1)[-1]) if line not in set(seen)]
     rng = random.Random(TASK_SEED)
+    letters = "".join(sorted({ch for ch in text if ch.isalpha()}))  # a typo writes no character the text lacks
     return Task(
-        train=[(with_typo(line, rng), line) for line in seen],
-        judge=[(with_typo(line, rng), line) for line in unseen[:judged]],
+        train=[(with_typo(line, rng, letters), line) for line in seen],
+        judge=[(with_typo(line, rng, letters), line) for line in unseen[:judged]],
     )
 
 
@@ -262,6 +262,18 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
     cfg = model_config(pretrained)
     vocab = learner.vocabulary(pretrained.vocab)
     task = make_task(text, experiment.judged)
+    if not task.train or not task.judge:
+        raise harness.UserError(
+            f"{where} has too few lines of {SHORTEST} to {LONGEST} characters with a word of {MIN_WORD} letters: "
+            f"{len(task.train)} in its training split, {len(task.judge)} new ones in its validation split"
+        )
+    longest = max(len(learner.template(p, a, vocab)) for p, a in task.train + task.judge)
+    if longest - 1 > cfg.block_size:
+        raise harness.UserError(
+            f"--pretrained {pre_path} reads {cfg.block_size} ids at most (block_size), and the task's longest "
+            f"pair in the template has {longest}: pre-train a model with a larger block_size"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     print(
         f"pre-trained model: {pre_path} (step {pretrained.step}); {len(task.train):,} pairs from {where.name}'s "
         f"training split to fine-tune on, {len(task.judge):,} from its validation split to judge on"

@@ -236,10 +236,10 @@ def answer(module: ModuleType) -> str:
         if said == right:
             continue
         marks = [m for m in marks_of(vocab) if m in said]
+        if said.startswith(right) and said not in (right + m for m in marks):
+            raise Failed(f"the answer goes on past the end mark ({said!r}): stop when the model writes the end mark")
         if marks:
             raise Failed(f"the answer {said!r} holds the mark {marks[0]!r}: return the answer's characters alone")
-        if said.startswith(right) and said[len(right) :].strip("Q") == "":
-            raise Failed(f"the answer goes on past the end mark ({said!r}): stop when the model writes the end mark")
         if said and set(said) == {"Q"}:
             raise Failed(
                 f"the model was not given template(prompt, None), {shown([vocab[i] for i in before])!r}: it "

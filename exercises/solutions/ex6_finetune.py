@@ -7,8 +7,8 @@ The lecture ends on how a document completer becomes an assistant: the same netw
 on prompts and answers written in a template, with the loss counted on the answers alone. Here the
 task is to fix one typo in a line of Shakespeare:
 
-    prompt  "And ye tshall have it."      two neighbouring letters swapped, or one replaced
-    answer  "And ye shall have it."       the whole line, corrected
+    prompt  "Sirrah, lead these genalemen"   two neighbouring letters swapped, or one replaced
+    answer  "Sirrah, lead these gentlemen"   the whole line, corrected
 
 The program around this file (exercises/finetuning.py) takes stage 10's pre-trained model
 (checkpoints/10_gpt.pt, from python stages/10_gpt.py --preset cpu), fine-tunes it on pairs from
