@@ -20,9 +20,7 @@ masked targets (batch) and the greedy answer (answer). This module does the rest
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import random
 import re
@@ -199,7 +197,8 @@ def save_finetuned(path: Path, model, vocab: list[str], pretrained: harness.chec
     harness.checkpoints.write_file(path, ckpt.to_file() | {"tokens": vocab})
 
 
-def load_finetuned(path: Path, command: str) -> tuple[torch.nn.Module, list[str]]:
+def load_finetuned(path: Path, command: str) -> tuple[torch.nn.Module, list[str], str]:
+    """The fine-tuned model at path, in eval mode; its tokens; the characters among them."""
     if not path.exists():
         raise harness.UserError(f"no fine-tuned model at {path}: fine-tune first with {command}")
     saved = harness.checkpoints.read_file(path, STAGE_10, "--checkpoint")
@@ -208,13 +207,13 @@ def load_finetuned(path: Path, command: str) -> tuple[torch.nn.Module, list[str]
     vocab = saved["tokens"]
     model = stage_10().LanguageModel(len(vocab), stage_10().Config(**saved["config"]))
     model.load_state_dict(saved["model"])
-    return model.eval(), vocab
+    return model.eval(), vocab, saved["vocab"]
 
 
 def ask(learner: ModuleType, path: Path, line: str, command: str) -> str:
     """The fine-tuned model's correction of line; a line it cannot read is one clear error."""
-    model, vocab = load_finetuned(path, command)
-    unknown = sorted({ch for ch in line if ch not in vocab})
+    model, vocab, chars = load_finetuned(path, command)
+    unknown = sorted({ch for ch in line if ch not in chars})
     if unknown:
         raise harness.UserError(
             f"--ask has character(s) tiny Shakespeare never uses: {''.join(unknown)!r}; write the line with its own"
@@ -382,9 +381,3 @@ def main(learner: ModuleType, argv: list[str]) -> None:
 def finetune_and_compare(learner: ModuleType, argv: list[str] | None = None) -> int:
     """`python exercises/ex6_finetune.py [flags]`: the whole comparison, or --ask."""
     return harness.run_main(lambda a: main(learner, a), sys.argv[1:] if argv is None else list(argv))
-
-
-def quietly(function, *args, **kwargs):
-    """function's result, its printing and progress bars swallowed."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return function(*args, **kwargs)
