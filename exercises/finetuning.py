@@ -278,7 +278,10 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
         f"training split to fine-tune on, {len(task.judge):,} from its validation split to judge on"
     )
     prompt, answer = task.judge[0]
-    print(f"a pair: {prompt!r} -> {answer!r}; in the template: {learner.template(prompt, answer, vocab)}")
+    shown = "".join(
+        t if t in pretrained.vocab else f"[{t}]" for t in (vocab[i] for i in learner.template(prompt, answer, vocab))
+    )
+    print(f"a pair: {prompt!r} -> {answer!r}; in the template, marks in brackets: {shown!r}")
     seeds = [FIRST_SEED + i for i in range(experiment.seeds)]
     found: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for seed in seeds:

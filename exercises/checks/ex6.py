@@ -204,9 +204,9 @@ def scripted_model(vocab: list[str], script, block_size: int):
             if Scripted.calls > 4 * block_size:
                 raise Failed("answer() never stops: stop at the end mark, or when the model has read block_size ids")
             logits = torch.full((B, T, len(vocab)), 0.95)
-            for b in range(B):
+            for b, row in enumerate(idx.tolist()):
                 for t in range(T):
-                    logits[b, t, script(idx[b, : t + 1].tolist())] = 1.0
+                    logits[b, t, script(row[: t + 1])] = 1.0
             return logits, None
 
     cfg = stage_10().Config(block_size=block_size, n_embd=8, n_head=1, n_layer=1, dropout=0.0)
