@@ -176,18 +176,19 @@ def pretrained_model(path: Path, text: str) -> harness.checkpoints.Checkpoint:
     if ckpt.vocab != chars or ckpt.init_from is not None:
         said = "was fine-tuned from another checkpoint" if ckpt.init_from else "was trained on another text"
         raise harness.UserError(
-            f"--pretrained {path} {said}; the comparison needs stage 10 pre-trained from scratch on tiny "
-            "Shakespeare: python stages/10_gpt.py --preset cpu"
+            f"--pretrained {path} {said}; the comparison needs stage 10 pre-trained from scratch on the text "
+            "it fine-tunes on (tiny Shakespeare: python stages/10_gpt.py --preset cpu)"
         )
     return ckpt
 
 
-def save_finetuned(path: Path, model, vocab: list[str], pretrained: harness.checkpoints.Checkpoint, cfg) -> None:
+def save_finetuned(path: Path, model, vocab: list[str], chars: str, cfg, steps: int) -> None:
+    """The fine-tuned model as a stage 10 checkpoint, its tokens (the marks too) beside its characters."""
     ckpt = harness.checkpoints.Checkpoint(
         stage=STAGE_10,
         config=dataclasses.asdict(cfg),
-        vocab=pretrained.vocab,
-        step=0,
+        vocab=chars,
+        step=steps,
         model=model.state_dict(),
         optimizer={},
         history=[],
@@ -295,7 +296,7 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
             found[kind].append(accuracy(learner, model, task.judge, vocab))
             print(f"seed {seed}: {kind}: {100 * found[kind][-1]:.1f}% of the judging pairs fixed exactly")
             if kind == "fine-tuned" and seed == seeds[0]:
-                save_finetuned(out / f"{name}.pt", model, vocab, pretrained, cfg)
+                save_finetuned(out / f"{name}.pt", model, vocab, pretrained.vocab, cfg, experiment.steps)
                 print(f'saved {out / f"{name}.pt"}: python {runner(learner)} --ask "{prompt}"')
     results = {
         "machine": harness.machine.machine_name(),

@@ -7,6 +7,7 @@ import io
 import re
 
 import pytest
+import torch
 
 import exercises.check
 import harness.checkpoints
@@ -244,7 +245,9 @@ def test_a_pre_trained_model_of_another_text_is_refused_and_the_starting_file_as
     module = exercises.check.load_learner_file(SOLUTION_6)
     pretrained = ["--pretrained", str(folder / "10_gpt.pt")]
     code, err = run(module, ["--data", str(small_text_file), *pretrained], capsys)
-    one_line_error(code, err, "was trained on another text; the comparison needs stage 10 pre-trained from scratch")
+    one_line_error(
+        code, err, "was trained on another text; the comparison needs stage 10 pre-trained from scratch on the text"
+    )
     code, err = run(module, ["--pretrained", str(folder / "none.pt")], capsys)
     one_line_error(code, err, "no pre-trained model at", "python stages/10_gpt.py --preset cpu")
     starting = exercises.check.load_learner_file(EXERCISE_6)
@@ -252,3 +255,18 @@ def test_a_pre_trained_model_of_another_text_is_refused_and_the_starting_file_as
     one_line_error(
         code, err, "vocabulary() is not written yet: write it, then check it with python exercises/check.py 6"
     )
+
+
+def test_the_grown_model_keeps_every_pre_trained_weight_and_gives_each_mark_a_fresh_row(tmp_path):
+    pretrained_on(PLAY, tmp_path / "pre.pt")
+    pre = harness.checkpoints.load(tmp_path / "pre.pt", "10_gpt")
+    vocab = ["<answer>", *reversed(pre.vocab), "<end>"]  # the characters at other ids than the pre-trained ones
+    model = finetuning.grown(pre, vocab, finetuning.model_config(pre))
+    for name, tensor in model.state_dict().items():
+        if name in finetuning.PER_TOKEN:
+            for i, token in enumerate(vocab):
+                if token in pre.vocab:
+                    assert torch.equal(tensor[i], pre.model[name][pre.vocab.index(token)]), (name, token)
+            assert not torch.equal(tensor[0], tensor[-1])  # two marks, two rows of their own
+        else:
+            assert torch.equal(tensor, pre.model[name]), name
