@@ -145,7 +145,10 @@ def batch(module: ModuleType) -> str:
         whole = ids_of(module, prompt, answer, vocab)
         n, start = len(whole), len(ids_of(module, prompt, None, vocab)) - 1  # start: the mark's position
         if x[b, : n - 1].tolist() != whole[:-1]:
-            raise Failed(f"row {b} of x is not pair {b}'s template (but its last id), from position 0")
+            raise Failed(
+                f"row {b} of x is not pair {b}'s template (but its last id) from position 0: pad after the "
+                "sequence, as stage 10 has no attention mask to hide padding in front"
+            )
         counted = [t for t in range(x.shape[1]) if y[b, t] != IGNORE]
         values = [int(y[b, t]) for t in counted]
         if values != [whole[t + 1] if t + 1 < n else None for t in counted]:
