@@ -109,7 +109,7 @@ def template(module: ModuleType) -> str:
                 "model knows where the prompt stops and its answer begins"
             )
         rest = [vocab[i] for i in whole[len(before) :]]
-        if "".join(rest[: len(answer)]) != answer:
+        if rest[: len(answer)] != list(answer):
             raise Failed(f"after template(prompt, None) come {shown(rest)!r}, not the answer's characters ({answer!r})")
         if len(rest) == len(answer):
             raise Failed("no end mark after the answer: the model could never say that it is done; add a mark after it")
