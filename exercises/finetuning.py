@@ -217,7 +217,8 @@ def ask(learner: ModuleType, path: Path, line: str, command: str) -> str:
     unknown = sorted({ch for ch in line if ch not in chars})
     if unknown:
         raise harness.UserError(
-            f"--ask has character(s) tiny Shakespeare never uses: {''.join(unknown)!r}; write the line with its own"
+            f"--ask has character(s) the model's text never uses: {''.join(unknown)!r}; write the line with the "
+            "characters of tiny Shakespeare"
         )
     room = model.block_size - len(learner.template(line, None, vocab)) - 1  # the answer's characters and the end
     if len(line) > room:

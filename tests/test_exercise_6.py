@@ -228,7 +228,7 @@ def test_ask_answers_with_the_fine_tuned_model_and_refuses_bad_lines_in_one_line
     code, out = run(module, ["--ask", "Good Romoe speaks 003"], capsys)
     assert code == 0 and out, out  # what an untrained model writes: any characters, no error
     for line, said in [
-        ("Good Romeo ~ speaks 003", "--ask has character(s) tiny Shakespeare never uses: '~'"),
+        ("Good Romeo ~ speaks 003", "--ask has character(s) the model's text never uses: '~'"),
         ("Good Romeo speaks " * 3, "--ask has 54 characters; the answer must fit beside it in block_size (64)"),
     ]:
         code, err = run(module, ["--ask", line], capsys)
