@@ -18,10 +18,10 @@ parts marked WRITE THIS:
   batch()       inputs and targets: the answer and its end mark count, nothing else
   answer()      the greedy answer after the prompt, up to the end mark
 
-Check it:   python exercises/check.py 6           each part, on tiny models
-Run it:     python exercises/ex6_finetune.py      one seed: three runs, a few minutes each
+Check it:   python exercises/check.py 6           each part, judged by what it does
+Run it:     python exercises/ex6_finetune.py      one seed: two training runs, three models judged
             python exercises/ex6_finetune.py --seeds 3      the noise too
-            python exercises/ex6_finetune.py --ask "Sweet Juliet, I lvoe thee"
+            python exercises/ex6_finetune.py --ask "Sweet Juliet, I lvoe thee"   after a run
 The worked solution is exercises/solutions/ex6_finetune.py: for after.
 """
 
