@@ -685,7 +685,7 @@ def finetuning_table(results: list[dict]) -> str:
     """Exercise 6: each model's exact match on the held-out pairs, seed by seed, and the paired difference."""
     found = entry(results, FINETUNING)
     if found is None:
-        return "Not measured yet: `python exercises/solutions/ex6_finetune.py --seeds 3`."
+        return "Not measured yet: `python exercises/solutions/ex6_finetune.py --seeds 5`."
     accuracy = found["accuracy_pct"]
     rows = [
         "| model | " + " | ".join(f"seed {s}" for s in found["seeds"]) + " | mean |",
@@ -695,11 +695,11 @@ def finetuning_table(results: list[dict]) -> str:
         rows.append(f"| {kind} | " + " | ".join(f"{v:.1f}%" for v in values) + f" | {sum(values) / len(values):.1f}% |")
     said = exercises.finetuning.difference(accuracy["from scratch"], accuracy["fine-tuned"])
     measured = (
-        f"Measured by `{found['command']}` ({found['machine']}, torch {found['torch']}, {found['date']}): "
-        f"{found['pretrained']}. {found['pairs']['fine-tuning']:,} pairs to fine-tune on, "
-        f"{found['pairs']['judging']:,} to judge on; {found['steps']} steps of {found['batch_size']} pairs, at "
-        f"{found['rates']['fine-tuned']:g} fine-tuned and {found['rates']['from scratch']:g} from scratch. "
-        "Exact match of the whole line, greedy:"
+        f"Measured by `{found['command']}` ({found['machine']}, torch {found['torch']}, {found['date']}). The "
+        f"pre-trained model: {found['pretrained']}. Then {found['pairs']['fine-tuning']:,} pairs to fine-tune on, "
+        f"{found['pairs']['judging']:,} to judge on; {found['steps']} steps of {found['batch_size']} pairs at a "
+        f"constant rate, {found['rates']['fine-tuned']:g} fine-tuned and {found['rates']['from scratch']:g} from "
+        "scratch. Exact match of the whole line, greedy:"
     )
     return f"{measured}\n\n" + "\n".join(rows) + f"\n\nFine-tuned against from scratch, seed by seed: {said}."
 

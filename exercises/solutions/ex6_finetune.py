@@ -23,7 +23,7 @@ parts marked WRITE THIS:
 
 Check it:   python exercises/check.py 6           each part, judged by what it does
 Run it:     python exercises/ex6_finetune.py      one seed: two training runs, three models judged
-            python exercises/ex6_finetune.py --seeds 3      the noise too
+            python exercises/ex6_finetune.py --seeds 5      the noise too
             python exercises/ex6_finetune.py --ask "Sweet Juliet, I lvoe thee"   after a run
 Its checks: python exercises/check.py 6 --file exercises/solutions/ex6_finetune.py
 """
