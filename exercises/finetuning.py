@@ -9,7 +9,7 @@ The learner's file (exercises/ex6_finetune.py) writes the vocabulary with the te
 masked targets (batch) and the greedy answer (answer). This module does the rest:
 
   1. the pairs: fine-tuning pairs from lines of the training split (the first 90%), judging pairs
-     from lines of the validation split (the last 10%), which stage 10's pre-training never read;
+     from lines of the validation split (the last 10%), which stage 10's pre-training never trained on;
   2. for each seed: the pre-trained model, grown by a fresh row for each mark in the embedding and
      the head, fine-tuned; the same model freshly initialised, trained the same steps on the same
      batches; and the grown pre-trained model, not fine-tuned. Each answers the judging pairs;
@@ -322,7 +322,7 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
 def difference(base: list[float], other: list[float]) -> str:
     """other against base, seed by seed, in points of accuracy: the mean and its 95% interval."""
     if len(base) < 2:
-        return f"{other[0] - base[0]:+.1f} points; one seed, so no noise to weigh it against (use --seeds 3)"
+        return f"{other[0] - base[0]:+.1f} points; one seed, so no noise to weigh it against (use --seeds 5)"
     mean, half = paired_interval(base, other)
     shown = "shown" if abs(mean) > half else "not shown (the interval holds 0)"
     return f"{mean:+.1f} points, 95% interval {mean - half:+.1f} to {mean + half:+.1f}: a difference {shown}"
