@@ -163,7 +163,7 @@ def test_the_pairs_hold_one_typo_and_judge_on_lines_training_never_has():
         assert len(differ) == 1 or swapped, (prompt, line)
         words = [m.span() for m in re.finditer("[A-Za-z]{4,}", line)]
         assert any(a <= differ[0] and differ[-1] < b for a, b in words), (prompt, line)
-        assert prompt[differ[0]].isalpha()
+        assert prompt[differ[0]].isalpha() and set(prompt) <= set(PLAY)  # no letter the text lacks
 
 
 def test_the_task_takes_lines_of_15_to_28_characters_with_a_long_word_and_no_speakers():
