@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
-from exercises.checks import Check, Failed, ex1, ex2, ex3, ex4, ex5, stage  # noqa: E402
+from exercises.checks import Check, Failed, ex1, ex2, ex3, ex4, ex5, ex6, stage  # noqa: E402
 from exercises.learner_stage import load_learner_file, raised  # noqa: E402
 
-EXERCISES = {1: ex1, 2: ex2, 3: ex3, 4: ex4, 5: ex5}  # number -> its checks module: NAME (the file's name) and checks()
+# number -> its checks module: NAME (the file's name) and checks()
+EXERCISES = {1: ex1, 2: ex2, 3: ex3, 4: ex4, 5: ex5, 6: ex6}
 EXERCISE_DIR = ROOT / "exercises"
 
 

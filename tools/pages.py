@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import common  # noqa: E402
+import exercises.finetuning  # noqa: E402
 import exercises.paired_test  # noqa: E402
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
@@ -57,6 +58,7 @@ SCHEDULE = "exercise 4: nanoGPT's learning-rate schedule against stage 10"
 ADDITION = "exercise 2: 5-digit addition, answer "
 CALCULATOR = "exercise 2: calculator, "
 PRETRAINING = "exercise 3: val loss after "
+FINETUNING = "exercise 6: "
 THREE = "exercise 4: three worked solutions against stage 10"
 
 
@@ -702,6 +704,29 @@ def pretraining_table(results: list[dict]) -> str:
     return measured + "\n\n" + "\n".join(rows)
 
 
+def finetuning_table(results: list[dict]) -> str:
+    """Exercise 6: each model's exact match on the held-out pairs, seed by seed, and the paired difference."""
+    found = entry(results, FINETUNING)
+    if found is None:
+        return "Not measured yet: `python exercises/solutions/ex6_finetune.py --seeds 5`."
+    accuracy = found["accuracy_pct"]
+    rows = [
+        "| model | " + " | ".join(f"seed {s}" for s in found["seeds"]) + " | mean |",
+        "| --- | " + " | ".join("---" for _ in found["seeds"]) + " | --- |",
+    ]
+    for kind, values in accuracy.items():
+        rows.append(f"| {kind} | " + " | ".join(f"{v:.1f}%" for v in values) + f" | {sum(values) / len(values):.1f}% |")
+    said = exercises.finetuning.difference(accuracy["from scratch"], accuracy["fine-tuned"])
+    measured = (
+        f"Measured by `{found['command']}` ({found['machine']}, torch {found['torch']}, {found['date']}). The "
+        f"pre-trained model: {found['pretrained']}. Then {found['pairs']['fine-tuning']:,} pairs to fine-tune on, "
+        f"{found['pairs']['judging']:,} to judge on; {found['steps']} steps of {found['batch_size']} pairs at a "
+        f"constant rate, {found['rates']['fine-tuned']:g} fine-tuned and {found['rates']['from scratch']:g} from "
+        "scratch. Exact match of the whole line, greedy:"
+    )
+    return f"{measured}\n\n" + "\n".join(rows) + f"\n\nFine-tuned against from scratch, seed by seed: {said}."
+
+
 def results_machine(results: list[dict]) -> str:
     top = json.loads(RESULTS.read_text(encoding="utf-8"))
     return f"{top['machine']}, torch {top['torch'].split('+')[0]}"
@@ -964,6 +989,7 @@ def blocks(sources: Sources) -> dict[str, str]:
         "heads": heads_table(sources.results),
         "exercise-2": addition_table(sources.results),
         "exercise-3": pretraining_table(sources.results),
+        "exercise-6": finetuning_table(sources.results),
         "schedule": schedule_table(sources.results),
         "three-solutions": three_solutions_table(sources.results),
         "kv-cache": kv_cache_table(sources.results),
