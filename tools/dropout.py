@@ -3,18 +3,11 @@
     python tools/dropout.py                       the two runs, then their curves side by side
     python tools/dropout.py --chars 20000 --max_iters 400      a quicker, smaller look
 
-A five-minute run on all of tiny Shakespeare never reads a character often enough to memorise it,
-so there dropout only slows learning down. Here stage 10 trains at its cpu preset on the first
---chars characters (90% to train on, the last 10% to validate on, as every stage splits its text),
-reading each training character many times: once with --dropout 0, once at the preset's rate.
-Without dropout the train loss keeps falling while the val loss turns and climbs, the model
-learning its training text by heart; with dropout the two stay closer. The table at the end gives
-both runs' train and val loss, and the gap between them, at every estimate.
-
-Both runs go to --out (checkpoints/dropout/ by default, with the slice of text), never over stage
-10's own checkpoint. The chart (dropout.png, in --out too) needs matplotlib: `pip install matplotlib`,
-or `pip install -r requirements-dev.txt`. Without it the runs and the table are the same, and the
-last line says how to install it.
+Stage 10 trains at its cpu preset on the first --chars characters, split 90/10 as every stage
+splits its text, once with --dropout 0 and once at the preset's rate; docs/stages/10_gpt.md says
+why and shows what it measured. Both runs go to --out (checkpoints/dropout/ by default), never over
+stage 10's own checkpoint. The chart (dropout.png, in --out) needs matplotlib; without it the runs
+and the table at the end are the same.
 """
 
 from __future__ import annotations

@@ -111,10 +111,7 @@ def stages_table(record: dict, links: bool = True, sources: dict[str, str] | Non
     with the stages' sources, each concept links its minutes of the lecture."""
     if not record.get("stages"):
         return "No run is recorded yet: `python tools/train_all.py` trains every stage and records them."
-    rows = [
-        "| stage | concept | parameters | val loss | the lecture's | time |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    rows = [header("stage", "concept", "parameters", "val loss", "the lecture's", "time")]
     for stage, run in record["stages"].items():
         number = f"[{stage[:2]}](docs/stages/{stage}.md)" if links else stage[:2]
         concept = run["concept"] + (f" (preset {run['preset']})" if run.get("preset") else "")
@@ -320,6 +317,11 @@ def annotated_diff(sources: Sources, before: str, after: str) -> str:
 
 def curve_image(stage: str) -> Path:
     return IMAGES / f"curve_{stage}.png"
+
+
+def header(*columns: str) -> str:
+    """A markdown table's first two lines: its columns' names, and the line under them."""
+    return "| " + " | ".join(columns) + " |\n" + "| --- " * len(columns) + "|"
 
 
 def measured_table(stage: str, run: dict, record: dict) -> str:
@@ -556,10 +558,7 @@ def dropout_section(results: list[dict]) -> str:
     if found is None:
         return f"{head}\n\n{why}\n\nNot measured yet."
     rates = list(found["histories"])
-    rows = [
-        "| step | " + " | ".join(f"dropout {r}: train | val | gap" for r in rates) + " |",
-        "| --- | " + " | ".join("--- | --- | ---" for _ in rates) + " |",
-    ]
+    rows = [header("step", *(c for r in rates for c in (f"dropout {r}: train", "val", "gap")))]
     histories = list(found["histories"].values())
     for estimates in zip(*histories, strict=True):
         cells = [f"{t:.4f} | {v:.4f} | {v - t:+.4f}" for _, t, v in estimates]
@@ -647,7 +646,7 @@ def attention_section() -> str:
 
 def addition_table(results: list[dict]) -> str:
     """Exercise 2's worked solution: 5-digit addition seed by seed, then the calculator's attempts."""
-    rows = ["| run | flags | held-out exact match | training |", "| --- | --- | --- | --- |"]
+    rows = [header("run", "flags", "held-out exact match", "training")]
     measured = []
     for order, flags in (("reversed", ""), ("usual order", "--no-reverse ")):
         found = entry(results, ADDITION + order)
@@ -685,10 +684,7 @@ def pretraining_table(results: list[dict]) -> str:
         return "Not measured yet: `python exercises/solutions/ex3_pretrain.py --seeds 3`."
     first = found[0]
     seeds = first["seeds"]
-    rows = [
-        "| steps | " + " | ".join(f"seed {s}" for s in seeds) + " | verdict (paired t-test) |",
-        "| --- | " + " | ".join("---" for _ in seeds) + " | --- |",
-    ]
+    rows = [header("steps", *(f"seed {s}" for s in seeds), "verdict (paired t-test)")]
     for r in found:
         steps = re.search(r"after (\d+) steps", r["figure"])[1]
         said = exercises.paired_test.verdict(r["scratch_val"], r["pretrained_val"])  # from scratch is the baseline
@@ -710,10 +706,7 @@ def finetuning_table(results: list[dict]) -> str:
     if found is None:
         return "Not measured yet: `python exercises/solutions/ex6_finetune.py --seeds 5`."
     accuracy = found["accuracy_pct"]
-    rows = [
-        "| model | " + " | ".join(f"seed {s}" for s in found["seeds"]) + " | mean |",
-        "| --- | " + " | ".join("---" for _ in found["seeds"]) + " | --- |",
-    ]
+    rows = [header("model", *(f"seed {s}" for s in found["seeds"]), "mean")]
     for kind, values in accuracy.items():
         rows.append(f"| {kind} | " + " | ".join(f"{v:.1f}%" for v in values) + f" | {sum(values) / len(values):.1f}% |")
     said = exercises.finetuning.difference(accuracy["from scratch"], accuracy["fine-tuned"])
@@ -740,10 +733,7 @@ def comparison_table(results: list[dict], prefix: str, lead: str) -> str:
     files = list(found["val"])
     base = found["val"][files[0]]
     seeds = found["seeds"]
-    rows = [
-        "| file | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | verdict (paired t-test) |",
-        "| --- | " + " | ".join("---" for _ in seeds) + " | --- | --- |",
-    ]
+    rows = [header("file", *(f"seed {s}" for s in seeds), "mean", "verdict (paired t-test)")]
     for k, file in enumerate(files):
         values = found["val"][file]
         mean, _ = exercises.paired_test.mean_and_spread(values)
@@ -819,7 +809,7 @@ def nanogpt_figure(results: list[dict]) -> str:
     runs = [r for r in results if r["figure"].startswith("nanoGPT cpu recipe, run here")]
     if not runs:
         return "nanoGPT's CPU recipe: not run here yet (`python benchmarks/bench.py --only nanogpt --nanogpt DIR`)."
-    rows = ["| nanoGPT's command | the whole run | val |", "| --- | --- | --- |"]
+    rows = [header("nanoGPT's command", "the whole run", "val")]
     rows += [f"| `{r['command']}` | {r['wall_s']} s | {r['val']:.4f} |" for r in runs]
     return (
         "It turns dropout off, warms the rate up and decays it, and trains batches of 12. "
@@ -839,7 +829,7 @@ def curve_at(curve: list[list[float]], step: int) -> float | None:
 
 def speed_table(results: list[dict]) -> str:
     """The stages against the lecture's own loop, and stage 10's throughput, as bench.py measured them."""
-    rows = ["| figure | measured | target |", "| --- | --- | --- |"]
+    rows = [header("figure", "measured", "target")]
     dates = set()
     for stage in ("01_bigram", "09_layer_norm"):
         found = entry(results, f"speed {stage}")
@@ -883,10 +873,7 @@ HEAD_SIZES = {
 
 def heads_table(results: list[dict]) -> str:
     """Exercise 1's three forms of attention, a training step each, as bench.py --only heads measured them."""
-    rows = [
-        "| configuration | per head | batched, by hand | batched, `scaled_dot_product_attention` |",
-        "| --- | --- | --- | --- |",
-    ]
+    rows = [header("configuration", "per head", "batched, by hand", "batched, `scaled_dot_product_attention`")]
     dates = set()
     for preset, label in HEAD_SIZES.items():
         found = entry(results, f"stage10 attention forms, preset {preset}")
@@ -916,10 +903,7 @@ KV_CACHE = "exercise 5: key-value cache, preset "
 
 def kv_cache_table(results: list[dict]) -> str:
     """Exercise 5's worked solution against stage 10's generate, as bench.py --only ex5 measured them."""
-    rows = [
-        "| configuration | characters | stage 10's `generate` | with the cache | speed-up |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    rows = [header("configuration", "characters", "stage 10's `generate`", "with the cache", "speed-up")]
     found = [f for f in (entry(results, KV_CACHE + p) for p in ("cpu", "video")) if f]
     if not found:
         return "Not measured yet: `python benchmarks/bench.py --only ex5`."
