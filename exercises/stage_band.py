@@ -47,7 +47,7 @@ def record(losses: dict, seeds: list[int]) -> None:
         "machine": harness.machine.machine_name(),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "measured": "while other work ran: losses only, no times",
+        "measured": "losses only, no times",
     }
     results["results"] = [r for r in results["results"] if r is not old] + [entry]
     stage.RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
