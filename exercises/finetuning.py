@@ -215,6 +215,11 @@ def load_finetuned(path: Path, command: str) -> tuple[torch.nn.Module, list[str]
 def ask(learner: ModuleType, path: Path, line: str, command: str) -> str:
     """The fine-tuned model's correction of line; a line it cannot read is one clear error."""
     model, vocab, chars = load_finetuned(path, command)
+    if list(learner.vocabulary(chars)) != list(vocab):
+        raise harness.UserError(
+            f"{path} was fine-tuned with other tokens than vocabulary() gives now (its marks changed): "
+            f"fine-tune again with {command}"
+        )
     unknown = sorted({ch for ch in line if ch not in chars})
     if unknown:
         raise harness.UserError(

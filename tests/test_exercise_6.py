@@ -5,6 +5,7 @@ mistakes learners write; the task's pairs; the program's comparison, --ask and i
 import dataclasses
 import io
 import re
+import shutil
 
 import pytest
 import torch
@@ -104,6 +105,11 @@ MISTAKES = {  # mistake: (what the learner wrote instead, the check that fails, 
         ],
         ex6.TARGETS,
         "padding counted: row 1 counts 26 target(s) after its end mark",
+    ),
+    "x padded with IGNORE": (
+        [(PADDING, "    x = torch.full((len(pairs), T), IGNORE, dtype=torch.long)")],
+        ex6.TARGETS,
+        "x holds the id -100, which no token has: pad x with an id of the vocabulary",
     ),
     "a '$' of the text borrowed as the mark": (
         [(MARKS, 'ANSWER, END = "$", "<end>"'), ("    return [*chars, ANSWER, END]", "    return [*chars, END]")],
@@ -221,7 +227,9 @@ def test_the_comparison_reports_the_three_models_seed_by_seed(tiny_run):
     assert (folder / "ex6_finetune_solution.pt").exists() and (folder / "ex6_finetune_solution_results.json").exists()
 
 
-def test_ask_answers_with_the_fine_tuned_model_and_refuses_bad_lines_in_one_line(tiny_run, capsys, monkeypatch):
+def test_ask_answers_with_the_fine_tuned_model_and_refuses_bad_lines_in_one_line(
+    tiny_run, capsys, monkeypatch, tmp_path
+):
     folder, _ = tiny_run
     monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", folder)
     module = exercises.check.load_learner_file(SOLUTION_6)
@@ -233,6 +241,10 @@ def test_ask_answers_with_the_fine_tuned_model_and_refuses_bad_lines_in_one_line
     ]:
         code, err = run(module, ["--ask", line], capsys)
         one_line_error(code, err, said)
+    renamed = exercises.check.load_learner_file(broken(tmp_path, (MARKS, 'ANSWER, END = "<fix>", "<stop>"')))
+    shutil.copy(folder / "ex6_finetune_solution.pt", folder / "ex6_finetune.pt")  # the solution's, other marks
+    code, err = run(renamed, ["--ask", "Good Romoe speaks 003"], capsys)
+    one_line_error(code, err, "was fine-tuned with other tokens than vocabulary() gives now", "fine-tune again")
     monkeypatch.setattr(harness.checkpoints, "CHECKPOINT_DIR", folder / "none")
     code, err = run(module, ["--ask", "Good Romoe speaks 003"], capsys)
     one_line_error(code, err, "no fine-tuned model at", "fine-tune first with python exercises/solutions/")

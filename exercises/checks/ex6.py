@@ -43,7 +43,7 @@ def vocab_of(module: ModuleType) -> list[str]:
 
 
 def marks_of(vocab: list[str]) -> list[str]:
-    return [t for t in vocab if t not in CHARS]
+    return [t for t in vocab if t not in set(CHARS)]  # a set: "ab" is no character of the text
 
 
 def vocabulary(module: ModuleType) -> str:
@@ -141,6 +141,11 @@ def batch(module: ModuleType) -> str:
             f"T is {x.shape[1]}: the longest pair has {longest} ids, so T is {longest - 1} or more, and at most "
             f"block_size ({BLOCK_SIZE})"
         )
+    if not 0 <= int(x.min()) <= int(x.max()) < len(vocab):
+        raise Failed(
+            f"x holds the id {int(x.min()) if x.min() < 0 else int(x.max())}, which no token has: pad x with an id of "
+            f"the vocabulary (0 to {len(vocab) - 1}), as the embedding reads every position; only y takes IGNORE"
+        )
     for b, (prompt, answer) in enumerate(PAIRS):
         whole = ids_of(module, prompt, answer, vocab)
         n, start = len(whole), len(ids_of(module, prompt, None, vocab)) - 1  # start: the mark's position
@@ -205,7 +210,9 @@ def scripted_model(vocab: list[str], script, block_size: int):
                     "has no more rows; stop there"
                 )
             if Scripted.calls > 4 * block_size:
-                raise Failed("answer() never stops: stop at the end mark, or when the model has read block_size ids")
+                raise Failed(
+                    "answer() goes on past the end mark: stop there, or when the model has read block_size ids"
+                )
             logits = torch.full((B, T, len(vocab)), 0.95)
             for b, row in enumerate(idx.tolist()):
                 for t in range(T):
