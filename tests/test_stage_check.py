@@ -102,6 +102,18 @@ class Norm(nn.Module):
         return F.layer_norm(x, x.shape[-1:]) * self.gain
 """
 
+LECTURE_NORM = """
+
+class LectureNorm(nn.Module):  # the lecture's LayerNorm1d, a module: its variance is the unbiased one
+    def __init__(self, n, eps=1e-5):
+        super().__init__()
+        self.eps, self.gamma, self.beta = eps, nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+
+    def forward(self, x):
+        xhat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + self.eps)
+        return self.gamma * xhat + self.beta
+"""
+
 SUM_FIRST = ("x = x + self.sa(x)", "x = self.sa(x) + x")
 # each right answer: (replacements, text appended)
 RIGHT = {
@@ -147,6 +159,7 @@ RIGHT = {
             NORM_BY_HAND,
         ),
         "a loop, einsum": ((LOOP, LOOPED), batched(9, sdpa=False)),
+        "the lecture's LayerNorm1d": ((("nn.LayerNorm(", "LectureNorm("),), LECTURE_NORM),
     },
     10: {"sdpa, dropout_p": ((), batched(10, sdpa=True)), "a loop, einsum": ((LOOP, LOOPED), batched(10, sdpa=False))},
 }
@@ -262,6 +275,17 @@ MISTAKES = {
         ),
         "a norm before each",
         "post-norm",
+    ),
+    "04 a mask that hides each position from itself": (
+        4,
+        (
+            (
+                "torch.ones(config.block_size, config.block_size))",
+                "torch.ones(config.block_size, config.block_size), -1)",
+            ),
+        ),
+        "shapes and a loss",
+        "the loss is nan: often a row of attention scores all -inf",
     ),
     "09 no final norm": (9, (("        x = self.ln_f(x)  # (B, T, C)\n", ""),), "a norm before each", "ln_f"),
     "09 feed-forward not normalised": (
