@@ -287,6 +287,12 @@ MISTAKES = {
         "shapes and a loss",
         "the loss is nan: often a row of attention scores all -inf",
     ),
+    "10 dropout written in place, on in eval too": (
+        10,
+        (("wei = self.dropout(wei)", "wei = torch.nn.functional.dropout(wei, 0.2)"),),
+        "causal",
+        "in eval mode, two passes over the same characters give other logits",
+    ),
     "09 no final norm": (9, (("        x = self.ln_f(x)  # (B, T, C)\n", ""),), "a norm before each", "ln_f"),
     "09 feed-forward not normalised": (
         9,

@@ -291,6 +291,11 @@ def causal(number: int):
         idx = ids(T)
         with torch.no_grad():
             before = logits_of(model, idx)
+            if not torch.equal(logits_of(model, idx), before):
+                raise Failed(
+                    "in eval mode, two passes over the same characters give other logits: something random still "
+                    "acts; dropout must follow the mode (nn.Dropout, or F.dropout(x, p, training=self.training))"
+                )
             for later in range(T - 1, 0, -1):
                 changed = idx.clone()
                 changed[0, later] = (changed[0, later] + 1) % VOCAB
