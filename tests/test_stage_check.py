@@ -293,6 +293,12 @@ MISTAKES = {
         "causal",
         "in eval mode, two passes over the same characters give other logits",
     ),
+    "10 generate reads the first position": (
+        10,
+        (("logits = logits[:, -1, :]", "logits = logits[:, 0, :]"),),
+        "generate",
+        "the next character comes from the last position, logits[:, -1, :]",
+    ),
     "09 no final norm": (9, (("        x = self.ln_f(x)  # (B, T, C)\n", ""),), "a norm before each", "ln_f"),
     "09 feed-forward not normalised": (
         9,

@@ -335,6 +335,19 @@ def generates(number: int):
                 "character from the probabilities with torch.multinomial"
             )
 
+        def next_of_each(idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, None]:
+            """A model whose every position is sure of the id after its own: (B, T, vocab_size) logits."""
+            logits = torch.full((*idx.shape, VOCAB), -1e4)
+            return logits.scatter(-1, ((idx + 1) % VOCAB).unsqueeze(-1), 0.0), None
+
+        model.forward = next_of_each  # what generate calls as self(idx) from now on
+        wrote = model.generate(torch.tensor([[5, 3]]), 2)[0, 2:].tolist()
+        if wrote != [4, 5]:
+            raise Failed(
+                f"given a model whose every position predicts its own id + 1, generate after ids [5, 3] wrote "
+                f"{wrote}, not [4, 5]: the next character comes from the last position, logits[:, -1, :]"
+            )
+
     return run
 
 
