@@ -60,8 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
-import harness.machine  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.machine  # noqa: E402
+import tools.stages  # noqa: E402
 
 FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 NANOGPT_REFERENCE = "nanoGPT config/train_shakespeare_char.py: 175 s, best val 1.4581 (one H100, 2026-11-22)"
@@ -129,7 +129,7 @@ def bench_stage10() -> dict:
     return {
         "figure": "stage10 default",
         "device": "cuda" if cuda else "cpu",
-        "machine": torch.cuda.get_device_name() if cuda else harness.machine.machine_name(),
+        "machine": torch.cuda.get_device_name() if cuda else tools.machine.machine_name(),
         "preset": preset.group(1) if preset else "?",
         "wall_s": round(wall, 1),
         "train": train,
@@ -157,7 +157,7 @@ def bench_gpu(flags: tuple[str, ...] = GPU_FLAGS, device: str = "cuda") -> dict:
         cmd = [sys.executable, "stages/10_gpt.py", "--device", device, *flags, "--checkpoint", f"{tmp}/10.pt"]
         wall, out = run(cmd, env=env)
         rows = harness.checkpoints.read_history(Path(tmp) / "10.history.csv")
-    machine = torch.cuda.get_device_name() if device == "cuda" else harness.machine.machine_name()
+    machine = torch.cuda.get_device_name() if device == "cuda" else tools.machine.machine_name()
     return gpu_figure(rows, out, wall, flags, device, machine)
 
 
@@ -241,7 +241,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def bench_gflops(steps: int = 3) -> dict:
     """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     cfg = stage.Config()
     torch.manual_seed(0)
     model = stage.LanguageModel(65, cfg)
@@ -369,7 +369,7 @@ def bench_kv_cache(characters: int = 500, rounds: int = 2) -> list[dict]:
     from exercises.check import load_learner_file
 
     solution = load_learner_file(ROOT / "exercises" / "solutions" / "ex5_kv_cache.py")
-    stage = harness.stages.load_stage("10_gpt")
+    stage = tools.stages.load_stage("10_gpt")
     results = []
     for preset in ("cpu", "video"):
         cfg = stage.Config(**stage.PRESETS[preset])
@@ -569,13 +569,13 @@ def main() -> int:
     if not common.DATA_PATH.exists():
         sys.exit("error: the benchmark needs data/input.txt: run `python stages/01_bigram.py` once to download it")
 
-    names = [p.stem for p in harness.stages.stage_files()][:9]
+    names = [p.stem for p in tools.stages.stage_files()][:9]
     stages = (
         names if args.stages == "all" else [n for n in names if n[:2] in {s.zfill(2) for s in args.stages.split(",")}]
     )
     only = set(args.only.split(","))
     print(
-        f"machine: {harness.machine.machine_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"machine: {tools.machine.machine_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         flush=True,
     )
     results = []
@@ -612,7 +612,7 @@ def main() -> int:
         figures = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("figure", "target", "met"))
         print(f"{r['figure']:<36} {figures}\n{'':<36} target: {r['target']}  ->  {'met' if r['met'] else 'NOT met'}")
     today = time.strftime("%Y-%m-%d")
-    record = {"machine": harness.machine.machine_name(), "torch": torch.__version__, "date": today}
+    record = {"machine": tools.machine.machine_name(), "torch": torch.__version__, "date": today}
     record["results"] = merged(args.out, [{**r, "date": today} for r in results])
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out} ({len(results)} of its {len(record['results'])} figures from this run)")

@@ -17,12 +17,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
-import harness  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 
 
 def main() -> None:
-    stage = harness.stages.load_stage(sys.argv[1])
+    stage = tools.stages.load_stage(sys.argv[1])
     cfg = stage.Config()
     batch_size, block_size, max_iters = cfg.batch_size, cfg.block_size, cfg.max_iters
     eval_interval, learning_rate, eval_iters = cfg.eval_interval, cfg.learning_rate, cfg.eval_iters

@@ -38,9 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
-import harness  # noqa: E402
-import harness.machine  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.machine  # noqa: E402
+import tools.stages  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 PREFIX = "stage10 cpu candidate "
@@ -112,7 +111,7 @@ def curves(names: list[str], extra: list[str], jobs: int, out_json: Path) -> lis
 
 def throughput(names: list[str], steps: int) -> list[dict]:
     """ms a training step of each candidate's model, on random tokens, as the stage runs it on a CPU."""
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     data = torch.randint(65, (200_000,))
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -141,7 +140,7 @@ def record(rows: list[dict], path: Path = RESULTS) -> None:
     """Merge rows into path's entries of the same candidate: a curve and a step time recorded apart."""
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"results": []}
     entries = {r["figure"]: r for r in data["results"]}
-    stamp = {"machine": harness.machine.machine_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    stamp = {"machine": tools.machine.machine_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     for row in rows:
         name = row["name"]
         old = entries.get(row["figure"], {"figure": row["figure"]})
@@ -178,7 +177,7 @@ def main() -> int:
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown or not names:
         parser.error(f"unknown: {' '.join(unknown) or '(none given)'}; choose from all, {', '.join(CANDIDATES)}")
-    print(f"machine: {harness.machine.machine_name()}, torch {torch.__version__}", flush=True)
+    print(f"machine: {tools.machine.machine_name()}, torch {torch.__version__}", flush=True)
     if args.what == "throughput":
         rows = throughput(names, args.steps)
     else:

@@ -26,10 +26,10 @@ import common
 import harness
 import harness.checkpoints
 import harness.cli
-import harness.stages
+import tools.stages
 from exercises import training
 from exercises.schedule import Schedule
-from harness.startup import pick_device
+from harness.cli import pick_device
 
 OPERATIONS = "+-*"
 END = "."  # the end mark: the model writes it after the answer
@@ -190,7 +190,7 @@ class Config(Schedule):  # Schedule: lr_decay and warmup_iters (exercises/schedu
 
 def load_stage_10() -> ModuleType:
     name = f"stage_{STAGE_10}"
-    return sys.modules.get(name) or harness.stages.load_stage(STAGE_10)
+    return sys.modules.get(name) or tools.stages.load_stage(STAGE_10)
 
 
 # -- batches ---------------------------------------------------------------------------------------

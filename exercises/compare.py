@@ -37,9 +37,8 @@ sys.path.insert(0, str(ROOT))
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402
-import harness.machine  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.machine  # noqa: E402
+import tools.stages  # noqa: E402
 from exercises.learner_stage import budget_of, cpu_preset_flags, load_learner_file  # noqa: E402
 from exercises.paired_test import mean_and_spread, seeds_to_resolve, verdict  # noqa: E402
 from tools import plot  # noqa: E402
@@ -92,7 +91,7 @@ def train(entries: list[Entry], seeds: list[int], out: Path) -> None:
                     f"the run of {entry.path} with seed {seed} stopped (exit status {code}); the runs "
                     f"finished before it are in {out}"
                 )
-            saved = harness.checkpoints.load(ckpt, harness.stages.stage_name(str(entry.path)))
+            saved = harness.checkpoints.load(ckpt, tools.stages.stage_name(str(entry.path)))
             entry.val.append(saved.history[-1]["val_loss"])
             entry.histories.append(saved.history)
 
@@ -166,15 +165,15 @@ def compare_main(argv: list[str] | None) -> None:
     if len({e.name for e in entries}) < len(entries):
         raise harness.UserError("two files have the same name: their checkpoints would collide; rename one")
     check_budgets(entries)
-    harness.files.check_writable_dir(args.out, f"into --out {args.out}", "--out")
+    harness.checkpoints.check_writable_dir(args.out, f"into --out {args.out}", "--out")
     seeds = [FIRST_SEED + i for i in range(args.seeds)]
     started = time.perf_counter()
     train(entries, seeds, args.out)
     minutes = (time.perf_counter() - started) / 60
-    print(f"\nthe final val loss of each run, {minutes:.1f} minutes in all on {harness.machine.machine_name()}:")
+    print(f"\nthe final val loss of each run, {minutes:.1f} minutes in all on {tools.machine.machine_name()}:")
     print(table(entries, seeds))
     results = {
-        "machine": harness.machine.machine_name(),
+        "machine": tools.machine.machine_name(),
         "date": time.strftime("%Y-%m-%d"),
         "budget": budget_of(entries[0].module, entries[0].flags),
         "seeds": seeds,

@@ -36,8 +36,7 @@ import common
 import harness
 import harness.checkpoints
 import harness.cli
-import harness.files
-import harness.machine
+import tools.machine
 from exercises import learner_stage
 from exercises.paired_test import paired_interval
 
@@ -263,7 +262,7 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
     """Every run of the comparison, seed by seed; the results, also written to <name>_results.json."""
     out = experiment.checkpoint_dir or harness.checkpoints.CHECKPOINT_DIR
     name = name_of(learner)
-    text, where = harness.files.load_text(experiment.data)
+    text, where = harness.cli.load_text(experiment.data)
     pre_path = experiment.pretrained or harness.checkpoints.default_path(STAGE_10)
     pretrained = pretrained_model(pre_path, text)
     cfg = model_config(pretrained)
@@ -306,7 +305,7 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict:
                 save_finetuned(out / f"{name}.pt", model, vocab, pretrained.vocab, cfg, experiment.steps)
                 print(f'saved {out / f"{name}.pt"}: python {runner(learner)} --ask "{prompt}"')
     results = {
-        "machine": harness.machine.machine_name(),
+        "machine": tools.machine.machine_name(),
         "date": time.strftime("%Y-%m-%d"),
         "pretrained": {"path": str(pre_path), "step": pretrained.step, "config": pretrained.config},
         "pairs": {"fine-tuning": len(task.train), "judging": len(task.judge)},

@@ -4,6 +4,7 @@ handling into the exercise's own checkpoint, and the budget a stage's file train
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import io
@@ -18,7 +19,7 @@ import harness
 import harness.checkpoints
 import harness.cli
 import harness.errors
-import harness.stages
+import tools.stages
 
 STAGE_10 = "10_gpt"
 # what a variant of a stage must keep to be compared with it: the characters it trains on (steps x
@@ -63,7 +64,7 @@ def resolved_config(module: ModuleType, flags: list[str]):
     args = parser.parse_args(flags)
     given = harness.cli.explicit_flags(parser, flags)
     with contextlib.redirect_stdout(io.StringIO()):  # the preset's own lines: the runs print them
-        return harness.cli.resolve_config(module.Config, args, given, presets, torch.device("cpu"), None)
+        return harness.cli.resolve_config(module.Config, args, given, presets, torch.device("cpu"), None)[0]
 
 
 def budget_of(module: ModuleType, flags: list[str]) -> dict:
@@ -80,7 +81,7 @@ def cpu_preset_flags(module: ModuleType) -> list[str]:
 def stage_10_with(attention_cls: type | None = None) -> ModuleType:
     """Stage 10, freshly imported; with attention_cls built wherever it builds a MultiHeadAttention
     (its Block looks the name up when it builds one)."""
-    module = harness.stages.load_stage(STAGE_10)
+    module = tools.stages.load_stage(STAGE_10)
     if attention_cls is not None:
         module.MultiHeadAttention = attention_cls
     return module
@@ -95,7 +96,9 @@ def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str]
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def main(argv: list[str]) -> None:
-        given = harness.cli.flag_value(argv, "--checkpoint")
+        flag = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        flag.add_argument("--checkpoint")
+        given = flag.parse_known_args(argv)[0].checkpoint  # the last one, as the stage reads it
         ckpt = Path(given) if given else harness.checkpoints.CHECKPOINT_DIR / f"{name}.pt"
         if ckpt.resolve() == harness.checkpoints.default_path(STAGE_10).resolve():
             raise harness.UserError(

@@ -36,12 +36,11 @@ import common
 import harness
 import harness.checkpoints
 import harness.cli
-import harness.files
-import harness.machine
+import tools.machine
 from exercises import learner_stage, training
 from exercises.paired_test import verdict
 from exercises.schedule import Schedule
-from harness.startup import weights_origin
+from harness.cli import weights_origin
 from tools import corpus, plot
 
 STAGE_10 = learner_stage.STAGE_10
@@ -240,8 +239,8 @@ def pretrain(experiment: Experiment, source: Path, path: Path) -> harness.checkp
             return ckpt
         print(f"pre-trained model: {path} stopped at step {ckpt.step} of {experiment.pretrain_steps}: continuing it")
     else:
-        fine_tuning_text, where = harness.files.load_text(experiment.data)
-        text = harness.files.read_text(source, "--corpus" if experiment.corpus else "PRETRAINING_TEXT")
+        fine_tuning_text, where = harness.cli.load_text(experiment.data)
+        text = harness.cli.read_text(source, "--corpus" if experiment.corpus else "PRETRAINING_TEXT")
         runs = validation_runs_in(text, fine_tuning_text)
         if runs:
             raise harness.UserError(overlap_error(source, runs, where.name))
@@ -349,7 +348,7 @@ def run_experiment(learner: ModuleType, experiment: Experiment) -> dict[str, Any
                 pair.history[kind] = trainer.history
             pairs.append(pair)
     results = {
-        "machine": harness.machine.machine_name(),
+        "machine": tools.machine.machine_name(),
         "date": time.strftime("%Y-%m-%d"),
         "corpus": str(source),
         "pretrained": {"path": str(pre_path), "step": pretrained.step, "history": pretrained.history[-1:]},

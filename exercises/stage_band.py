@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.machine  # noqa: E402
+import tools.machine  # noqa: E402
 from exercises.checks import stage  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def record(losses: dict, seeds: list[int]) -> None:
         "seeds": seeds,
         "val_loss": {**(old or {}).get("val_loss", {}), **losses},
         "band": f"the mean + {stage.SPREADS} standard deviations across seeds",
-        "machine": harness.machine.machine_name(),
+        "machine": tools.machine.machine_name(),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
         "measured": "losses only, no times",

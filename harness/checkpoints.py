@@ -1,9 +1,8 @@
-"""Checkpoints: what one holds (the Checkpoint's fields), its file, and the loss history beside it.
+"""Checkpoints on disk: what one holds, reading and writing it, and the loss history beside it.
 
-On disk a checkpoint is a plain dict of tensors and plain values, since torch.load(...,
-weights_only=True), which runs no code from the file, refuses anything else. Every file is written
-whole or not at all (write_atomically). Beside each checkpoint goes <stage>.history.csv, its loss
-history, for plotting without torch.
+A checkpoint file is a plain dict of tensors and plain values: torch.load(..., weights_only=True),
+which runs no code from the file, refuses anything else. Every file is written whole or not at all
+(write_atomically). Beside each checkpoint goes <stage>.history.csv, for plotting without torch.
 """
 
 from __future__ import annotations
@@ -11,16 +10,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import pickle
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 import common
 from harness.errors import UserError, first_line
-from harness.files import check_writable_dir, write_atomically
 
 CHECKPOINT_DIR = common.ROOT / "checkpoints"
 CHECKPOINT_FORMAT = "nano-gpt-stages/1"
@@ -43,11 +44,9 @@ class Checkpoint:
     init_from: dict[str, Any] | None = None  # where the weights came from; None: trained from scratch
 
     def to_file(self) -> dict[str, Any]:
-        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # the tensors are not copied
-        return {"format": CHECKPOINT_FORMAT} | {k: v for k, v in saved.items() if v is not None}
-
-
-REQUIRED = [f.name for f in dataclasses.fields(Checkpoint) if f.default is dataclasses.MISSING]
+        """The dict torch.save writes: the fields (not copied, as asdict would copy the tensors) and the format."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"format": CHECKPOINT_FORMAT} | {k: v for k, v in fields.items() if v is not None}
 
 
 def default_path(stage: str) -> Path:
@@ -63,84 +62,36 @@ def previous_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}.prev{checkpoint_path.suffix}")
 
 
-def of_run(
-    run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, history, elapsed
-) -> Checkpoint:
-    """The checkpoint of a run at this step."""
-    rng = {
-        "batches": run.train_gen.get_state(),
-        "eval": run.eval_gen.get_state(),
-        "torch": torch.get_rng_state(),  # dropout's random numbers on the CPU ...
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
-        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
-    }
-    config = dataclasses.asdict(run.config)
-    state = (model.state_dict(), optimizer.state_dict())
-    return Checkpoint(run.stage, config, run.tokenizer.chars, step, *state, history, elapsed, rng, run.weights_origin)
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """write(f) into a temporary file beside path, flushed to disk, then renamed onto path: a crash
+    or a kill mid-write leaves the previous file whole, never half of the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes files private (0600); these are ordinary files
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, sizes_from_flags=False) -> None:
-    """Put a checkpoint's weights into model; a model of another size is one clear error that names the
-    hyperparameters that differ. sizes_from_flags: this run's sizes come from its flags (--init_from),
-    so the error says which flags give the checkpoint's; otherwise, to drop the flags that change them."""
-    own, theirs = model.state_dict(), ckpt.model
-    mismatched = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
-    mismatched += [k for k in theirs if k not in own]
-    if mismatched:
-        here = dataclasses.asdict(config)
-        differ = {k: v for k, v in ckpt.config.items() if k in here and here[k] != v}
-        sizes = sizes_that_differ(model, ckpt, config, differ)
-        said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in (sizes or differ).items()) or "other layers"
-        if sizes_from_flags:
-            flags = " ".join(as_flag(k, v) for k, v in sizes.items()) if sizes else "the checkpoint's sizes as flags"
-            advice = f"this run's sizes come from its defaults and flags, not from --init_from: add {flags}"
-        else:
-            advice = "drop the flags that change it to use the checkpoint's, or train afresh"
-        raise UserError(f"{path} holds a model of another size ({said}; first difference: {mismatched[0]}); {advice}")
-    model.load_state_dict(theirs)
+def check_writable_dir(directory: Path, what: str, flag: str) -> None:
+    """Create directory if needed and prove a file can be written in it; else one clear error."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise UserError(f"cannot write {what} ({e.strerror or e}); choose another place with {flag}") from None
 
 
-def sizes_that_differ(model: torch.nn.Module, ckpt: Checkpoint, config: Any, differ: dict) -> dict | None:
-    """Of the hyperparameters that differ, those that change the model's shapes, with the checkpoint's
-    values: each found by building the model with it on the meta device, which allocates nothing. None
-    when together they do not give the checkpoint's shapes (or the model cannot be rebuilt so)."""
-
-    def shapes_with(values: dict) -> dict | None:
-        try:
-            with torch.device("meta"):
-                built = type(model)(len(ckpt.vocab), dataclasses.replace(config, **values))
-            return {k: v.shape for k, v in built.state_dict().items()}
-        except Exception:  # the Config refuses the mix (n_embd not divisible by n_head), or another class
-            return None
-
-    own = shapes_with({})
-    sizes = {k: v for k, v in differ.items() if shapes_with({k: v}) != own}
-    theirs = {k: v.shape for k, v in ckpt.model.items()}
-    return sizes if own is not None and shapes_with(sizes) == theirs else None
-
-
-def as_flag(name: str, value: Any) -> str:
-    """A hyperparameter as the flag that sets it: --n_embd 16, --lr_decay, --no-lr_decay."""
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no-{name}"
-    return f"--{name} {value}"
-
-
-def restore_training(ckpt: Checkpoint, run: Any, optimizer: torch.optim.Optimizer) -> None:
-    """--resume: the optimizer's state and every random-number generator, as they were saved."""
-    optimizer.load_state_dict(ckpt.optimizer)
-    for group in optimizer.param_groups:  # the optimizer's state brings the old rate back:
-        group["lr"] = run.config.learning_rate  # --learning_rate (or the checkpoint's) wins
-    run.train_gen.set_state(ckpt.rng["batches"])
-    run.eval_gen.set_state(ckpt.rng["eval"])
-    torch.set_rng_state(ckpt.rng["torch"])
-    if torch.cuda.is_available() and len(ckpt.rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
-    if ckpt.rng.get("mps") is not None and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(ckpt.rng["mps"])
-
-
-# -- files -------------------------------------------------------------------------------------
+def check_writable(path: Path) -> None:
+    """Fail before training, not after it, when the checkpoint cannot be written."""
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path} is a directory; give a file name such as {path / 'model.pt'}")
+    check_writable_dir(path.parent, f"the checkpoint {path}", "--checkpoint")
 
 
 def write_file(path: Path, saved: dict) -> None:
@@ -163,14 +114,15 @@ def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:  # the file is there but cannot be read: it may be fine, so never say "delete it"
         raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
-    except Exception as e:  # a damaged file can make the unpickler fail in any way (IndexError, EOFError, ...)
-        # torch.save writes a zip archive: one whose pickle holds more than plain data is refused as such
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower() and zipfile.is_zipfile(path):
-            raise UserError(
-                f"{path} holds Python objects beyond tensors and plain data; refusing to unpickle "
-                "an untrusted file. Delete it and train again"
-            ) from None
-        raise UserError(f"{path} is damaged or not a checkpoint ({first_line(e)}); delete it and train again") from None
+    except Exception as e:  # damage can fail the unpickler in any way (IndexError, EOFError, ...)
+        # torch.save writes a zip archive: weights_only refuses one whose pickle holds more than plain data
+        untrusted = (
+            isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower() and zipfile.is_zipfile(path)
+        )
+        said = f"is damaged or not a checkpoint ({first_line(e)})"
+        if untrusted:
+            said = "holds Python objects beyond tensors and plain data; refusing to unpickle an untrusted file"
+        raise UserError(f"{path} {said}. Delete it and train again") from None
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another {flag}")
     if saved.get("stage") != stage:  # another stage's model has other layers: its weights fit no model here
@@ -185,20 +137,40 @@ def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
 def load(path: Path, stage: str, flag: str = "--checkpoint") -> Checkpoint:
     """The checkpoint at path, written by stage; a file that lacks a part is damaged: one clear error."""
     saved = read_file(path, stage, flag)
-    missing = [name for name in REQUIRED if name not in saved]
-    if missing:
+    fields = dataclasses.fields(Checkpoint)
+    if missing := [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in saved]:
         raise UserError(
             f"{path} lacks {', '.join(missing)}: it is damaged, or was written by another version of "
             "this project; delete it and train again"
         )
-    return Checkpoint(**{f.name: saved[f.name] for f in dataclasses.fields(Checkpoint) if f.name in saved})
+    return Checkpoint(**{f.name: saved[f.name] for f in fields if f.name in saved})
 
 
-def check_writable(path: Path) -> None:
-    """Fail before training, not after it, when the checkpoint cannot be written."""
-    if path.is_dir():
-        raise UserError(f"--checkpoint {path} is a directory; give a file name such as {path / 'model.pt'}")
-    check_writable_dir(path.parent, f"the checkpoint {path}", "--checkpoint")
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, init_from=False) -> None:
+    """Put a checkpoint's weights into model; a model of another size is one clear error. Its sizes are
+    the hyperparameters that change a shape, found by building the model on the meta device (no memory)."""
+    own, theirs = model.state_dict(), ckpt.model
+    if {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in theirs.items()}:
+        model.load_state_dict(theirs)
+        return
+
+    def shapes(**values: Any) -> dict | None:
+        try:
+            with torch.device("meta"):
+                built = type(model)(len(ckpt.vocab), dataclasses.replace(config, **values))
+            return {k: v.shape for k, v in built.state_dict().items()}
+        except Exception:  # the Config refuses the mix (n_embd not divisible by n_head), or another class
+            return None
+
+    here = dataclasses.asdict(config)
+    differ = {k: v for k, v in ckpt.config.items() if k in here and here[k] != v}
+    sizes = {k: v for k, v in differ.items() if shapes(**{k: v}) != shapes()} or differ
+    said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in sizes.items()) or "other layers"
+    advice = "drop the flags that change it to use the checkpoint's, or train afresh"
+    if init_from:  # a run from --init_from takes its sizes from its own flags
+        flags = " ".join(f"--{k} {v}" for k, v in sizes.items())
+        advice = f"this run's sizes come from its defaults and flags, not from --init_from: add {flags}"
+    raise UserError(f"{path} holds a model of another size ({said}); {advice}")
 
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:

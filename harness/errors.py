@@ -1,4 +1,7 @@
-"""Failures a user can cause, and run_main, which turns each into one line on stderr and an exit status."""
+"""How a run ends. A first stop signal (Ctrl-C, a job scheduler's SIGTERM, a closed terminal's SIGHUP)
+asks training to stop after the step in progress and save a checkpoint it can resume from; a second
+stops at once (StopNow), but never while a checkpoint is being written. run_main turns each failure a
+user can cause into one line on stderr and an exit status."""
 
 from __future__ import annotations
 
@@ -6,15 +9,82 @@ import contextlib
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from harness.signals import STOP_SIGNALS, StopNow
+from tqdm import tqdm
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
 # what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+
+
+# SIGHUP does not exist on Windows; there Ctrl-C (SIGINT) and SIGTERM are all there is
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+
+
+def describe(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name  # "SIGTERM", "SIGHUP"
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: quit at once, with the exit status a shell gives that signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While active (a `with` block), the stop signals set `received` instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first stop signal's number
+        self._previous: dict[int, object] = {}  # the handlers to put back
+        self._saving = self._outside = False
+        self._held: int | None = None  # a signal that waits for the file being written
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:  # `nohup` ignores SIGHUP: it must stay ignored
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Around writing a checkpoint and its history: a signal that comes meanwhile waits until both are
+        whole. After the training loop (the final save) the signals are caught for the save alone."""
+        self._outside = not self._previous
+        with self if self._outside else contextlib.nullcontext():
+            self._saving = True
+            try:
+                yield
+            finally:
+                self._saving = False
+        if self._held is not None:
+            raise StopNow(self._held, f"{describe(self._held)}: stopped once the checkpoint being written was whole")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._saving and (self.received is not None or self._outside):
+            self._held = signum
+        elif self.received is not None:
+            raise StopNow(signum, f"{describe(signum)} again: stopped without saving; the last checkpoint is unchanged")
+        else:
+            self.received = signum
+            with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): stop and save all the same
+                tqdm.write(f"{describe(signum)}: stopping after this step to save a checkpoint (again: quit at once)")
+
+    def ending(self) -> tuple[str, int]:
+        """How the run ended, for its last line ("interrupted", "stopped by SIGTERM"), and its exit status."""
+        signum = self.received or signal.SIGINT
+        said = "interrupted" if signum == signal.SIGINT else f"stopped by {describe(signum)}"
+        return said, 128 + signum  # as a shell reports a process a signal stopped
 
 
 class UserError(Exception):
@@ -36,30 +106,18 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
-def to_stderr(text: str) -> None:
-    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the exit status still tells
-        print(text, file=sys.stderr)
-
-
-def compile_failed(e: BaseException) -> str | None:
-    """The one line for a failure of torch.compile's compilers (--compile); None for any other error."""
-    if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
-        return None
-    said = first_line(e)[:120]
-    return f"torch.compile failed ({said}); train without --compile, and see what python tools/doctor.py says"
-
-
-def out_of_memory(e: BaseException) -> str | None:
-    """The one line for torch's out of memory, wherever it struck (a step, an estimate, sampling); None
-    for any other error."""
-    if type(e).__name__ != "OutOfMemoryError" and not any(s in str(e).lower() for s in OUT_OF_MEMORY):
-        return None
+def explain_torch_error(e: RuntimeError) -> str | None:
+    """Out of memory, or a failure of --compile's compilers, as one line; None for any other error."""
     # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> "DefaultCPUAllocator: ..."
     said = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", first_line(e))[:120]
-    return (
-        f"out of memory ({said}); try a smaller --batch_size or --block_size, --preset cpu, or --device cpu; "
-        "the last checkpoint saved, if any, is kept whole"
-    )
+    if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return f"torch.compile failed ({said}); train without --compile, and see what python tools/doctor.py says"
+    if type(e).__name__ == "OutOfMemoryError" or any(s in str(e).lower() for s in OUT_OF_MEMORY):
+        return (
+            f"out of memory ({said}); try a smaller --batch_size or --block_size, --preset cpu, or --device cpu; "
+            "the last checkpoint saved, if any, is kept whole"
+        )
+    return None
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
@@ -69,25 +127,23 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0
-    except Interrupted as e:
-        to_stderr(str(e))
-        return e.exit_code
-    except UserError as e:
-        to_stderr(f"error: {e}")
-        return e.exit_code
-    except StopNow as e:  # a second stop signal
-        to_stderr(f"\n{e}")
-        return e.exit_code
-    except KeyboardInterrupt:
-        to_stderr("\ninterrupted: stopped without saving; any earlier checkpoint is unchanged")
-        return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+    except Interrupted as e:  # a clean stop: its line says where the checkpoint is
+        line, code = str(e), e.exit_code
+    except UserError as e:
+        line, code = f"error: {e}", e.exit_code
+    except StopNow as e:  # a second stop signal
+        line, code = f"\n{e}", e.exit_code
+    except KeyboardInterrupt:
+        line, code = "\ninterrupted: stopped without saving; any earlier checkpoint is unchanged", EXIT_INTERRUPTED
     except RuntimeError as e:  # torch's: out of memory, or --compile's compilers
-        if (line := out_of_memory(e) or compile_failed(e)) is None:
+        if (said := explain_torch_error(e)) is None:
             raise
-        to_stderr(f"error: {line}")
-        return EXIT_USER_ERROR
+        line, code = f"error: {said}", EXIT_USER_ERROR
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the exit status still tells
+        print(line, file=sys.stderr)
+    return code

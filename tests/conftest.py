@@ -13,9 +13,9 @@ sys.path.insert(0, str(ROOT))
 
 import harness  # noqa: E402
 import harness.errors  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 
-STAGE_FILES = harness.stages.stage_files()
+STAGE_FILES = tools.stages.stage_files()
 STAGE_IDS = [p.stem for p in STAGE_FILES]
 
 # "small for testing efficiency": every stage's model at a size that trains in a blink
@@ -40,7 +40,7 @@ def one_line_error(code: int, err: str, *fragments: str, exit_code: int = harnes
         assert fragment in lines[0], lines[0]
 
 
-load_stage = harness.stages.load_stage
+load_stage = tools.stages.load_stage
 
 
 def tiny_config(module: ModuleType, **overrides):

@@ -12,7 +12,7 @@ import pytest
 import common
 import exercises.check
 import harness.checkpoints
-import harness.stages
+import tools.stages
 from conftest import SMALL_TEXT, one_line_error
 from exercises import pretraining
 from exercises.checks import ex3
@@ -129,7 +129,7 @@ def test_the_tool_reads_the_debian_package_and_refuses_a_missing_file_in_one_lin
 def test_a_file_that_is_not_the_dictionary_leaves_a_good_corpus_as_it_was(tmp_path, capsys):
     out = tmp_path / "gcide.txt"
     out.write_text("a good corpus, made before", encoding="utf-8")
-    readme = harness.stages.STAGE_DIR.parent / "README.md"  # the mistake seen: any file given by accident
+    readme = tools.stages.STAGE_DIR.parent / "README.md"  # the mistake seen: any file given by accident
     code = corpus.main([str(readme), "--out", str(out)])
     one_line_error(code, capsys.readouterr().err, "README.md is not the dictionary", "gcide.txt is left as it was")
     assert out.read_text(encoding="utf-8") == "a good corpus, made before"

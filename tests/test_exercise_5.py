@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import exercises.check
-import harness.stages
+import tools.stages
 from conftest import one_line_error, tiny_flags
 from exercises.checks import ex5
 
@@ -355,7 +355,7 @@ def test_the_command_exits_1_on_the_starting_file_and_on_no_file(capsys):
 
 
 def test_the_exercise_samples_stage_10s_checkpoint_as_stage_10_does(small_text_file, tmp_path, run_cli, capsys):
-    stage = harness.stages.load_stage("10_gpt")
+    stage = tools.stages.load_stage("10_gpt")
     ckpt = tmp_path / "10.pt"
     flags = tiny_flags(stage, max_iters=2, eval_interval=1)
     code, _, err = run_cli(stage, flags + ["--data", str(small_text_file), "--checkpoint", str(ckpt)])

@@ -12,7 +12,7 @@ import torch
 
 import exercises.check
 import harness.checkpoints
-import harness.stages
+import tools.stages
 from conftest import one_line_error
 from exercises import finetuning
 from exercises.checks import ex6
@@ -183,7 +183,7 @@ TINY = dict(batch_size=4, block_size=64, n_embd=16, n_head=2, n_layer=1, dropout
 
 def pretrained_on(text: str, path) -> None:
     """A tiny stage 10 as if pre-trained from scratch on text: its weights as initialised."""
-    stage = harness.stages.load_stage("10_gpt")
+    stage = tools.stages.load_stage("10_gpt")
     cfg = stage.Config(**TINY)
     vocab = "".join(sorted(set(text)))
     model = stage.LanguageModel(len(vocab), cfg)

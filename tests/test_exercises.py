@@ -12,7 +12,7 @@ import exercises.checks
 import exercises.compare
 import exercises.paired_test
 import harness.errors
-import harness.stages
+import tools.stages
 from conftest import one_line_error, tiny_flags
 from exercises import arithmetic, learner_stage
 from exercises.checks import ex1, ex2, ex4
@@ -439,7 +439,7 @@ def test_check_4_passes_on_each_solution(solution):
 
 
 def test_compare_gives_the_same_losses_for_the_same_code_and_seed(small_text_file, tmp_path, capsys):
-    stage_10 = harness.stages.STAGE_DIR / "10_gpt.py"
+    stage_10 = tools.stages.STAGE_DIR / "10_gpt.py"
     argv = [str(stage_10), str(EXERCISE_4), "--seeds", "2", "--out", str(tmp_path / "cmp")]
     assert exercises.compare.main([*argv, "--", *TINY_BUDGET, "--data", str(small_text_file)]) == 0
     out = capsys.readouterr().out
@@ -458,7 +458,7 @@ def test_compare_gives_the_same_losses_for_the_same_code_and_seed(small_text_fil
 
 def test_compare_refuses_two_budgets_in_one_line(tmp_path, capsys):
     longer = variant(tmp_path, "ex4_longer.py", LONGER)
-    code = exercises.compare.main([str(harness.stages.STAGE_DIR / "10_gpt.py"), str(longer), "--out", str(tmp_path)])
+    code = exercises.compare.main([str(tools.stages.STAGE_DIR / "10_gpt.py"), str(longer), "--out", str(tmp_path)])
     said = f"trains at another budget (max_iters {3 * PRESET_STEPS} in ex4_longer, {PRESET_STEPS} in 10_gpt)"
     one_line_error(code, capsys.readouterr().err, said)
 
@@ -828,7 +828,7 @@ def test_the_starting_file_asks_for_its_parts_before_it_trains(tmp_path, capsys)
 
 
 def test_compare_names_its_own_way_to_give_a_file_when_one_is_missing(tmp_path, capsys):
-    code = exercises.compare.main([str(harness.stages.STAGE_DIR / "10_gpt.py"), "nope.py", "--out", str(tmp_path)])
+    code = exercises.compare.main([str(tools.stages.STAGE_DIR / "10_gpt.py"), "nope.py", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     one_line_error(code, err, "no exercise file at nope.py: give the paths of stage 10 and of your variants")
     assert "--file" not in err  # compare takes paths; --file is check.py's

@@ -26,7 +26,7 @@ ALLOWED = [
         "docs/README.md",
         r"±0\.02",
         "the noise band, said once, in 'How far to trust a figure': the tolerance the stages judge "
-        "their own runs by (NOISE in harness/references.py), which every other page links to",
+        "their own runs by (NOISE in harness/training.py), which every other page links to",
     ),
     ("*", r"\*\*-0\.5", "an exponent in a formula: head_size**-0.5 is the attention scale"),
     ("*", r"N\(0, 0\.02\)", "GPT-2's initialisation, a constant of its recipe"),

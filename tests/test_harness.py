@@ -17,22 +17,20 @@ import exercises.schedule
 import harness
 import harness.checkpoints
 import harness.cli
-import harness.files
-import harness.machine
-import harness.references
-import harness.stages
-import harness.startup
+import harness.training
+import tools.machine
+import tools.stages
 from conftest import SMALL_TEXT
 
 # -- the device ---------------------------------------------------------------------------------
 
 
 def test_device_override():
-    assert harness.startup.pick_device("cpu") == torch.device("cpu")
-    assert harness.startup.pick_device("auto") == common.choose_device()
+    assert harness.cli.pick_device("cpu") == torch.device("cpu")
+    assert harness.cli.pick_device("auto") == common.choose_device()
     if not torch.cuda.is_available():
         with pytest.raises(harness.UserError, match="--device cuda: no CUDA GPU"):
-            harness.startup.pick_device("cuda")
+            harness.cli.pick_device("cuda")
 
 
 # -- the text: checking and downloading ----------------------------------------------------------
@@ -50,14 +48,14 @@ def test_unusable_text_files(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
     with pytest.raises(harness.UserError, match=message):
-        harness.files.read_text(path)
+        harness.cli.read_text(path)
 
 
 def test_data_path_that_is_a_directory_or_missing(tmp_path):
     with pytest.raises(harness.UserError, match="is a directory"):
-        harness.files.read_text(tmp_path)
+        harness.cli.read_text(tmp_path)
     with pytest.raises(harness.UserError, match="no such file"):
-        harness.files.read_text(tmp_path / "missing.txt")
+        harness.cli.read_text(tmp_path / "missing.txt")
 
 
 class _Server:
@@ -100,7 +98,7 @@ BODY = SMALL_TEXT.encode()
 def test_download_saves_a_verified_file(tmp_path):
     dest = tmp_path / "data" / "input.txt"
     with _Server(BODY) as server:
-        harness.files.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+        harness.cli.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
     assert dest.read_bytes() == BODY
     assert list(dest.parent.iterdir()) == [dest]  # no temporary file left
 
@@ -108,14 +106,14 @@ def test_download_saves_a_verified_file(tmp_path):
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
     dest = tmp_path / "input.txt"
     with _Server(BODY) as server, pytest.raises(harness.UserError, match="not the expected file.*nothing was saved"):
-        harness.files.download(server.url, dest, size=len(BODY), md5="0" * 32)
+        harness.cli.download(server.url, dest, size=len(BODY), md5="0" * 32)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_download_cut_short_leaves_nothing(tmp_path):
     dest = tmp_path / "input.txt"
     with _Server(BODY[:100]) as server, pytest.raises(harness.UserError, match="100 bytes"):
-        harness.files.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
+        harness.cli.download(server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -125,7 +123,7 @@ def test_download_that_breaks_off_mid_reply_is_one_error(tmp_path):
         _Server(BODY[:100], broken_chunk=True) as server,
         pytest.raises(harness.UserError, match="could not download .*IncompleteRead"),
     ):
-        harness.files.download(
+        harness.cli.download(
             server.url, dest, size=len(BODY), md5=hashlib.md5(BODY).hexdigest()
         )  # http.client.IncompleteRead
     assert list(tmp_path.iterdir()) == []
@@ -139,7 +137,7 @@ def test_download_unreachable_says_where_to_put_the_file(tmp_path):
     with pytest.raises(
         harness.UserError, match=f"could not download.*put a copy of tiny Shakespeare at {re.escape(str(dest))}"
     ):
-        harness.files.download(f"http://127.0.0.1:{port}/input.txt", dest)
+        harness.cli.download(f"http://127.0.0.1:{port}/input.txt", dest)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -147,11 +145,11 @@ def test_the_real_file_verifies_when_present(tmp_path):
     if not common.DATA_PATH.exists():
         pytest.skip("data/input.txt is not here")
     body = common.DATA_PATH.read_bytes()
-    if hashlib.md5(body).hexdigest() != harness.files.DATA_MD5:
+    if hashlib.md5(body).hexdigest() != harness.cli.DATA_MD5:
         pytest.skip("data/input.txt is not the canonical tiny Shakespeare")
     with _Server(body) as server:
-        harness.files.download(server.url, tmp_path / "input.txt")  # the project's own size and md5
-    assert (tmp_path / "input.txt").stat().st_size == harness.files.DATA_BYTES
+        harness.cli.download(server.url, tmp_path / "input.txt")  # the project's own size and md5
+    assert (tmp_path / "input.txt").stat().st_size == harness.cli.DATA_BYTES
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -278,16 +276,16 @@ def test_history_round_trip(tmp_path):
 
 
 def test_machine_name_names_the_cores():
-    assert harness.machine.machine_name().endswith("cores")
+    assert tools.machine.machine_name().endswith("cores")
 
 
 def test_stage_files_are_numbered_in_order():
-    names = [p.stem for p in harness.stages.stage_files()]
+    names = [p.stem for p in tools.stages.stage_files()]
     assert names and names[0] == "01_bigram"
     assert [int(n[:2]) for n in names] == list(range(1, len(names) + 1))
-    assert harness.stages.previous_stage(names[0]) is None
-    assert all(harness.stages.previous_stage(b) == a for a, b in zip(names, names[1:], strict=False))
-    assert isinstance(harness.stages.STAGE_DIR, Path)
+    assert tools.stages.previous_stage(names[0]) is None
+    assert all(tools.stages.previous_stage(b) == a for a, b in zip(names, names[1:], strict=False))
+    assert isinstance(tools.stages.STAGE_DIR, Path)
 
 
 @dataclasses.dataclass
@@ -305,9 +303,9 @@ def test_help_shows_zero_defaults_and_percent_signs():
 # -- is the loss normal? ----------------------------------------------------------------------------
 
 
-REF_09 = harness.references.recorded()["09_layer_norm", None].measured
-REF_10 = harness.references.recorded()["10_gpt", "cpu"].measured
-REF_05 = harness.references.recorded()["05_multi_head_attention", None].measured
+REF_09 = harness.training.recorded()["09_layer_norm", None]
+REF_10 = harness.training.recorded()["10_gpt", "cpu"]
+REF_05 = harness.training.recorded()["05_multi_head_attention", None]
 
 
 @pytest.mark.parametrize(
@@ -340,25 +338,25 @@ REF_05 = harness.references.recorded()["05_multi_head_attention", None].measured
     ids=["within the noise", "above", "below", "other settings", "not measured"],
 )
 def test_the_closing_verdict_on_the_val_loss(stage, preset, defaults, val, said):
-    assert said in harness.references.judge(stage, preset, defaults, val)
+    assert said in harness.training.judge(stage, preset, defaults, val)
 
 
 def test_what_a_loss_far_off_usually_means_is_said():
-    assert "learned only which character follows which" in harness.references.judge("10_gpt", "cpu", True, 2.49)
-    assert "sees the characters it must predict" in harness.references.judge("09_layer_norm", None, True, 1.5)
-    assert harness.references.judge("ex4_gelu", None, True, 1.5) is None  # not a stage: nothing to say
+    assert "learned only which character follows which" in harness.training.judge("10_gpt", "cpu", True, 2.49)
+    assert "sees the characters it must predict" in harness.training.judge("09_layer_norm", None, True, 1.5)
+    assert harness.training.judge("ex4_gelu", None, True, 1.5) is None  # not a stage: nothing to say
 
 
 def test_a_run_is_at_its_defaults_only_with_every_training_setting_and_the_text_unchanged():
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     presets = stage.PRESETS
     cpu = stage.Config(**presets["cpu"])
-    assert harness.references.at_defaults(cpu, stage.Config, presets, "cpu", None)
-    assert harness.references.at_defaults(stage.Config(), stage.Config, presets, "video", None)
-    assert not harness.references.at_defaults(cpu, stage.Config, presets, "video", None)
+    assert harness.cli.at_defaults(cpu, stage.Config, presets, "cpu", None)
+    assert harness.cli.at_defaults(stage.Config(), stage.Config, presets, "video", None)
+    assert not harness.cli.at_defaults(cpu, stage.Config, presets, "video", None)
     changed = dataclasses.replace(cpu, max_iters=100)
-    assert not harness.references.at_defaults(changed, stage.Config, presets, "cpu", None)
-    assert not harness.references.at_defaults(cpu, stage.Config, presets, "cpu", Path("mine.txt"))
+    assert not harness.cli.at_defaults(changed, stage.Config, presets, "cpu", None)
+    assert not harness.cli.at_defaults(cpu, stage.Config, presets, "cpu", Path("mine.txt"))
 
 
 # -- the learning-rate schedule of exercise 4's worked solution and the exercises' programs ----------

@@ -122,7 +122,7 @@ def test_a_model_of_another_size_is_one_line(bigram, pretrained, small_text_file
         ("own checkpoint", "is this run's own --checkpoint, which training would overwrite; pass another --checkpoint"),
         ("own checkpoint, spelled otherwise", "is this run's own --checkpoint"),
         ("the backup", "is where this run copies the checkpoint it replaces"),
-        ("characters it lacks", "foreign.txt has 2 characters ('Z', 'ë') that --init_from"),
+        ("characters it lacks", "foreign.txt has 2 characters ('Z', 'ë') that "),
         ("with --sample", "--init_from starts training from a checkpoint's weights and --sample only generates text"),
         ("resume of nothing", "to resume; drop --resume to start a run from"),
     ],

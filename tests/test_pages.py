@@ -11,14 +11,14 @@ import textwrap
 import pytest
 
 import harness
-import harness.references
-import harness.stages
+import harness.training
+import tools.stages
 from conftest import ROOT
 from tools import attention, pages
 
 SOURCES = pages.load_sources()
 RECORD = SOURCES.record
-STAGES = harness.stages.stage_names()
+STAGES = tools.stages.stage_names()
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 GLOSSARY_LINK = re.compile(r"\[([^\]]+)\]\(\.\./glossary\.md#([\w-]+)\)")
@@ -44,7 +44,7 @@ def test_the_pages_and_tables_are_what_the_stages_and_the_record_make():
 
 
 def code_below_docstring(stage: str) -> list[str]:
-    source = (harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8")
+    source = (tools.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8")
     return source.splitlines()[ast.parse(source).body[0].end_lineno :]
 
 
@@ -68,7 +68,7 @@ def test_each_hunks_line_numbers_are_the_whole_files(stage):
     """A hunk's @@ line numbers the lines as they are in the stage files, docstring included."""
     before = STAGES[STAGES.index(stage) - 1]
     lines = {
-        name: (harness.stages.STAGE_DIR / f"{name}.py").read_text(encoding="utf-8").splitlines()
+        name: (tools.stages.STAGE_DIR / f"{name}.py").read_text(encoding="utf-8").splitlines()
         for name in (before, stage)
     }
     for hunk in pages.code_hunks(SOURCES.stages[before], SOURCES.stages[stage]):
@@ -99,7 +99,7 @@ def noise_said(noise: float) -> str:
 
 def test_what_the_idea_bought_weighs_the_change_against_the_noise():
     run = {"val_loss": 2.30}
-    noise = harness.references.NOISE
+    noise = harness.training.NOISE
     said = pages.bought("05_b", run, "04_a", {"val_loss": 2.43})
     assert (
         said
@@ -162,7 +162,7 @@ def test_each_page_has_its_lesson_curve_and_sample(stage):
     run = RECORD["stages"][stage]
     assert page.count("\n# ") + page.startswith("# ") == 1 and pages.lesson(SOURCES.stages[stage]) in page
     assert f"python stages/{stage}.py" in page
-    assert f"| val loss | {run['val_loss']:.4f} | {harness.references.lecture_figure(stage, run['preset'])} |" in page
+    assert f"| val loss | {run['val_loss']:.4f} | {harness.training.LECTURE.get((stage, run['preset']), '—')} |" in page
     assert f"](../images/curve_{stage}.png)" in page and pages.curve_image(stage).stat().st_size > 1000
     assert pages.fence(run["sample"], "text") in page
     if stage == "10_gpt":
@@ -191,17 +191,16 @@ def test_the_readme_is_a_front_door():
 def test_the_references_are_the_recorded_figures():
     """ "Is my loss normal?" compares a run with the recorded figure, nothing written a second time."""
     for stage, run in RECORD["stages"].items():
-        reference = harness.references.recorded()[stage, run["preset"]]
-        assert reference.measured == run["val_loss"]
-    assert harness.references.recorded()["10_gpt", "video"].measured is None  # never recorded here
-    assert "has not measured" in harness.references.judge("10_gpt", "video", True, 1.49)
+        assert harness.training.recorded()[stage, run["preset"]] == run["val_loss"]
+    assert ("10_gpt", "video") not in harness.training.recorded()  # never recorded here
+    assert "has not measured" in harness.training.judge("10_gpt", "video", True, 1.49)
 
 
 def test_without_a_record_nothing_is_claimed(tmp_path):
-    assert harness.references.load_record(tmp_path / "none.json") == {}
-    known = harness.references.references({})
-    assert all(r.measured is None for r in known.values())
-    said = harness.references.judge("09_layer_norm", None, True, 2.06, known)
+    assert harness.training.load_record(tmp_path / "none.json") == {}
+    known = harness.training.measured({})
+    assert known == {}
+    said = harness.training.judge("09_layer_norm", None, True, 2.06, known)
     assert said.startswith("no reference for 09_layer_norm's defaults: this project has not measured it")
     assert pages.stages_table({}).startswith("No run is recorded yet")
     page = pages.stage_page("02_position_embedding", dataclasses.replace(SOURCES, record={}))
@@ -303,7 +302,7 @@ def test_the_exercise_tables_say_which_way_a_difference_goes():
 def test_a_record_that_cannot_be_read_is_one_warning_and_no_reference(tmp_path, capsys):
     broken = tmp_path / "runs.json"
     broken.write_text("<<<<<<< HEAD\n{", encoding="utf-8")
-    assert harness.references.load_record(broken) == {}
+    assert harness.training.load_record(broken) == {}
     assert capsys.readouterr().err.startswith(f"warning: {broken} cannot be read (")
 
 

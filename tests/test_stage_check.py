@@ -9,11 +9,11 @@ import pytest
 import common
 import exercises.check
 import harness.checkpoints
-import harness.stages
+import tools.stages
 from conftest import one_line_error
 from exercises.checks import stage
 
-STAGE_FILE = {n: harness.stages.STAGE_DIR / f"{harness.stages.STAGES[n - 1]}.py" for n in range(1, 11)}
+STAGE_FILE = {n: tools.stages.STAGE_DIR / f"{tools.stages.STAGES[n - 1]}.py" for n in range(1, 11)}
 
 
 def learner_file(tmp_path, number: int, *replacements: tuple[str, str], appended: str = ""):
@@ -416,10 +416,10 @@ def test_the_command_checks_a_file_and_says_what_is_wrong_in_one_line(tmp_path, 
 
 
 def test_a_learners_copy_beside_the_stages_is_not_a_stage(tmp_path, monkeypatch):
-    for p in harness.stages.stage_files():
+    for p in tools.stages.stage_files():
         (tmp_path / p.name).write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "04_mine.py").write_text(STAGE_FILE[4].read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "00_mine.py").write_text("", encoding="utf-8")
-    monkeypatch.setattr(harness.stages, "STAGE_DIR", tmp_path)
-    assert harness.stages.stage_names() == list(harness.stages.STAGES)
-    assert harness.stages.load_stage("04").__file__ == str(tmp_path / "04_self_attention_head.py")
+    monkeypatch.setattr(tools.stages, "STAGE_DIR", tmp_path)
+    assert tools.stages.stage_names() == list(tools.stages.STAGES)
+    assert tools.stages.load_stage("04").__file__ == str(tmp_path / "04_self_attention_head.py")

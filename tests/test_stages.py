@@ -14,7 +14,7 @@ import harness
 import harness.checkpoints
 import harness.cli
 import harness.errors
-import harness.stages
+import tools.stages
 from conftest import STAGE_IDS, VOCAB, build, load_stage, number, one_line_error, stages_from, tiny_config, tiny_flags
 
 
@@ -30,7 +30,7 @@ def test_import_reads_no_data_and_trains_nothing(stage, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("importing a stage must not read data or train")
 
-    monkeypatch.setattr(harness.files, "load_text", forbidden)
+    monkeypatch.setattr(harness.cli, "load_text", forbidden)
     monkeypatch.setattr(harness, "start", forbidden)
     module = load_stage(stage)
     for name in ("Config", "LanguageModel", "main"):
@@ -249,23 +249,13 @@ def test_stage_runs_as_a_script(tmp_path, small_text_file):
     module = load_stage(STAGE_IDS[0])
     cmd = [
         sys.executable,
-        str(harness.stages.STAGE_DIR / f"{STAGE_IDS[0]}.py"),
+        str(tools.stages.STAGE_DIR / f"{STAGE_IDS[0]}.py"),
         *tiny_flags(module, max_iters=5, eval_interval=5),
     ]
     cmd += ["--data", str(small_text_file), "--checkpoint", str(tmp_path / "s.pt")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "step 4: train loss" in done.stdout and (tmp_path / "s.pt").exists()
-
-
-def test_a_run_compares_its_loss_with_the_previous_stage(small_text_file, tmp_path, run_cli):
-    first, second = load_stage(STAGE_IDS[0]), load_stage(STAGE_IDS[1])
-    for module, stage in ((first, STAGE_IDS[0]), (second, STAGE_IDS[1])):
-        flags = tiny_flags(module) + ["--data", str(small_text_file), "--checkpoint", str(tmp_path / f"{stage}.pt")]
-        code, out, err = run_cli(module, flags)
-        assert code == 0, err
-    previous = harness.checkpoints.read_history(tmp_path / f"{STAGE_IDS[0]}.history.csv")[-1]["val_loss"]
-    assert f"{previous:.4f} at the end of {STAGE_IDS[0]}'s last run" in out
 
 
 @pytest.mark.parametrize("stage", stages_from(10))

@@ -13,9 +13,9 @@ import torch
 import harness
 import harness.checkpoints
 import harness.cli
-import harness.machine
-import harness.references
-import harness.stages
+import harness.training
+import tools.machine
+import tools.stages
 from conftest import ROOT, SMALL_TEXT, load_stage, one_line_error
 from tools import dropout, pages, plot, train_all
 
@@ -52,13 +52,13 @@ def fake_history(directory, stage: str, start: float = 4.2) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["9", "09", "09_layer_norm", "layer_norm", "stages/09_layer_norm.py"])
 def test_a_stage_is_named_by_number_or_name(name):
-    assert harness.stages.resolve_stage(name) == "09_layer_norm"
+    assert tools.stages.resolve_stage(name) == "09_layer_norm"
 
 
 @pytest.mark.parametrize("name", ["11", "0", "norm", "09_layer"])
 def test_an_unknown_stage_name_is_an_error(name):
     with pytest.raises(harness.UserError, match="no stage"):
-        harness.stages.resolve_stage(name)
+        tools.stages.resolve_stage(name)
 
 
 # -- plot ------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_train_all_quick_trains_a_stage_and_records_it(tmp_path, capsys, monkeyp
     record = json.loads(record_path.read_text(encoding="utf-8"))
     assert record["command"].startswith("python tools/train_all.py --quick")
     assert record["note"] == "quick mode: 20 iterations per stage, not the stages' defaults"  # the flags after -- won
-    assert record["machine"] == harness.machine.machine_name() and record["torch"] == torch.__version__.split("+")[0]
+    assert record["machine"] == tools.machine.machine_name() and record["torch"] == torch.__version__.split("+")[0]
     assert list(record["stages"]) == ["02_position_embedding"]
     table = out.split(pages.measured_by(record))[1]
     rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines() if line.startswith("| 0")]
@@ -202,7 +202,7 @@ def test_train_all_quick_trains_a_stage_and_records_it(tmp_path, capsys, monkeyp
             concept,
             f"{parameters:,}",
             f"{last['val_loss']:.4f}",
-            harness.references.lecture_figure(stage, result["preset"]),
+            harness.training.LECTURE.get((stage, result["preset"]), "—"),
         ]
         assert row[5].endswith(" s") and float(row[5][:-2]) >= 0  # seconds, however few in-process
         run = record["stages"][stage]
@@ -258,7 +258,7 @@ def test_only_a_full_run_at_the_defaults_replaces_the_projects_record(tmp_path):
     def where(*argv: str, extra: tuple[str, ...] = ()):
         return train_all.record_path(train_all.build_parser().parse_args(list(argv)), list(extra))
 
-    assert where() == harness.references.RECORD
+    assert where() == harness.training.RECORD
     for partial in (["--quick"], ["--stages", "01"], ["--data", "mine.txt"]):
         assert where(*partial) is None, partial
     assert where(extra=("--max_iters", "10")) is None
@@ -280,9 +280,9 @@ def test_a_partial_run_leaves_the_projects_record_and_pages_alone(tmp_path, caps
 
     monkeypatch.setattr(train_all, "run_process", a_run)
     monkeypatch.setattr(pages, "write_pages", no_pages)
-    kept = [harness.references.RECORD, ROOT / "README.md", pages.PAGES / "01_bigram.md"]
+    kept = [harness.training.RECORD, ROOT / "README.md", pages.PAGES / "01_bigram.md"]
     before = [p.read_bytes() for p in kept]
-    monkeypatch.setattr(harness.references, "RECORD", tmp_path / "runs.json")  # where a regression would write
+    monkeypatch.setattr(harness.training, "RECORD", tmp_path / "runs.json")  # where a regression would write
     code = train_all.main(["--quick", "--stages", "01", "--checkpoints", str(tmp_path), "--", *TINY_EXTRA])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -370,7 +370,7 @@ def test_dropout_runs_without_dropout_then_at_the_cpu_presets_rate(small_text_fi
 
     monkeypatch.setattr(stage.LanguageModel, "__init__", recording)
     monkeypatch.setattr(stage.LanguageModel, "generate", lambda self, idx, *args, **kwargs: idx)  # no closing sample
-    monkeypatch.setattr(harness.stages, "load_stage", lambda name: stage)
+    monkeypatch.setattr(tools.stages, "load_stage", lambda name: stage)
     argv = ["--data", str(small_text_file), "--chars", "5000", "--max_iters", "2", "--out", str(tmp_path / "d")]
     code = dropout.main([*argv, "--device", "cpu"])
     assert code == 0, capsys.readouterr().err

@@ -39,8 +39,8 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.stages  # noqa: E402
 import harness.training  # noqa: E402
+import tools.stages  # noqa: E402
 from tools import plot  # noqa: E402
 
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters that would otherwise be invisible on an axis
@@ -75,7 +75,7 @@ class Trained:
 def load_trained(stage: str, path: Path) -> Trained:
     """The stage's model from the checkpoint at path; a missing, damaged or foreign file is one clear error."""
     ckpt = harness.checkpoints.load(path, stage)
-    module = harness.stages.load_stage(stage)
+    module = tools.stages.load_stage(stage)
     fields = {f.name for f in dataclasses.fields(module.Config)}
     config = module.Config(**{k: v for k, v in ckpt.config.items() if k in fields})
     model = module.LanguageModel(len(ckpt.vocab), config)
@@ -423,9 +423,9 @@ def attention_main(argv: list[str] | None) -> None:
         )
     if isinstance(sys.stdout, io.TextIOWrapper):  # ⏎, ␣ and █ on a terminal that cannot show them: escapes, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
-    stage = harness.stages.resolve_stage(args.stage)
+    stage = tools.stages.resolve_stage(args.stage)
     trained = load_trained(stage, args.checkpoint or harness.checkpoints.default_path(stage))
-    harness.startup.check_sampling_flags(args, trained.tokenizer)  # the stages' errors for --prompt and --top_k
+    harness.cli.check_sampling_flags(args, trained.tokenizer)  # the stages' errors for --prompt and --top_k
     text, note = model_input(args.prompt, trained)
     positions = check_positions(args.positions or [-1], len(text))
 

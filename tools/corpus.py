@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
+import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,7 @@ def corpus_main(argv: list[str] | None) -> None:
             f"have): give {DEB_FILE.name} or the {DICT_FILE.name} inside it{kept}"
         )
     print(f"read {args.source}: {len(text):,} characters ({same})")
-    shakespeare, where = harness.files.load_text(args.shakespeare)
+    shakespeare, where = harness.cli.load_text(args.shakespeare)
     try:
         cleaned, removed = build(text, shakespeare)
     except harness.UserError as e:
@@ -351,7 +351,7 @@ def corpus_main(argv: list[str] | None) -> None:
         print(f"removed {r.paragraphs:,} paragraphs ({r.characters:,} characters) for {why}")
     data = cleaned.encode("utf-8")
     try:
-        harness.files.write_atomically(args.out, lambda f: f.write(data))
+        harness.checkpoints.write_atomically(args.out, lambda f: f.write(data))
     except OSError as e:
         raise harness.UserError(
             f"cannot write {args.out} ({e.strerror or e}); choose another place with --out"

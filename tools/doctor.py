@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import harness  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 
 # float32 on two devices sums the same products in another order: differences of this size are rounding
 TOLERANCE = {"logits": 1e-3, "loss": 1e-4, "gradients": 1e-3, "training": 1e-3}
@@ -110,7 +110,7 @@ class Results:
 def compute(device: torch.device, **sizes) -> Results:
     """Stage 10's model at the cpu preset's size (or sizes) on device: a forward and backward pass,
     a short run of training, and draws from torch.multinomial; everything brought back to the CPU."""
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     # dropout off: its random draws differ from device to device, and the runs must be comparable
     cfg = stage.Config(**{**stage.PRESETS["cpu"], "dropout": 0.0, **sizes})
     torch.manual_seed(0)
@@ -194,7 +194,7 @@ def parity(name: str, run: Callable[[], Results], reference: Results) -> list[Fi
 
 
 def ms_a_step(device: torch.device, preset: str, steps: int) -> float:
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     cfg = stage.Config(**stage.PRESETS[preset])
     torch.manual_seed(0)
     model = stage.LanguageModel(VOCAB, cfg).to(device)
@@ -218,7 +218,7 @@ def ms_a_step(device: torch.device, preset: str, steps: int) -> float:
 
 
 def speed_findings(devices: list[torch.device]) -> list[Finding]:
-    presets = harness.stages.load_stage("10").PRESETS
+    presets = tools.stages.load_stage("10").PRESETS
     found = []
     for device in devices:
         for preset in ("cpu", "video"):
@@ -247,7 +247,7 @@ def memory_estimate_gib(cfg) -> float:
 
 
 def memory_findings() -> list[Finding]:
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     found = []
     for preset in ("cpu", "video"):
         gib = memory_estimate_gib(stage.Config(**stage.PRESETS[preset]))

@@ -19,8 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 from tools import plot  # noqa: E402
 
 CHARS = 50_000  # the slice: 45,000 characters to train on, read about 45 times in 1,000 steps
@@ -37,7 +36,7 @@ def run_one(stage, rate: float, text: Path, out: Path, max_iters: int, device: s
     code = harness.run_main(stage.main, argv)
     if code != 0:
         raise harness.UserError(f"the run with dropout {rate:g} stopped (exit status {code}); its checkpoint is {ckpt}")
-    return harness.checkpoints.load(ckpt, harness.stages.stage_name(stage.__file__)).history
+    return harness.checkpoints.load(ckpt, tools.stages.stage_name(stage.__file__)).history
 
 
 def table(histories: dict[float, list[dict]]) -> str:
@@ -96,15 +95,15 @@ def dropout_main(argv: list[str] | None) -> None:
     parser.add_argument("--data", type=Path, help="slice this UTF-8 text instead of tiny Shakespeare")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where to compute")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    stage = harness.stages.load_stage("10")
+    stage = tools.stages.load_stage("10")
     rate = stage.PRESETS["cpu"]["dropout"]
-    text, source = harness.files.load_text(args.data)
+    text, source = harness.cli.load_text(args.data)
     if len(text) < args.chars:
         raise harness.UserError(f"{source} has {len(text):,} characters, fewer than --chars {args.chars:,}")
-    harness.files.check_writable_dir(args.out, f"into --out {args.out}", "--out")
+    harness.checkpoints.check_writable_dir(args.out, f"into --out {args.out}", "--out")
     sliced = args.out / "slice.txt"
     piece = text[: args.chars].encode("utf-8")
-    harness.files.write_atomically(sliced, lambda f: f.write(piece))
+    harness.checkpoints.write_atomically(sliced, lambda f: f.write(piece))
     histories = {r: run_one(stage, r, sliced, args.out, args.max_iters, args.device) for r in (0.0, rate)}
     print(f"\ntrain and val loss on the first {args.chars:,} characters of {source.name} (gap: val - train):")
     print(table(histories))

@@ -36,10 +36,10 @@ import common  # noqa: E402
 import exercises.finetuning  # noqa: E402
 import exercises.paired_test  # noqa: E402
 import harness  # noqa: E402
+import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402
-import harness.references  # noqa: E402
-import harness.stages  # noqa: E402
+import harness.training  # noqa: E402
+import tools.stages  # noqa: E402
 from tools import plot  # noqa: E402
 
 DOCS = common.ROOT / "docs"
@@ -75,12 +75,10 @@ class Sources:
 
 def load_sources() -> Sources:
     results = json.loads(RESULTS.read_text(encoding="utf-8"))["results"]
-    stages = {
-        s: (harness.stages.STAGE_DIR / f"{s}.py").read_text(encoding="utf-8") for s in harness.stages.stage_names()
-    }
+    stages = {s: (tools.stages.STAGE_DIR / f"{s}.py").read_text(encoding="utf-8") for s in tools.stages.stage_names()}
     walkthroughs = {s: path.read_text(encoding="utf-8") for s in stages if (path := WALKTHROUGH / f"{s}.md").exists()}
     glossary = GLOSSARY.read_text(encoding="utf-8")
-    return Sources(harness.references.load_record(), results, stages, walkthroughs, glossary)
+    return Sources(harness.training.load_record(), results, stages, walkthroughs, glossary)
 
 
 def entry(results: list[dict], prefix: str) -> dict | None:
@@ -118,7 +116,7 @@ def stages_table(record: dict, links: bool = True, sources: dict[str, str] | Non
         minutes = watch(sources[stage]) if sources and stage in sources else None
         if minutes is not None:
             concept += f" ([{minutes[0].split(',')[0]}]({minutes[1]}))"
-        lecture = harness.references.lecture_figure(stage, run.get("preset"))
+        lecture = harness.training.LECTURE.get((stage, run.get("preset")), "—")
         figures = [number_or_dash(run["parameters"], ","), number_or_dash(run["val_loss"], ".4f")]
         cells = [number, concept, *figures, lecture, f"{run['wall_time_s']} s"]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -326,17 +324,18 @@ def header(*columns: str) -> str:
 
 def measured_table(stage: str, run: dict, record: dict) -> str:
     preset = run.get("preset")
+    lecture = harness.training.LECTURE.get((stage, preset), "—")
     rows = [
         "| | measured here | the lecture's |",
         "| --- | --- | --- |",
-        f"| val loss | {number_or_dash(run['val_loss'], '.4f')} | {harness.references.lecture_figure(stage, preset)} |",
+        f"| val loss | {number_or_dash(run['val_loss'], '.4f')} | {lecture} |",
         f"| train loss | {number_or_dash(run['train_loss'], '.4f')} | |",
         f"| parameters | {number_or_dash(run['parameters'], ',')} | |",
         f"| steps | {number_or_dash(run['steps'], ',')}" + (f" (preset {preset})" if preset else "") + " | |",
         f"| time, the whole run | {run['wall_time_s']} s | |",
     ]
     said = f"{measured_by(record)}:\n\n" + "\n".join(rows)
-    video = harness.references.LECTURE.get((stage, "video")) if preset and preset != "video" else None
+    video = harness.training.LECTURE.get((stage, "video")) if preset and preset != "video" else None
     if video:  # the lecture's own run is another preset's: say what differs
         lecture = stage_config(stage, "video")
         said += (
@@ -356,7 +355,7 @@ def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
     if val is None or before is None:
         return f"Stage {stage[:2]} or stage {previous[:2]} has no val loss in the record: nothing to compare."
     change = val - before
-    noise = harness.references.NOISE
+    noise = harness.training.NOISE
     band = f"[run-to-run noise]({NOISE_EXPLAINED}) of ±{noise}"
     way = "lower" if change < 0 else "higher"
     if abs(change) <= noise:
@@ -370,7 +369,7 @@ def bought(stage: str, run: dict, previous: str, previous_run: dict) -> str:
 
 def stage_config(stage: str, preset: str | None):
     """A stage's Config at its defaults, with its preset applied."""
-    module = harness.stages.load_stage(stage)
+    module = tools.stages.load_stage(stage)
     return module.Config(**(getattr(module, "PRESETS", {}).get(preset, {}) if preset else {}))
 
 
@@ -955,8 +954,8 @@ def stage_01_verdict(record: dict) -> str:
     run = record.get("stages", {}).get("01_bigram")
     if run is None:
         return "(no run of stage 01 is recorded yet)"
-    references = harness.references.references(record)
-    return fence(harness.references.judge("01_bigram", None, True, run["val_loss"], references), "text")
+    references = harness.training.measured(record)
+    return fence(harness.training.judge("01_bigram", None, True, run["val_loss"], references), "text")
 
 
 def blocks(sources: Sources) -> dict[str, str]:
@@ -1013,12 +1012,12 @@ def write_pages(sources: Sources) -> list[Path]:
     written = []
     for path, text in stale_files(sources).items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        harness.files.write_atomically(path, lambda f, text=text: f.write(text.encode("utf-8")))
+        harness.checkpoints.write_atomically(path, lambda f, text=text: f.write(text.encode("utf-8")))
         written.append(path)
     if plot.have_matplotlib():
         runs = sources.record.get("stages", {})
         for stage, run in runs.items():
-            before = harness.stages.previous_stage(stage)
+            before = tools.stages.previous_stage(stage)
             previous = (before, runs[before]) if before in runs else None
             written.append(draw_curve(stage, run, previous, curve_image(stage)))
     return written
@@ -1031,8 +1030,8 @@ def pages_main(argv: list[str] | None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     sources = load_sources()
     if args.keys:
-        stage = harness.stages.resolve_stage(args.keys)
-        previous = harness.stages.previous_stage(stage)
+        stage = tools.stages.resolve_stage(args.keys)
+        previous = tools.stages.previous_stage(stage)
         if previous is None:
             raise harness.UserError(f"{stage} is the first stage: it has no diff")
         for hunk in code_hunks(sources.stages[previous], sources.stages[stage]):

@@ -23,7 +23,7 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 
 MATPLOTLIB_HINT = (
     "charts need matplotlib, which training does not: pip install matplotlib (or pip install -r requirements-dev.txt)"
@@ -52,7 +52,7 @@ def load_histories(stages: list[str], checkpoint_dir: Path) -> dict[str, list[di
 
 
 def stages_with_history(checkpoint_dir: Path) -> list[str]:
-    stages = harness.stages.stage_names()
+    stages = tools.stages.stage_names()
     return [s for s in stages if harness.checkpoints.read_history(history_file(checkpoint_dir, s))]
 
 
@@ -210,7 +210,7 @@ def plot_main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     import_matplotlib()  # missing, it is the first thing to say: the histories can wait
     if args.stages:
-        stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in args.stages))  # "9 09" is one stage
+        stages = list(dict.fromkeys(tools.stages.resolve_stage(s) for s in args.stages))  # "9 09" is one stage
     else:
         stages = stages_with_history(args.checkpoints)
         if not stages:

@@ -37,10 +37,9 @@ import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
 import harness.errors  # noqa: E402
-import harness.files  # noqa: E402
-import harness.machine  # noqa: E402
-import harness.references  # noqa: E402
-import harness.stages  # noqa: E402
+import harness.training  # noqa: E402
+import tools.machine  # noqa: E402
+import tools.stages  # noqa: E402
 from tools import pages, plot  # noqa: E402
 
 QUICK_FLAGS = ["--max_iters", "500", "--eval_interval", "100", "--eval_iters", "20"]
@@ -68,7 +67,7 @@ class Result:
 def stage_facts(stage: str) -> tuple[str, bool]:
     """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
     A stage has presets when it defines PRESETS or imports it."""
-    tree = ast.parse((harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
+    tree = ast.parse((tools.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").strip()
     first = doc.splitlines()[0] if doc else ""
     concept = re.sub(r"^Stage \d+:\s*", "", first).rstrip(".").strip() or stage[3:].replace("_", " ")
@@ -118,6 +117,13 @@ def run_process(cmd: list[str], indent: str = "    ") -> tuple[int, list[str], l
     return code, out, [line.rstrip("\n") for line in err], seconds
 
 
+def stage_flag(flags: list[str], name: str) -> str | None:
+    """The value a stage reads for flag name among flags (the last one given), or None."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(name)
+    return vars(parser.parse_known_args(flags)[0])[name.removeprefix("--")]
+
+
 def collect(
     stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str
 ) -> Result:
@@ -131,7 +137,7 @@ def collect(
         if m := re.match(r"preset: (\S+)", line):
             preset = m.group(1)
     if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
-        preset = harness.cli.flag_value(flags, "--preset") or "see flags"
+        preset = stage_flag(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
     sample_path = checkpoint_dir / f"{stage}.sample.txt"
@@ -145,7 +151,7 @@ def collect(
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
-        lecture_val=harness.references.lecture_figure(stage, preset),
+        lecture_val=harness.training.LECTURE.get((stage, preset), "—"),
         wall_time_s=round(seconds, 1),
         machine=machine,
         preset=preset,
@@ -233,25 +239,25 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
         names = [s for s in args.stages.split(",") if s.strip()]
         if not names:
             raise harness.UserError(f"--stages {args.stages!r} names no stage; give numbers or names such as 01,02")
-        stages = list(dict.fromkeys(harness.stages.resolve_stage(s) for s in names))
+        stages = list(dict.fromkeys(tools.stages.resolve_stage(s) for s in names))
     else:
-        stages = harness.stages.stage_names()
+        stages = tools.stages.stage_names()
     args.record = record_path(args, extra)
     if args.checkpoints is None:  # a quick run keeps its checkpoints apart from the full runs'
         args.checkpoints = (
             harness.checkpoints.CHECKPOINT_DIR / "quick" if args.quick else harness.checkpoints.CHECKPOINT_DIR
         )
     if args.record is not None:
-        harness.files.check_writable_dir(args.record.parent, f"for --record {args.record}", "--record")
-    harness.files.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
+        harness.checkpoints.check_writable_dir(args.record.parent, f"for --record {args.record}", "--record")
+    harness.checkpoints.check_writable_dir(args.checkpoints, f"into --checkpoints {args.checkpoints}", "--checkpoints")
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
-    machine = harness.machine.machine_name()
+    machine = tools.machine.machine_name()
     results = []
     for n, stage in enumerate(stages, 1):
         ckpt = args.checkpoints / f"{stage}.pt"
-        cmd = [sys.executable, str(harness.stages.STAGE_DIR / f"{stage}.py"), "--checkpoint", str(ckpt), *data, *flags]
+        cmd = [sys.executable, str(tools.stages.STAGE_DIR / f"{stage}.py"), "--checkpoint", str(ckpt), *data, *flags]
         print(f"[{n}/{len(stages)}] {stage}: {shlex.join(['python', f'stages/{stage}.py', *cmd[2:]])}", flush=True)
         code, stdout, stderr, seconds = run_process(cmd)
         if code == harness.errors.EXIT_INTERRUPTED:
@@ -286,7 +292,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     print(f"results: {results_json}")
 
     command = shlex.join(["python", "tools/train_all.py", *argv])
-    iterations = harness.cli.flag_value(flags, "--max_iters")
+    iterations = stage_flag(flags, "--max_iters")
     note = None
     if args.quick:
         note = f"quick mode: {iterations} iterations per stage, not the stages' defaults"
@@ -302,14 +308,14 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
         return 0
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     try:
-        harness.files.write_atomically(args.record.resolve(), lambda f: f.write(text.encode("utf-8")))
+        harness.checkpoints.write_atomically(args.record.resolve(), lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise harness.UserError(
             f"cannot write --record {args.record} ({e.strerror or e}); the results are in {results_json}"
         ) from None
     print(f"\n{table}\n\nrecorded {len(results)} stage(s) in {args.record}")
     draw_chart(results, args.checkpoints)
-    if args.record.resolve() == harness.references.RECORD:
+    if args.record.resolve() == harness.training.RECORD:
         try:
             written = pages.write_pages(pages.load_sources())
         except OSError as e:
@@ -327,7 +333,7 @@ def record_path(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Where the record goes: --record, else the project's record after a full run at the defaults on
     tiny Shakespeare; None (printed only) for a partial run, which never replaces the measured one."""
     partial = args.quick or args.stages is not None or bool(extra) or args.data is not None
-    return args.record if args.record is not None or partial else harness.references.RECORD
+    return args.record if args.record is not None or partial else harness.training.RECORD
 
 
 def record_of(results: list[Result], command: str, note: str | None = None) -> dict:
@@ -337,7 +343,7 @@ def record_of(results: list[Result], command: str, note: str | None = None) -> d
         "command": command,
         "note": note,
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
-        "machine": harness.machine.machine_name(),
+        "machine": tools.machine.machine_name(),
         "torch": torch.__version__.split("+")[0],
         "stages": {
             r.stage: {

@@ -19,7 +19,7 @@ import torch
 
 import harness
 import harness.checkpoints
-import harness.files
+import harness.cli
 from exercises import learner_stage, pretraining
 from exercises.checks import Check, Failed
 from tools import corpus
@@ -293,8 +293,8 @@ def validation_text_unseen(override: Path | None, fine_tuning_text: Path | None,
     def check(module: ModuleType) -> str:
         path = chosen_text(module, override)
         try:
-            text = harness.files.read_text(path, "PRETRAINING_TEXT")
-            fine_tuning, where = harness.files.load_text(fine_tuning_text)
+            text = harness.cli.read_text(path, "PRETRAINING_TEXT")
+            fine_tuning, where = harness.cli.load_text(fine_tuning_text)
         except harness.UserError as e:
             raise Failed(str(e)) from None
         runs = pretraining.validation_runs_in(text, fine_tuning)

@@ -18,7 +18,7 @@ import torch
 import common
 import harness
 import harness.checkpoints
-import harness.stages
+import tools.stages
 from exercises import learner_stage
 from exercises.checks import Check, Failed
 
@@ -135,7 +135,7 @@ def short_run(module: ModuleType) -> ShortRun:
         if code != 0:
             said = err.getvalue().strip().splitlines()[-1:] or ["nothing"]
             raise Failed(f"a short run of the file at the cpu preset stopped (exit status {code}): {said[0]}")
-        weights = harness.checkpoints.load(ckpt, harness.stages.stage_name(module.__file__)).model
+        weights = harness.checkpoints.load(ckpt, tools.stages.stage_name(module.__file__)).model
     SHORT_RUNS[key] = ShortRun(weights, drawn)
     return SHORT_RUNS[key]
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 import harness
 import harness.checkpoints
-import harness.stages
+import tools.stages
 from exercises import learner_stage
 from exercises.checks import Check, Failed
 
@@ -57,7 +57,7 @@ SPREADS = 5  # the band: the stage's mean val loss across seeds, plus this many 
 @functools.cache
 def reference(number: int) -> ModuleType:
     """The project's own stage number: the answer the learner's file is weighed against."""
-    return harness.stages.load_stage(f"{number:02d}")
+    return tools.stages.load_stage(f"{number:02d}")
 
 
 def field_names(number: int) -> list[str]:

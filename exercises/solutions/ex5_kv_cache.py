@@ -40,11 +40,11 @@ from torch.nn import functional as F
 ROOT = next((p for p in Path(__file__).resolve().parents if (p / "common.py").exists()), None)
 sys.path.insert(0, str(ROOT or Path.cwd()))
 import common  # noqa: E402  adjust_logits: stage 10's temperature and top_k
-import harness.stages  # noqa: E402
+import tools.stages  # noqa: E402
 from exercises.checks.ex5 import sample_main  # noqa: E402
 
 # stage 10, imported as it is: its Config, its modules, the names of its weights
-stage = harness.stages.load_stage("10_gpt")
+stage = tools.stages.load_stage("10_gpt")
 
 
 class KVCache:
