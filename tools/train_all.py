@@ -16,7 +16,6 @@ README's table, the stages' pages and the "is my loss normal?" references.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import datetime
 import json
@@ -45,6 +44,8 @@ from tools import pages, plot  # noqa: E402
 
 QUICK_FLAGS = ["--max_iters", "500", "--eval_interval", "100", "--eval_iters", "20"]
 STDERR_TAIL = 12  # lines of a failed stage's stderr shown
+# what the record keeps of each stage's Result, in this order
+RECORDED = ("concept", "preset", "parameters", "train_loss", "val_loss", "steps", "wall_time_s", "history", "sample")
 
 
 @dataclasses.dataclass
@@ -66,17 +67,11 @@ class Result:
 
 
 def stage_facts(stage: str) -> tuple[str, bool]:
-    """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
-    A stage has presets when it defines PRESETS or imports it."""
-    tree = ast.parse((harness.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
-    doc = (ast.get_docstring(tree) or "").strip()
-    first = doc.splitlines()[0] if doc else ""
-    concept = re.sub(r"^Stage \d+:\s*", "", first).rstrip(".").strip() or stage[3:].replace("_", " ")
-    targets = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
-    targets += [node.target for node in tree.body if isinstance(node, ast.AnnAssign)]
-    imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names]
-    has_presets = "PRESETS" in imported or any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
-    return concept, has_presets
+    """(concept, has_presets): the first line of the stage's docstring after "Stage NN: ", and whether it has
+    PRESETS."""
+    module = harness.stages.load_stage(stage)
+    concept = re.sub(r"^Stage \d+:\s*", "", module.__doc__.splitlines()[0]).rstrip(".")
+    return concept, hasattr(module, "PRESETS")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,33 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train every stage for fewer steps ({' '.join(QUICK_FLAGS)}) instead of its defaults; the table says so",
     )
     parser.add_argument(
-        "--stages",
-        default=None,
-        metavar="LIST",
-        help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)',
+        "--stages", metavar="LIST", help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)'
     )
     parser.add_argument(
         "--checkpoints",
         type=Path,
-        default=None,
         metavar="DIR",
         help="where the checkpoints go (default: checkpoints/, checkpoints/quick/ with --quick)",
     )
     parser.add_argument(
         "--record",
         type=Path,
-        default=None,
         metavar="PATH",
         help="where the record of the runs goes (default: docs/runs.json after a full run at the defaults, "
         "and then the pages are made anew from it; with --quick, --stages, --data or stage flags, only when "
         "given, so a partial run never replaces the measured record)",
     )
     parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="train every stage on this UTF-8 text (default: tiny Shakespeare)",
+        "--data", type=Path, metavar="PATH", help="train every stage on this UTF-8 text (default: tiny Shakespeare)"
     )
     return parser
 
@@ -339,20 +325,7 @@ def record_of(results: list[Result], command: str, note: str | None = None) -> d
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         "machine": harness.machine.machine_name(),
         "torch": torch.__version__.split("+")[0],
-        "stages": {
-            r.stage: {
-                "concept": r.concept,
-                "preset": r.preset,
-                "parameters": r.parameters,
-                "train_loss": r.train_loss,
-                "val_loss": r.val_loss,
-                "steps": r.steps,
-                "wall_time_s": r.wall_time_s,
-                "history": r.history,
-                "sample": r.sample,
-            }
-            for r in results
-        },
+        "stages": {r.stage: {key: getattr(r, key) for key in RECORDED} for r in results},
     }
 
 
