@@ -260,23 +260,20 @@ def check_positions(positions: list[int], length: int) -> list[int]:
     return list(dict.fromkeys(p % length for p in positions))  # "-1 5" for 6 characters is one position
 
 
-def format_text_view(
-    text: str, layers: list[list[HeadAttention]], positions: list[int], numbers: list[int] | None = None
-) -> str:
+def format_text_view(text: str, layers: dict[int, list[HeadAttention]], positions: list[int]) -> str:
     """For each position, the TOP_WEIGHTS positions that each head weighs most, with their weights.
-    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
-    numbers = numbers or list(range(len(layers)))
+    layers: the heads of each layer shown, by the layer's index in the model."""
     lines = []
     for t in positions:
         last = " (the last: its output predicts the next character)" if t == len(text) - 1 else ""
         lines.append(f"position {t} '{visible(text[t])}'{last} weighs most:")
-        for li, layer in enumerate(layers):
+        for li, layer in layers.items():
             for hi, head in enumerate(layer):
                 row = head.weights[t, : t + 1].tolist()  # positions 0..t; the rest is the masked future
                 # heaviest first; among equal weights (stage 03) the nearest first
                 top = sorted(range(t + 1), key=lambda s: (-row[s], -s))[:TOP_WEIGHTS]
                 picks = "   ".join(f"{s} '{visible(text[s])}' {row[s]:.2f}" for s in top)
-                lines.append(f"  {head_label(numbers[li], hi, head) + ':':<26}{picks}")
+                lines.append(f"  {head_label(li, hi, head) + ':':<26}{picks}")
     return "\n".join(lines)
 
 
@@ -284,17 +281,14 @@ def format_text_view(
 # the attention as a picture
 
 
-def draw_maps(
-    text: str, layers: list[list[HeadAttention]], title: str, out: Path, numbers: list[int] | None = None
-) -> Path:
+def draw_maps(text: str, layers: dict[int, list[HeadAttention]], title: str, out: Path) -> Path:
     """Every head's T x T weights as one grid of heat maps (rows layers, columns heads), written to out.
-    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
-    numbers = numbers or list(range(len(layers)))
+    layers: the heads of each layer shown, by the layer's index in the model."""
     figure_cls = plot.import_matplotlib()
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    rows, cols, length = len(layers), max(len(layer) for layer in layers), len(text)  # length: T
+    rows, cols, length = len(layers), max(map(len, layers.values())), len(text)  # length: T
     cell = min(4.0, max(2.4, 0.09 * length))  # inches per map: the labels need room as T grows
     # at least 6 inches wide, so that one map (stages 03, 04) still has room for the title
     fig = figure_cls(figsize=(max(6.0, cols * cell + 1.0), rows * cell + 0.7), dpi=100, layout="constrained")
@@ -306,16 +300,15 @@ def draw_maps(
     labels = [visible(text[i]) for i in ticks]
     fontsize = 9 if length <= 20 else 8 if length <= 32 else 6  # 9 points: 12 pixels at 100 dpi
     image = None
-    for li in range(rows):
-        for hi in range(cols):
-            ax = axes[li][hi]
-            if hi >= len(layers[li]):
+    for row, (li, layer) in zip(axes, layers.items(), strict=True):
+        for hi, ax in enumerate(row):
+            if hi >= len(layer):
                 ax.set_axis_off()
                 continue
-            head = layers[li][hi]
+            head = layer[hi]
             weights = np.ma.masked_array(head.weights.numpy(), future)  # (T, T)
             image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(head_label(numbers[li], hi, head), fontsize=10)
+            ax.set_title(head_label(li, hi, head), fontsize=10)
             ax.set_xticks(ticks, labels, fontsize=fontsize)
             ax.set_yticks(ticks, labels, fontsize=fontsize)
             ax.tick_params(length=0)
@@ -353,16 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the text to read (default: a newline, where the stages' generate starts)",
     )
     parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="the trained model (default: checkpoints/<stage>.pt)",
+        "--checkpoint", type=Path, metavar="PATH", help="the trained model (default: checkpoints/<stage>.pt)"
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
         metavar="PNG",
         help="the picture of the attention maps (default: beside the checkpoint, <stage>.attention.png)",
     )
@@ -375,16 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions",
         type=int,
         nargs="+",
-        default=None,
         metavar="INT",
-        help="the positions the text view shows, from 0, or from the end with -1 "
-        "(default: -1, the last; implies --text)",
+        help="the positions the text view shows, from 0, or from the end with -1 (default: -1, the last; "
+        "implies --text)",
     )
     parser.add_argument(
         "--layers",
         type=int,
         nargs="+",
-        default=None,
         metavar="INT",
         help="the layers to show, numbered from 1 as the maps label them, or from the end with -1 (default: all)",
     )
@@ -405,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top_k",
         type=harness.cli.positive(int),
-        default=None,
         metavar="INT",
         help="as in the stages: only the k likeliest characters keep a probability (default: all)",
     )
@@ -435,26 +420,19 @@ def attention_main(argv: list[str] | None) -> None:
     if note:
         print(note)
     chosen = check_layers(args.layers, len(layers)) if layers else []
-    numbers, layers = chosen, [layers[i] for i in chosen]
-    if not layers:
+    shown = {i: layers[i] for i in chosen}
+    if not shown:
         print(f"{stage} has no attention: each position sees only itself (tokens first talk in 03_causal_average)")
     elif args.text or args.positions or not plot.have_matplotlib():
         if not (args.text or args.positions):
             print(f"the attention as text, as matplotlib is not installed ({plot.MATPLOTLIB_HINT})")
-        print(format_text_view(text, layers, positions, numbers))
+        print(format_text_view(text, shown, positions))
     else:
         out = args.out or trained.path.with_suffix(".attention.png")
         title = f"{stage}: attention over “{''.join(map(visible, text))}”"
-        print(f"attention maps: {draw_maps(text, layers, title, out, numbers)}")
-    print(
-        format_odds(
-            next_char_probs(logits, args.temperature, args.top_k),
-            trained.tokenizer,
-            args.odds,
-            args.temperature,
-            args.top_k,
-        )
-    )
+        print(f"attention maps: {draw_maps(text, shown, title, out)}")
+    probs = next_char_probs(logits, args.temperature, args.top_k)
+    print(format_odds(probs, trained.tokenizer, args.odds, args.temperature, args.top_k))
 
 
 def main(argv: list[str] | None = None) -> int:
