@@ -90,43 +90,22 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    if not histories:
-        raise harness.UserError("no loss histories to plot")
     fig = figure_cls(figsize=(10, 6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if len(histories) == 1:
         ((stage, rows),) = histories.items()
-        steps = [r["step"] for r in rows]
-        ax.plot(
-            steps,
-            [r["train_loss"] for r in rows],
-            "--",
-            color="tab:blue",
-            label=f"train (last {rows[-1]['train_loss']:.4f})",
-        )
-        ax.plot(
-            steps,
-            [r["val_loss"] for r in rows],
-            "-",
-            color="tab:orange",
-            label=f"val (last {rows[-1]['val_loss']:.4f})",
-        )
+        for split, style, colour in (("train", "--", "tab:blue"), ("val", "-", "tab:orange")):
+            losses = [r[f"{split}_loss"] for r in rows]
+            label = f"{split} (last {losses[-1]:.4f})"
+            ax.plot([r["step"] for r in rows], losses, style, color=colour, label=label)
         ax.set_title(f"{stage}: loss during training")
         ax.legend(loc="upper right")
     else:
-        colours = [f"C{i}" for i in range(10)]  # the default cycle: ten distinct colours, one per stage
         for i, (stage, rows) in enumerate(histories.items()):
-            colour = colours[i % len(colours)]
-            steps = [r["step"] for r in rows]
-            ax.plot(
-                steps,
-                [r["val_loss"] for r in rows],
-                "-",
-                color=colour,
-                linewidth=1.8,
-                label=f"{stage} ({rows[-1]['val_loss']:.3f})",
-            )
+            colour = f"C{i % 10}"  # the default cycle: ten distinct colours, one per stage
+            steps, val = [r["step"] for r in rows], [r["val_loss"] for r in rows]
+            ax.plot(steps, val, "-", color=colour, linewidth=1.8, label=f"{stage} ({val[-1]:.3f})")
             ax.plot(steps, [r["train_loss"] for r in rows], "--", color=colour, linewidth=0.9)
         ax.set_title(f"loss during training, {len(histories)} stages")
         # the key to the line styles, then one entry per stage; outside the axes so no curve is hidden
@@ -165,11 +144,6 @@ def save_figure(fig: Any, out: Path) -> Path:
     return out
 
 
-def plot_stages(stages: list[str], checkpoint_dir: Path, out: Path) -> Path:
-    """The chart of the named stages' histories in checkpoint_dir, written to out."""
-    return plot_histories(load_histories(stages, checkpoint_dir), out)
-
-
 # ----------------------------------------------------------------------------------------------
 # the command line
 
@@ -199,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
         metavar="PNG",
         help="the image to write (default: DIR/<stage>.png for one stage, DIR/curves.png for several)",
     )

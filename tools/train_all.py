@@ -332,9 +332,8 @@ def record_of(results: list[Result], command: str, note: str | None = None) -> d
 def draw_chart(results: list[Result], checkpoint_dir: Path) -> None:
     if plot.have_matplotlib():
         try:
-            print(
-                f"chart: {plot.plot_stages([r.stage for r in results], checkpoint_dir, checkpoint_dir / 'curves.png')}"
-            )
+            histories = plot.load_histories([r.stage for r in results], checkpoint_dir)
+            print(f"chart: {plot.plot_histories(histories, checkpoint_dir / 'curves.png')}")
         except harness.UserError as e:  # the table is written; a chart that cannot be drawn does not undo it
             print(f"warning: the chart was not drawn: {e}", file=sys.stderr)
     else:
