@@ -52,7 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -67,10 +69,10 @@ FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 NANOGPT_REFERENCE = "nanoGPT config/train_shakespeare_char.py: 175 s, best val 1.4581 (one H100, 2026-11-22)"
 
 
-def run(cmd: list[str], timeout: float = 3600, env: dict | None = None) -> tuple[float, str]:
-    """Run a command from the project root; return its wall time and stdout (fail loudly)."""
+def run(cmd: list[str], timeout: float = 3600, env: dict | None = None, cwd: Path = ROOT) -> tuple[float, str]:
+    """Run a command from cwd (the project root); return its wall time and stdout (fail loudly)."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
@@ -211,12 +213,8 @@ def bench_nanogpt(checkout: Path, steps: int | None = None) -> dict:
             flags = [f for f in flags if not f.startswith(("--max_iters=", "--lr_decay_iters="))]
             flags += [f"--max_iters={steps}", f"--lr_decay_iters={steps}"]
         cmd = [sys.executable, *flags, f"--out_dir={tmp}"]
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"error: nanoGPT failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    train, val = final_losses(done.stdout)
+        wall, out = run(cmd, cwd=checkout)
+    train, val = final_losses(out)
     return {
         "figure": "nanoGPT cpu recipe, run here" + (f", {steps} steps" if steps else ""),
         "command": "python " + " ".join(cmd[1:-1]),
@@ -239,10 +237,8 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def bench_gflops(steps: int = 3) -> dict:
-    """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
-    stage = harness.stages.load_stage("10")
-    cfg = stage.Config()
+def training_step(stage: ModuleType, cfg) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """stage's model at cfg, seeded, and one training step of it on a random batch, as the stages train on a CPU."""
     torch.manual_seed(0)
     model = stage.LanguageModel(65, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
@@ -256,6 +252,14 @@ def bench_gflops(steps: int = 3) -> dict:
         loss.backward()
         optimizer.step()
 
+    return model, step
+
+
+def bench_gflops(steps: int = 3) -> dict:
+    """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
+    stage = harness.stages.load_stage("10")
+    cfg = stage.Config()
+    model, step = training_step(stage, cfg)
     step()  # warm up
     times = []
     for _ in range(steps):
@@ -301,24 +305,13 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     results = []
     for preset, (n_rounds, steps) in rounds.items():
         presets = forms["per_head"].PRESETS
-        cfg = forms["per_head"].Config(**presets[preset])
-        data = torch.randint(65, (200_000,))
-        trainers = {}
-        for name, stage in forms.items():
-            torch.manual_seed(0)
-            model = stage.LanguageModel(65, stage.Config(**presets[preset]))
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-            trainers[name] = (model, optimizer, torch.Generator().manual_seed(0))
+        trainers = {name: training_step(stage, stage.Config(**presets[preset]))[1] for name, stage in forms.items()}
         ms = {name: [] for name in forms}
         for r in range(n_rounds + 1):  # round 0 warms up
-            for name, (model, optimizer, gen) in trainers.items():
+            for name, step in trainers.items():
                 t0 = time.perf_counter()
                 for _ in range(steps):
-                    x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
-                    _, loss = model(x, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    step()
                 if r:
                     ms[name].append((time.perf_counter() - t0) / steps * 1000)
             print(
