@@ -225,18 +225,10 @@ SHAKESPEARE = re.compile(r"--\s*Shak")  # a quotation's attribution: "--Shak."
 def entries(text: str) -> list[str]:
     """The dictionary's entries, each as written: from one headword line to the next."""
     lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if HEADWORD.match(line)), None)  # after the preface
-    if first is None:
+    starts = [i for i, line in enumerate(lines) if HEADWORD.match(line)]  # the first comes after the preface
+    if not starts:
         raise harness.UserError('no dictionary entry (a line such as "Abandon \\A*ban"don\\, v. t.")')
-    found, current = [], []
-    for line in lines[first:]:
-        if HEADWORD.match(line) and current:
-            found.append("\n".join(current))
-            current = []
-        current.append(line)
-    if current:
-        found.append("\n".join(current))
-    return found
+    return ["\n".join(lines[start:end]) for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)]
 
 
 def without_brackets(text: str) -> str:
