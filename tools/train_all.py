@@ -66,14 +66,6 @@ class Result:
     sample: str = ""  # the closing sample, or why there is none
 
 
-def stage_facts(stage: str) -> tuple[str, bool]:
-    """(concept, has_presets): the first line of the stage's docstring after "Stage NN: ", and whether it has
-    PRESETS."""
-    module = harness.stages.load_stage(stage)
-    concept = re.sub(r"^Stage \d+:\s*", "", module.__doc__.splitlines()[0]).rstrip(".")
-    return concept, hasattr(module, "PRESETS")
-
-
 # ----------------------------------------------------------------------------------------------
 # running one stage
 
@@ -117,7 +109,7 @@ def collect(
     stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str
 ) -> Result:
     """The stage's row, from its output and the files it wrote."""
-    concept, has_presets = stage_facts(stage)
+    module = harness.stages.load_stage(stage)
     parameters = None
     preset = None
     for line in stdout:
@@ -125,7 +117,7 @@ def collect(
             parameters = int(m.group(1).replace(",", ""))
         if m := re.match(r"preset: (\S+)", line):
             preset = m.group(1)
-    if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
+    if hasattr(module, "PRESETS") and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
         preset = harness.cli.flag_value(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
@@ -136,7 +128,7 @@ def collect(
         sample = f"(no sample: {sample_path} could not be read)"
     return Result(
         stage=stage,
-        concept=concept,
+        concept=re.sub(r"^Stage \d+:\s*", "", module.__doc__.splitlines()[0]).rstrip("."),
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
