@@ -284,15 +284,12 @@ def format_text_view(text: str, layers: dict[int, list[HeadAttention]], position
 def draw_maps(text: str, layers: dict[int, list[HeadAttention]], title: str, out: Path) -> Path:
     """Every head's T x T weights as one grid of heat maps (rows layers, columns heads), written to out.
     layers: the heads of each layer shown, by the layer's index in the model."""
-    figure_cls = plot.import_matplotlib()
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     rows, cols, length = len(layers), max(map(len, layers.values())), len(text)  # length: T
     cell = min(4.0, max(2.4, 0.09 * length))  # inches per map: the labels need room as T grows
     # at least 6 inches wide, so that one map (stages 03, 04) still has room for the title
-    fig = figure_cls(figsize=(max(6.0, cols * cell + 1.0), rows * cell + 0.7), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(max(6.0, cols * cell + 1.0), rows * cell + 0.7), dpi=100)
+    import matplotlib  # after new_figure, which says how to install it when it is missing
+
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)  # inner maps drop their tick labels
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")  # the masked future in grey, not as weight 0
     future = np.triu(np.ones((length, length), dtype=bool), k=1)  # (T, T) above the diagonal

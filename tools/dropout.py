@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 import harness  # noqa: E402
 import harness.checkpoints  # noqa: E402
 import harness.cli  # noqa: E402
-import harness.files  # noqa: E402  # noqa: E402
+import harness.files  # noqa: E402
 import harness.stages  # noqa: E402
 from tools import plot  # noqa: E402
 
@@ -56,11 +56,7 @@ def chart(histories: dict[float, list[dict]], chars: int, out: Path) -> str:
     """Train and val loss against the step, one panel a rate, on the same axes: the PNG's path, or why none."""
     if not plot.have_matplotlib():
         return f"no chart: {plot.MATPLOTLIB_HINT}"
-    figure_cls = plot.import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figure_cls(figsize=(10, 4.2), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(10, 4.2), dpi=110)
     axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
     for ax, (rate, history) in zip(axes, histories.items(), strict=True):
         steps = [r["step"] for r in history]

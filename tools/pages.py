@@ -405,11 +405,7 @@ def unlike(stage: str, run: dict, previous: str, previous_run: dict) -> str:
 def draw_curve(stage: str, run: dict, previous: tuple[str, dict] | None, out: Path) -> Path:
     """This stage's train and val loss, over the previous stage's val loss. The vertical scale leaves
     out the first estimate (the untrained model, far above the rest), to show where the curves differ."""
-    figure_cls = plot.import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figure_cls(figsize=(9, 5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(9, 5), dpi=100)
     ax = fig.add_subplot()
     steps, train, val = zip(*run["history"], strict=True)
     ax.plot(steps, val, "-", color="tab:orange", linewidth=2, label=f"stage {stage[:2]}: val")

@@ -70,6 +70,17 @@ def import_matplotlib() -> Any:
     return Figure
 
 
+def new_figure(figsize: tuple[float, float], dpi: int) -> Any:
+    """A matplotlib Figure on the Agg canvas, not pyplot's: no global backend switch, no window, and no figure
+    left open in a notebook that imports this. A UserError with the install command when matplotlib is absent."""
+    figure_cls = import_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figure_cls(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def have_matplotlib() -> bool:
     try:
         import_matplotlib()
@@ -82,16 +93,12 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     """Draw the curves to out (a PNG unless its suffix names another format matplotlib writes).
 
     One stage: its train (dashed) and val (solid) loss. Several: every stage's val (solid) and
-    train (dashed, thinner, same colour) on one chart. A bare Figure with the Agg canvas, not
-    pyplot: no global backend switch, no window, and no figure left open in a notebook that imports this.
+    train (dashed, thinner, same colour) on one chart.
     """
-    figure_cls = import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = new_figure(figsize=(10, 6), dpi=110)
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig = figure_cls(figsize=(10, 6), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if len(histories) == 1:
         ((stage, rows),) = histories.items()
