@@ -28,7 +28,6 @@ import dataclasses
 import io
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,15 +154,12 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     runs in eval mode; the model is left in the mode it was in.
     """
     layers = attention_layers(model)
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (input (1, T, C), output (1, T, hs))
+    seen: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # (input (1, T, C), output (1, T, hs))
 
-    def keep(name: str) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[name] = (args[0], output)
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen[module] = (args[0], output)
 
-        return hook
-
-    hooks = [module.register_forward_hook(keep(name)) for layer in layers for name, module in layer]
+    hooks = [module.register_forward_hook(keep) for layer in layers for _, module in layer]
     was_training = model.training
     model.eval()  # no dropout, as when generating: the recomputed weights have none either
     try:
@@ -176,7 +172,7 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     for layer in layers:
         heads = []
         for name, module in layer:
-            x, out = seen[name]
+            x, out = seen[module]
             values = module.value(x) if hasattr(module, "value") else x  # (1, T, hs)
             heads.append(HeadAttention(name, hasattr(module, "query"), head_weights(module, x)[0], values[0], out[0]))
         captured.append(heads)
