@@ -271,12 +271,10 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     elif iterations is not None:
         note = f"{iterations} iterations per stage (from the flags), not the stages' defaults"
     record = record_of(results, command, note)
-    table = pages.stages_table(record, links=False)
+    print(f"\n{pages.stages_table(record, links=False)}\n")
+    draw_chart(results, args.checkpoints)
     if args.record is None:
-        print(
-            f"\n{table}\n\nthe record is unchanged: this was not a full run at the defaults (--record PATH writes it)"
-        )
-        draw_chart(results, args.checkpoints)
+        print("the record is unchanged: this was not a full run at the defaults (--record PATH writes it)")
         return 0
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     try:
@@ -285,8 +283,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
         raise harness.UserError(
             f"cannot write --record {args.record} ({e.strerror or e}); the results are in {results_json}"
         ) from None
-    print(f"\n{table}\n\nrecorded {len(results)} stage(s) in {args.record}")
-    draw_chart(results, args.checkpoints)
+    print(f"recorded {len(results)} stage(s) in {args.record}")
     if args.record.resolve() == harness.references.RECORD:
         try:
             written = pages.write_pages(pages.load_sources())
