@@ -134,11 +134,8 @@ def record(rows: list[dict], path: Path = RESULTS) -> None:
         stamped = "curve" if "curve" in row else "ms_per_step"
         new[f"{stamped}_measured"] = stamp
         new.update(target="reported: the val curve and the step time of a candidate for the cpu preset", met=True)
-        if row["figure"] in entries:
-            data["results"][data["results"].index(entries[row["figure"]])] = new
-        else:
-            data["results"].append(new)
-        entries[row["figure"]] = new
+        entries[row["figure"]] = new  # in the old entry's place, or at the end
+    data["results"] = list(entries.values())
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(rows)} figure(s) to {path}")
 
