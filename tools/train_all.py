@@ -44,26 +44,22 @@ from tools import pages, plot  # noqa: E402
 
 QUICK_FLAGS = ["--max_iters", "500", "--eval_interval", "100", "--eval_iters", "20"]
 STDERR_TAIL = 12  # lines of a failed stage's stderr shown
-# what the record keeps of each stage's Result, in this order
-RECORDED = ("concept", "preset", "parameters", "train_loss", "val_loss", "steps", "wall_time_s", "history", "sample")
 
 
 @dataclasses.dataclass
 class Result:
-    """One stage's row of the table (and one entry of results.json)."""
+    """One stage's row of the table: its entry in results.json, and in the record without its name."""
 
     stage: str  # "01_bigram"
     concept: str  # the first line of its docstring, after "Stage NN: "
+    preset: str | None  # for a stage with presets (10): the one it ran with, when known
     parameters: int | None  # from its `model: N parameters` line
     train_loss: float | None  # the last row of its history
     val_loss: float | None
-    lecture_val: str
+    steps: int | None  # steps trained: the last estimate's step + 1
     wall_time_s: float  # the whole process: start-up, data, training, the closing sample
-    machine: str
-    preset: str | None = None  # for a stage with presets (10): the one it ran with, when known
-    steps: int | None = None  # steps trained: the last estimate's step + 1
-    history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, train, val] each estimate
-    sample: str = ""  # the closing sample, or why there is none
+    history: list[list[float]]  # [step, train, val] each estimate
+    sample: str  # the closing sample, or why there is none
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,9 +101,7 @@ def run_process(cmd: list[str], indent: str = "    ") -> tuple[int, list[str], l
     return code, out, [line.rstrip("\n") for line in err], seconds
 
 
-def collect(
-    stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str
-) -> Result:
+def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str]) -> Result:
     """The stage's row, from its output and the files it wrote."""
     module = harness.stages.load_stage(stage)
     parameters = None
@@ -132,9 +126,7 @@ def collect(
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
-        lecture_val=harness.references.lecture_figure(stage, preset),
         wall_time_s=round(seconds, 1),
-        machine=machine,
         preset=preset,
         steps=last["step"] + 1 if last else None,
         history=[[r["step"], r["train_loss"], r["val_loss"]] for r in rows],
@@ -225,7 +217,6 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
-    machine = harness.machine.machine_name()
     results = []
     for n, stage in enumerate(stages, 1):
         ckpt = args.checkpoints / f"{stage}.pt"
@@ -252,7 +243,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
             return 1
         for line in stderr:  # warnings of a stage that succeeded: shown, after its output
             print(f"    {line}", file=sys.stderr)
-        result = collect(stage, stdout, args.checkpoints, seconds, flags, machine)
+        result = collect(stage, stdout, args.checkpoints, seconds, flags)
         results.append(result)
         val = pages.number_or_dash(result.val_loss, ".4f")
         print(f"[{n}/{len(stages)}] {stage}: done in {seconds:.1f} s, val loss {val}", flush=True)
@@ -314,7 +305,7 @@ def record_of(results: list[Result], command: str, note: str | None = None) -> d
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         "machine": harness.machine.machine_name(),
         "torch": torch.__version__.split("+")[0],
-        "stages": {r.stage: {key: getattr(r, key) for key in RECORDED} for r in results},
+        "stages": {r.stage: {k: v for k, v in dataclasses.asdict(r).items() if k != "stage"} for r in results},
     }
 
 
