@@ -141,32 +141,31 @@ def reference_windows(text: str) -> np.ndarray:
 def overlapping(paragraphs: list[str], reference: np.ndarray, chunk: int = 4_000_000) -> list[bool]:
     """Which paragraphs share a run of WINDOW normalised characters with the text whose
     reference_windows() reference is. A run never spans two paragraphs."""
-    flags = [False] * len(paragraphs)
+    flags = []
     start = 0
     while start < len(paragraphs):
         stop, size = start, 0
         while stop < len(paragraphs) and (size < chunk or stop == start):
             size += len(paragraphs[stop]) + 1
             stop += 1
-        for i in matching(paragraphs[start:stop], reference):
-            flags[start + i] = True
+        flags += matching(paragraphs[start:stop], reference)
         start = stop
     return flags
 
 
-def matching(paragraphs: list[str], reference: np.ndarray) -> set[int]:
-    """The indices of the paragraphs with a run in reference, all paragraphs hashed in one pass."""
+def matching(paragraphs: list[str], reference: np.ndarray) -> list[bool]:
+    """Which paragraphs have a run in reference, all paragraphs hashed in one pass."""
     normalised = [normalise(p) for p in paragraphs]
     joined = "\n".join(normalised)  # "\n" is no normalised character: a run across it is none
     hashes = window_hashes(joined)
-    if not len(hashes):
-        return set()
     codes = np.frombuffer(joined.encode("ascii", "replace"), dtype=np.uint8)
     breaks = np.concatenate(([0], np.cumsum(codes == ord("\n"))))  # (len + 1,) breaks before each position
     within = breaks[WINDOW : WINDOW + len(hashes)] == breaks[: len(hashes)]  # the run holds no "\n"
     found = np.flatnonzero(found_in(hashes, reference) & within)
     starts = np.cumsum([0] + [len(n) + 1 for n in normalised[:-1]])  # where each paragraph begins
-    return set(np.searchsorted(starts, found, side="right") - 1)
+    flags = np.zeros(len(paragraphs), dtype=bool)
+    flags[np.searchsorted(starts, found, side="right") - 1] = True
+    return flags.tolist()
 
 
 def shared_runs(text: str, reference: np.ndarray) -> list[str]:
