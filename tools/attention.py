@@ -63,7 +63,6 @@ def visible(ch: str) -> str:
 class Trained:
     """A stage's model with a checkpoint's weights, in eval mode on the CPU, and what came with it."""
 
-    stage: str
     path: Path
     model: torch.nn.Module
     block_size: int
@@ -80,7 +79,7 @@ def load_trained(stage: str, path: Path) -> Trained:
     model = module.LanguageModel(len(ckpt.vocab), config)
     harness.checkpoints.load_weights(model, ckpt, path, config)
     model.eval()  # no dropout, as when generating
-    return Trained(stage, path, model, config.block_size, common.CharTokenizer(ckpt.vocab), ckpt.step)
+    return Trained(path, model, config.block_size, common.CharTokenizer(ckpt.vocab), ckpt.step)
 
 
 def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
@@ -108,25 +107,24 @@ def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
 class HeadAttention:
     """One attention module's work in one forward pass over T characters (batch of one)."""
 
-    name: str  # its name in the model: "blocks.0.sa.heads.2", "sa_head" (stage 04), "average" (stage 03)
     learned: bool  # False for stage 03's fixed causal average
     weights: torch.Tensor  # (T, T) row t: how position t weighs positions 0..t; 0 above the diagonal
     values: torch.Tensor  # (T, hs) what each position offers: the head's value(x), or x itself for the average
     output: torch.Tensor  # (T, hs) what the module returned in the model's own forward pass
 
 
-def attention_layers(model: torch.nn.Module) -> list[list[tuple[str, torch.nn.Module]]]:
+def attention_layers(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
     """The model's attention modules, grouped by layer, in the order its forward pass runs them.
 
     An attention module is one with a causal mask, a `tril` buffer: a Head (stages 04-10), with
     query, key and value layers, or stage 03's CausalAverage, without. Heads named <layer>.heads.<j>
     belong to one MultiHeadAttention (stages 05-10), a layer; any other is a layer on its own.
     """
-    layers: dict[str, list[tuple[str, torch.nn.Module]]] = {}
+    layers: dict[str, list[torch.nn.Module]] = {}
     for name, module in model.named_modules():  # in the order the modules were built: the forward order here
         if "tril" in dict(module.named_buffers(recurse=False)):
             layer = name.rpartition(".heads.")[0] or name
-            layers.setdefault(layer, []).append((name, module))
+            layers.setdefault(layer, []).append(module)
     return list(layers.values())
 
 
@@ -159,7 +157,7 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         seen[module] = (args[0], output)
 
-    hooks = [module.register_forward_hook(keep) for layer in layers for _, module in layer]
+    hooks = [module.register_forward_hook(keep) for layer in layers for module in layer]
     was_training = model.training
     model.eval()  # no dropout, as when generating: the recomputed weights have none either
     try:
@@ -171,10 +169,10 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     captured = []
     for layer in layers:
         heads = []
-        for name, module in layer:
+        for module in layer:
             x, out = seen[module]
             values = module.value(x) if hasattr(module, "value") else x  # (1, T, hs)
-            heads.append(HeadAttention(name, hasattr(module, "query"), head_weights(module, x)[0], values[0], out[0]))
+            heads.append(HeadAttention(hasattr(module, "query"), head_weights(module, x)[0], values[0], out[0]))
         captured.append(heads)
     return logits, captured
 

@@ -243,12 +243,6 @@ def compile_smoke(command: list[str], timeout: float = COMPILE_TIMEOUT_S) -> Fin
     return Finding("ok", "a tiny torch.compile works: --compile can run")
 
 
-def compile_findings() -> list[Finding]:
-    if not torch.cuda.is_available():
-        return [Finding("note", "no CUDA GPU: --compile and --dtype bfloat16 pay off only on one")]
-    return [compile_smoke([sys.executable, "-c", SMOKE])]
-
-
 # -- the whole check --------------------------------------------------------------------------------
 
 
@@ -278,7 +272,10 @@ def doctor_main(argv: list[str] | None) -> int:
             ]
         )
     say(memory_findings())
-    say(compile_findings())
+    if torch.cuda.is_available():
+        say([compile_smoke([sys.executable, "-c", SMOKE])])
+    else:
+        say([Finding("note", "no CUDA GPU: --compile and --dtype bfloat16 pay off only on one")])
     if not args.quick:
         say(speed_findings([torch.device("cpu"), *devices]))
     problems = [f for f in findings if f.verdict == "PROBLEM"]
