@@ -279,10 +279,7 @@ def doctor_main(argv: list[str] | None) -> int:
     if not args.quick:
         say(speed_findings([torch.device("cpu"), *devices]))
     problems = [f for f in findings if f.verdict == "PROBLEM"]
-    print("\nto paste into a question:\n```")
-    for finding in findings:
-        print(finding.line())
-    print("```")
+    print("\nto paste into a question:", "```", *(finding.line() for finding in findings), "```", sep="\n")
     print(f"{len(problems)} problem(s)" if problems else "no problems found")
     return 1 if problems else 0
 

@@ -553,10 +553,8 @@ def dropout_section(results: list[dict]) -> str:
     found = entry(results, DROPOUT)
     if found is None:
         return f"{head}\n\n{why}\n\nNot measured yet."
-    rates = list(found["histories"])
-    rows = [header("step", *(c for r in rates for c in (f"dropout {r}: train", "val", "gap")))]
-    histories = list(found["histories"].values())
-    for estimates in zip(*histories, strict=True):
+    rows = [header("step", *(c for r in found["histories"] for c in (f"dropout {r}: train", "val", "gap")))]
+    for estimates in zip(*found["histories"].values(), strict=True):
         cells = [f"{t:.4f} | {v:.4f} | {v - t:+.4f}" for _, t, v in estimates]
         rows.append(f"| {estimates[0][0]} | " + " | ".join(cells) + " |")
     measured = (
