@@ -187,12 +187,6 @@ def next_char_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     return torch.softmax(common.adjust_logits(last, temperature, top_k), dim=-1)[0]  # (vocab,)
 
 
-def likeliest(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """The k likeliest ids and their probabilities, likeliest first; those at 0 (cut by top_k) left out."""
-    p, ids = torch.topk(probs, min(k, probs.numel()))
-    return [(i, pi) for i, pi in zip(ids.tolist(), p.tolist(), strict=True) if pi > 0]
-
-
 def bar(p: float) -> str:
     """A bar BAR_WIDTH characters long at probability 1, drawn to an eighth of a character."""
     eighths = round(p * BAR_WIDTH * 8)
@@ -207,7 +201,8 @@ def format_odds(
     probs: torch.Tensor, tokenizer: common.CharTokenizer, k: int, temperature: float, top_k: int | None
 ) -> str:
     """The k likeliest next characters as lines with bars, then what the rest of the vocabulary holds."""
-    shown = likeliest(probs, k)
+    top, ids = torch.topk(probs, min(k, probs.numel()))  # likeliest first
+    shown = [(i, p) for i, p in zip(ids.tolist(), top.tolist(), strict=True) if p > 0]  # those cut by top_k left out
     sampling = f"temperature {temperature:g}" + (f", top_k {top_k}" if top_k else "")
     lines = [f"the next character ({sampling}): the {len(shown)} likeliest of {tokenizer.vocab_size}"]
     lines += [f"  {visible(tokenizer.chars[i]):>2}  {probability(p)}  {bar(p)}" for i, p in shown]
