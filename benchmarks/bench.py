@@ -7,40 +7,33 @@ Run by hand, never by the tests (timings on a shared machine are noisy):
     python benchmarks/bench.py --only stage10,gflops      (the other figures in results.json are kept)
     python benchmarks/bench.py --only gpu                 (on a CUDA GPU only; not in the default --only)
 
-Figures:
+Figures (the default --only: speed, stage10, gflops, tests; the others are run by hand):
   speed    each stage's full default run against the lecture's loop around the same model
-           (benchmarks/lecture_reference.py), in alternating runs, as a median wall-time ratio
+           (benchmarks/lecture_reference.py), in alternating runs: the median wall-time ratio
            (target >= 2x) and the difference of their final val losses (target <= 0.03)
-  stage10  stage 10 at its default on this machine: wall time and final val loss
-           (targets on a 2-core CPU: <= 300 s, val reported; on cuda, the video preset: <= 180 s, val <= 1.48)
-  gpu      on a CUDA GPU, by hand: stage 10 at the lecture's configuration, compiled (--compile
-           reduce-overhead --dtype bfloat16), from a cold start (an empty compile cache): wall time,
-           compile time, ms a step, final val loss
-           (target on one H100: <= 120 s, val <= 1.50; nanoGPT's train_shakespeare_char took 175 s there)
-  nanogpt  by hand, with --nanogpt DIR (a checkout of nanoGPT, not part of this project): nanoGPT's own
-           recipe for a CPU on tiny Shakespeare, its README's command (NANOGPT_CPU), on this machine; and
-           the same recipe at NANOGPT_AS_LONG steps, about as long as stage 10's run
+  stage10  stage 10 at its default on this machine: wall time and final val loss (targets on a
+           2-core CPU: <= 300 s, val reported; on cuda, the video preset: <= 180 s, val <= 1.48)
   gflops   stage 10's training throughput at the lecture's configuration, against this machine's
            measured fp32 matmul peak
   tests    the wall time of `python -m pytest -q` (target <= 45 s), and of one stage's smoke tests,
            `python -m pytest -q -m stage04` (target <= 10 s)
-  addition by hand, not in the default --only: exercise 2's worked solution at its defaults (5-digit
-           addition), the answer's digits reversed (seeds 1337-1346) and in the usual order (1337,
-           1338), in alternating runs:
-           held-out exact match and training seconds (target: >= 99% within 60 s, reversed)
-  served   by hand: the same, reversed, served the problems without the solution's change to them
-           (SERVED), seeds 1337 on (--served_seeds) at the same steps, beside the defaults' own
-           figures from --only addition: what the change buys
-  calculator  by hand: exercise 2's calculator (+, - and * on 2-digit operands), each attempt in
-           CALCULATOR_ATTEMPTS: held-out exact match by operation (target: >= 99% each, within
-           600 s of training); the attempts that miss it are kept, as figures
-  heads    by hand, not in the default --only: ms a training step of stage 10 with its attention per
-           head (the lecture's form), batched by hand and batched with F.scaled_dot_product_attention
-           (exercise 1's solutions), at the cpu preset and at the lecture's configuration (reported)
-  ex5      by hand, not in the default --only: characters a second of exercise 5's worked solution (a
-           key-value cache) against stage 10's generate, 500 from a 1-character prompt, at the cpu preset
-           and at the lecture's configuration (random weights: the same work), in alternating rounds;
-           also inside the first window (block_size characters), where the cache keeps every key (reported)
+  gpu      on a CUDA GPU: stage 10 at the lecture's configuration, compiled (GPU_FLAGS), from a cold
+           start: wall time, compile time, ms a step, final val loss (target on one H100: <= 120 s,
+           val <= 1.50; nanoGPT's train_shakespeare_char took 175 s there)
+  nanogpt  with --nanogpt DIR, a checkout of nanoGPT: its README's recipe for a CPU (NANOGPT_CPU) on
+           this machine, and the same at NANOGPT_AS_LONG steps, about as long as stage 10's run
+  addition exercise 2's worked solution at its defaults (5-digit addition), the answer reversed (seeds
+           1337-1346) and in the usual order (1337, 1338), alternating: held-out exact match and
+           training seconds (target, reversed: >= 99% within 60 s)
+  served   the same, reversed, served the problems without the solution's change to them (SERVED),
+           seeds 1337 on (--served_seeds), beside --only addition's figures: what the change buys
+  calculator  exercise 2's calculator (+, - and * on 2-digit operands), each attempt in CALCULATOR_ATTEMPTS,
+           the ones that miss the target kept too: held-out exact match by operation (target: >= 99%
+           each, within 600 s of training)
+  heads    ms a training step of stage 10 with exercise 1's three forms of attention (per head, batched
+           by hand, F.scaled_dot_product_attention), at the cpu preset and the lecture's configuration
+  ex5      characters a second of exercise 5's key-value cache against stage 10's generate, 500 from a
+           1-character prompt and inside the first window, at the cpu preset and the lecture's configuration
 """
 
 import argparse
@@ -52,7 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -67,10 +62,10 @@ FINAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 NANOGPT_REFERENCE = "nanoGPT config/train_shakespeare_char.py: 175 s, best val 1.4581 (one H100, 2026-11-22)"
 
 
-def run(cmd: list[str], timeout: float = 3600, env: dict | None = None) -> tuple[float, str]:
-    """Run a command from the project root; return its wall time and stdout (fail loudly)."""
+def run(cmd: list[str], timeout: float = 3600, env: dict | None = None, cwd: Path = ROOT) -> tuple[float, str]:
+    """Run a command from cwd (the project root); return its wall time and stdout (fail loudly)."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
@@ -211,12 +206,8 @@ def bench_nanogpt(checkout: Path, steps: int | None = None) -> dict:
             flags = [f for f in flags if not f.startswith(("--max_iters=", "--lr_decay_iters="))]
             flags += [f"--max_iters={steps}", f"--lr_decay_iters={steps}"]
         cmd = [sys.executable, *flags, f"--out_dir={tmp}"]
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"error: nanoGPT failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    train, val = final_losses(done.stdout)
+        wall, out = run(cmd, cwd=checkout)
+    train, val = final_losses(out)
     return {
         "figure": "nanoGPT cpu recipe, run here" + (f", {steps} steps" if steps else ""),
         "command": "python " + " ".join(cmd[1:-1]),
@@ -239,10 +230,8 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def bench_gflops(steps: int = 3) -> dict:
-    """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
-    stage = tools.stages.load_stage("10")
-    cfg = stage.Config()
+def training_step(stage: ModuleType, cfg) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """stage's model at cfg, seeded, and one training step of it on a random batch, as the stages train on a CPU."""
     torch.manual_seed(0)
     model = stage.LanguageModel(65, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
@@ -256,6 +245,14 @@ def bench_gflops(steps: int = 3) -> dict:
         loss.backward()
         optimizer.step()
 
+    return model, step
+
+
+def bench_gflops(steps: int = 3) -> dict:
+    """Stage 10 at the lecture's configuration on the CPU: model FLOPs per second of training."""
+    stage = tools.stages.load_stage("10")
+    cfg = stage.Config()
+    model, step = training_step(stage, cfg)
     step()  # warm up
     times = []
     for _ in range(steps):
@@ -301,24 +298,13 @@ def bench_heads(rounds: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     results = []
     for preset, (n_rounds, steps) in rounds.items():
         presets = forms["per_head"].PRESETS
-        cfg = forms["per_head"].Config(**presets[preset])
-        data = torch.randint(65, (200_000,))
-        trainers = {}
-        for name, stage in forms.items():
-            torch.manual_seed(0)
-            model = stage.LanguageModel(65, stage.Config(**presets[preset]))
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
-            trainers[name] = (model, optimizer, torch.Generator().manual_seed(0))
+        trainers = {name: training_step(stage, stage.Config(**presets[preset]))[1] for name, stage in forms.items()}
         ms = {name: [] for name in forms}
         for r in range(n_rounds + 1):  # round 0 warms up
-            for name, (model, optimizer, gen) in trainers.items():
+            for name, step in trainers.items():
                 t0 = time.perf_counter()
                 for _ in range(steps):
-                    x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
-                    _, loss = model(x, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    step()
                 if r:
                     ms[name].append((time.perf_counter() - t0) / steps * 1000)
             print(

@@ -37,7 +37,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
 import tools.machine  # noqa: E402
 import tools.stages  # noqa: E402
 
@@ -49,15 +48,8 @@ CURVE = ["--eval_interval", "400", "--eval_iters", "50"]  # an estimate every 40
 
 def candidate(why: str, steps: int, n_embd=128, n_head=4, n_layer=4, batch_size=32, learning_rate=2e-3) -> dict:
     """One candidate: every size it trains at, so that it does not depend on the preset of the day."""
-    sizes = dict(
-        n_embd=n_embd,
-        n_head=n_head,
-        n_layer=n_layer,
-        block_size=64,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        dropout=0.1,
-    )
+    sizes = dict(n_embd=n_embd, n_head=n_head, n_layer=n_layer, block_size=64, batch_size=batch_size)
+    sizes.update(learning_rate=learning_rate, dropout=0.1)  # the lecture's recipe: dropout on, a constant rate
     return {"why": why, "steps": steps, "sizes": sizes}
 
 
@@ -111,23 +103,16 @@ def curves(names: list[str], extra: list[str], jobs: int, out_json: Path) -> lis
 
 def throughput(names: list[str], steps: int) -> list[dict]:
     """ms a training step of each candidate's model, on random tokens, as the stage runs it on a CPU."""
+    from bench import training_step  # beside this file
+
     stage = tools.stages.load_stage("10")
-    data = torch.randint(65, (200_000,))
-    gen = torch.Generator().manual_seed(0)
     rows = []
     for name in names:
-        cfg = stage.Config(**CANDIDATES[name]["sizes"])
-        torch.manual_seed(0)
-        model = stage.LanguageModel(65, cfg)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, fused=True)
+        _, step = training_step(stage, stage.Config(**CANDIDATES[name]["sizes"]))
         times = []
         for i in range(steps + 2):  # the first two steps warm up
             t0 = time.perf_counter()
-            x, y = common.get_batch(data, cfg.batch_size, cfg.block_size, gen)
-            _, loss = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         ms = 1000 * statistics.median(times)
@@ -148,11 +133,8 @@ def record(rows: list[dict], path: Path = RESULTS) -> None:
         stamped = "curve" if "curve" in row else "ms_per_step"
         new[f"{stamped}_measured"] = stamp
         new.update(target="reported: the val curve and the step time of a candidate for the cpu preset", met=True)
-        if row["figure"] in entries:
-            data["results"][data["results"].index(entries[row["figure"]])] = new
-        else:
-            data["results"].append(new)
-        entries[row["figure"]] = new
+        entries[row["figure"]] = new  # in the old entry's place, or at the end
+    data["results"] = list(entries.values())
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(rows)} figure(s) to {path}")
 

@@ -135,14 +135,14 @@ def test_plot_to_an_unwritable_place(tmp_path, capsys):
 
 def test_the_preset_of_a_stage_with_presets(tmp_path):
     chosen = train_all.collect(
-        "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, [], "m"
+        "10_gpt", ["model: 1,234 parameters", "preset: cpu (chosen for cpu; ...)"], tmp_path, 1.0, []
     )
     assert (chosen.parameters, chosen.preset) == (1234, "cpu")
     table = pages.stages_table(train_all.record_of([chosen], "python tools/train_all.py"), links=False)
     assert "(preset cpu)" in table.splitlines()[-1]
-    assert train_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"], "m").preset == "video"
-    assert train_all.collect("10_gpt", [], tmp_path, 1.0, [], "m").preset == "see flags"
-    assert train_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, [], "m").preset is None
+    assert train_all.collect("10_gpt", [], tmp_path, 1.0, ["--preset", "video"]).preset == "video"
+    assert train_all.collect("10_gpt", [], tmp_path, 1.0, []).preset == "see flags"
+    assert train_all.collect("01_bigram", ["model: 4,225 parameters"], tmp_path, 1.0, []).preset is None
 
 
 # -- train_all end to end ----------------------------------------------------------------------------

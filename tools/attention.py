@@ -28,7 +28,6 @@ import dataclasses
 import io
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,6 @@ def visible(ch: str) -> str:
 class Trained:
     """A stage's model with a checkpoint's weights, in eval mode on the CPU, and what came with it."""
 
-    stage: str
     path: Path
     model: torch.nn.Module
     block_size: int
@@ -81,7 +79,7 @@ def load_trained(stage: str, path: Path) -> Trained:
     model = module.LanguageModel(len(ckpt.vocab), config)
     harness.checkpoints.load_weights(model, ckpt, path, config)
     model.eval()  # no dropout, as when generating
-    return Trained(stage, path, model, config.block_size, common.CharTokenizer(ckpt.vocab), ckpt.step)
+    return Trained(path, model, config.block_size, common.CharTokenizer(ckpt.vocab), ckpt.step)
 
 
 def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
@@ -109,25 +107,24 @@ def model_input(prompt: str, trained: Trained) -> tuple[str, str | None]:
 class HeadAttention:
     """One attention module's work in one forward pass over T characters (batch of one)."""
 
-    name: str  # its name in the model: "blocks.0.sa.heads.2", "sa_head" (stage 04), "average" (stage 03)
     learned: bool  # False for stage 03's fixed causal average
     weights: torch.Tensor  # (T, T) row t: how position t weighs positions 0..t; 0 above the diagonal
     values: torch.Tensor  # (T, hs) what each position offers: the head's value(x), or x itself for the average
     output: torch.Tensor  # (T, hs) what the module returned in the model's own forward pass
 
 
-def attention_layers(model: torch.nn.Module) -> list[list[tuple[str, torch.nn.Module]]]:
+def attention_layers(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
     """The model's attention modules, grouped by layer, in the order its forward pass runs them.
 
     An attention module is one with a causal mask, a `tril` buffer: a Head (stages 04-10), with
     query, key and value layers, or stage 03's CausalAverage, without. Heads named <layer>.heads.<j>
     belong to one MultiHeadAttention (stages 05-10), a layer; any other is a layer on its own.
     """
-    layers: dict[str, list[tuple[str, torch.nn.Module]]] = {}
+    layers: dict[str, list[torch.nn.Module]] = {}
     for name, module in model.named_modules():  # in the order the modules were built: the forward order here
         if "tril" in dict(module.named_buffers(recurse=False)):
             layer = name.rpartition(".heads.")[0] or name
-            layers.setdefault(layer, []).append((name, module))
+            layers.setdefault(layer, []).append(module)
     return list(layers.values())
 
 
@@ -155,15 +152,12 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     runs in eval mode; the model is left in the mode it was in.
     """
     layers = attention_layers(model)
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (input (1, T, C), output (1, T, hs))
+    seen: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # (input (1, T, C), output (1, T, hs))
 
-    def keep(name: str) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[name] = (args[0], output)
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen[module] = (args[0], output)
 
-        return hook
-
-    hooks = [module.register_forward_hook(keep(name)) for layer in layers for name, module in layer]
+    hooks = [module.register_forward_hook(keep) for layer in layers for module in layer]
     was_training = model.training
     model.eval()  # no dropout, as when generating: the recomputed weights have none either
     try:
@@ -175,10 +169,10 @@ def capture_attention(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.
     captured = []
     for layer in layers:
         heads = []
-        for name, module in layer:
-            x, out = seen[name]
+        for module in layer:
+            x, out = seen[module]
             values = module.value(x) if hasattr(module, "value") else x  # (1, T, hs)
-            heads.append(HeadAttention(name, hasattr(module, "query"), head_weights(module, x)[0], values[0], out[0]))
+            heads.append(HeadAttention(hasattr(module, "query"), head_weights(module, x)[0], values[0], out[0]))
         captured.append(heads)
     return logits, captured
 
@@ -191,12 +185,6 @@ def next_char_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     """(1, T, vocab) logits -> (vocab,): the distribution the stages' generate draws the next character from."""
     last = logits[:, -1, :]  # (1, vocab) only the last position predicts the next character
     return torch.softmax(common.adjust_logits(last, temperature, top_k), dim=-1)[0]  # (vocab,)
-
-
-def likeliest(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """The k likeliest ids and their probabilities, likeliest first; those at 0 (cut by top_k) left out."""
-    p, ids = torch.topk(probs, min(k, probs.numel()))
-    return [(i, pi) for i, pi in zip(ids.tolist(), p.tolist(), strict=True) if pi > 0]
 
 
 def bar(p: float) -> str:
@@ -213,7 +201,8 @@ def format_odds(
     probs: torch.Tensor, tokenizer: common.CharTokenizer, k: int, temperature: float, top_k: int | None
 ) -> str:
     """The k likeliest next characters as lines with bars, then what the rest of the vocabulary holds."""
-    shown = likeliest(probs, k)
+    top, ids = torch.topk(probs, min(k, probs.numel()))  # likeliest first
+    shown = [(i, p) for i, p in zip(ids.tolist(), top.tolist(), strict=True) if p > 0]  # those cut by top_k left out
     sampling = f"temperature {temperature:g}" + (f", top_k {top_k}" if top_k else "")
     lines = [f"the next character ({sampling}): the {len(shown)} likeliest of {tokenizer.vocab_size}"]
     lines += [f"  {visible(tokenizer.chars[i]):>2}  {probability(p)}  {bar(p)}" for i, p in shown]
@@ -260,23 +249,20 @@ def check_positions(positions: list[int], length: int) -> list[int]:
     return list(dict.fromkeys(p % length for p in positions))  # "-1 5" for 6 characters is one position
 
 
-def format_text_view(
-    text: str, layers: list[list[HeadAttention]], positions: list[int], numbers: list[int] | None = None
-) -> str:
+def format_text_view(text: str, layers: dict[int, list[HeadAttention]], positions: list[int]) -> str:
     """For each position, the TOP_WEIGHTS positions that each head weighs most, with their weights.
-    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
-    numbers = numbers or list(range(len(layers)))
+    layers: the heads of each layer shown, by the layer's index in the model."""
     lines = []
     for t in positions:
         last = " (the last: its output predicts the next character)" if t == len(text) - 1 else ""
         lines.append(f"position {t} '{visible(text[t])}'{last} weighs most:")
-        for li, layer in enumerate(layers):
+        for li, layer in layers.items():
             for hi, head in enumerate(layer):
                 row = head.weights[t, : t + 1].tolist()  # positions 0..t; the rest is the masked future
                 # heaviest first; among equal weights (stage 03) the nearest first
                 top = sorted(range(t + 1), key=lambda s: (-row[s], -s))[:TOP_WEIGHTS]
                 picks = "   ".join(f"{s} '{visible(text[s])}' {row[s]:.2f}" for s in top)
-                lines.append(f"  {head_label(numbers[li], hi, head) + ':':<26}{picks}")
+                lines.append(f"  {head_label(li, hi, head) + ':':<26}{picks}")
     return "\n".join(lines)
 
 
@@ -284,21 +270,15 @@ def format_text_view(
 # the attention as a picture
 
 
-def draw_maps(
-    text: str, layers: list[list[HeadAttention]], title: str, out: Path, numbers: list[int] | None = None
-) -> Path:
+def draw_maps(text: str, layers: dict[int, list[HeadAttention]], title: str, out: Path) -> Path:
     """Every head's T x T weights as one grid of heat maps (rows layers, columns heads), written to out.
-    numbers: each layer's index in the model (default: 0, 1, ... as given)."""
-    numbers = numbers or list(range(len(layers)))
-    figure_cls = plot.import_matplotlib()
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    rows, cols, length = len(layers), max(len(layer) for layer in layers), len(text)  # length: T
+    layers: the heads of each layer shown, by the layer's index in the model."""
+    rows, cols, length = len(layers), max(map(len, layers.values())), len(text)  # length: T
     cell = min(4.0, max(2.4, 0.09 * length))  # inches per map: the labels need room as T grows
     # at least 6 inches wide, so that one map (stages 03, 04) still has room for the title
-    fig = figure_cls(figsize=(max(6.0, cols * cell + 1.0), rows * cell + 0.7), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(max(6.0, cols * cell + 1.0), rows * cell + 0.7), dpi=100)
+    import matplotlib  # after new_figure, which says how to install it when it is missing
+
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)  # inner maps drop their tick labels
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")  # the masked future in grey, not as weight 0
     future = np.triu(np.ones((length, length), dtype=bool), k=1)  # (T, T) above the diagonal
@@ -306,16 +286,15 @@ def draw_maps(
     labels = [visible(text[i]) for i in ticks]
     fontsize = 9 if length <= 20 else 8 if length <= 32 else 6  # 9 points: 12 pixels at 100 dpi
     image = None
-    for li in range(rows):
-        for hi in range(cols):
-            ax = axes[li][hi]
-            if hi >= len(layers[li]):
+    for row, (li, layer) in zip(axes, layers.items(), strict=True):
+        for hi, ax in enumerate(row):
+            if hi >= len(layer):
                 ax.set_axis_off()
                 continue
-            head = layers[li][hi]
+            head = layer[hi]
             weights = np.ma.masked_array(head.weights.numpy(), future)  # (T, T)
             image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(head_label(numbers[li], hi, head), fontsize=10)
+            ax.set_title(head_label(li, hi, head), fontsize=10)
             ax.set_xticks(ticks, labels, fontsize=fontsize)
             ax.set_yticks(ticks, labels, fontsize=fontsize)
             ax.tick_params(length=0)
@@ -353,16 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the text to read (default: a newline, where the stages' generate starts)",
     )
     parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="the trained model (default: checkpoints/<stage>.pt)",
+        "--checkpoint", type=Path, metavar="PATH", help="the trained model (default: checkpoints/<stage>.pt)"
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
         metavar="PNG",
         help="the picture of the attention maps (default: beside the checkpoint, <stage>.attention.png)",
     )
@@ -375,16 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions",
         type=int,
         nargs="+",
-        default=None,
         metavar="INT",
-        help="the positions the text view shows, from 0, or from the end with -1 "
-        "(default: -1, the last; implies --text)",
+        help="the positions the text view shows, from 0, or from the end with -1 (default: -1, the last; "
+        "implies --text)",
     )
     parser.add_argument(
         "--layers",
         type=int,
         nargs="+",
-        default=None,
         metavar="INT",
         help="the layers to show, numbered from 1 as the maps label them, or from the end with -1 (default: all)",
     )
@@ -405,7 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top_k",
         type=harness.cli.positive(int),
-        default=None,
         metavar="INT",
         help="as in the stages: only the k likeliest characters keep a probability (default: all)",
     )
@@ -435,26 +406,19 @@ def attention_main(argv: list[str] | None) -> None:
     if note:
         print(note)
     chosen = check_layers(args.layers, len(layers)) if layers else []
-    numbers, layers = chosen, [layers[i] for i in chosen]
-    if not layers:
+    shown = {i: layers[i] for i in chosen}
+    if not shown:
         print(f"{stage} has no attention: each position sees only itself (tokens first talk in 03_causal_average)")
     elif args.text or args.positions or not plot.have_matplotlib():
         if not (args.text or args.positions):
             print(f"the attention as text, as matplotlib is not installed ({plot.MATPLOTLIB_HINT})")
-        print(format_text_view(text, layers, positions, numbers))
+        print(format_text_view(text, shown, positions))
     else:
         out = args.out or trained.path.with_suffix(".attention.png")
         title = f"{stage}: attention over “{''.join(map(visible, text))}”"
-        print(f"attention maps: {draw_maps(text, layers, title, out, numbers)}")
-    print(
-        format_odds(
-            next_char_probs(logits, args.temperature, args.top_k),
-            trained.tokenizer,
-            args.odds,
-            args.temperature,
-            args.top_k,
-        )
-    )
+        print(f"attention maps: {draw_maps(text, shown, title, out)}")
+    probs = next_char_probs(logits, args.temperature, args.top_k)
+    print(format_odds(probs, trained.tokenizer, args.odds, args.temperature, args.top_k))
 
 
 def main(argv: list[str] | None = None) -> int:

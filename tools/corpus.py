@@ -141,32 +141,31 @@ def reference_windows(text: str) -> np.ndarray:
 def overlapping(paragraphs: list[str], reference: np.ndarray, chunk: int = 4_000_000) -> list[bool]:
     """Which paragraphs share a run of WINDOW normalised characters with the text whose
     reference_windows() reference is. A run never spans two paragraphs."""
-    flags = [False] * len(paragraphs)
+    flags = []
     start = 0
     while start < len(paragraphs):
         stop, size = start, 0
         while stop < len(paragraphs) and (size < chunk or stop == start):
             size += len(paragraphs[stop]) + 1
             stop += 1
-        for i in matching(paragraphs[start:stop], reference):
-            flags[start + i] = True
+        flags += matching(paragraphs[start:stop], reference)
         start = stop
     return flags
 
 
-def matching(paragraphs: list[str], reference: np.ndarray) -> set[int]:
-    """The indices of the paragraphs with a run in reference, all paragraphs hashed in one pass."""
+def matching(paragraphs: list[str], reference: np.ndarray) -> list[bool]:
+    """Which paragraphs have a run in reference, all paragraphs hashed in one pass."""
     normalised = [normalise(p) for p in paragraphs]
     joined = "\n".join(normalised)  # "\n" is no normalised character: a run across it is none
     hashes = window_hashes(joined)
-    if not len(hashes):
-        return set()
     codes = np.frombuffer(joined.encode("ascii", "replace"), dtype=np.uint8)
     breaks = np.concatenate(([0], np.cumsum(codes == ord("\n"))))  # (len + 1,) breaks before each position
     within = breaks[WINDOW : WINDOW + len(hashes)] == breaks[: len(hashes)]  # the run holds no "\n"
     found = np.flatnonzero(found_in(hashes, reference) & within)
     starts = np.cumsum([0] + [len(n) + 1 for n in normalised[:-1]])  # where each paragraph begins
-    return set(np.searchsorted(starts, found, side="right") - 1)
+    flags = np.zeros(len(paragraphs), dtype=bool)
+    flags[np.searchsorted(starts, found, side="right") - 1] = True
+    return flags.tolist()
 
 
 def shared_runs(text: str, reference: np.ndarray) -> list[str]:
@@ -225,18 +224,10 @@ SHAKESPEARE = re.compile(r"--\s*Shak")  # a quotation's attribution: "--Shak."
 def entries(text: str) -> list[str]:
     """The dictionary's entries, each as written: from one headword line to the next."""
     lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if HEADWORD.match(line)), None)  # after the preface
-    if first is None:
+    starts = [i for i, line in enumerate(lines) if HEADWORD.match(line)]  # the first comes after the preface
+    if not starts:
         raise harness.UserError('no dictionary entry (a line such as "Abandon \\A*ban"don\\, v. t.")')
-    found, current = [], []
-    for line in lines[first:]:
-        if HEADWORD.match(line) and current:
-            found.append("\n".join(current))
-            current = []
-        current.append(line)
-    if current:
-        found.append("\n".join(current))
-    return found
+    return ["\n".join(lines[start:end]) for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)]
 
 
 def without_brackets(text: str) -> str:

@@ -50,40 +50,27 @@ class Finding:
 def machine_findings() -> list[Finding]:
     cuda = torch.version.cuda
     build = f"CUDA {cuda}" if cuda else "CPU only (no CUDA in this build)"
-    found = [
-        Finding(
-            "note", f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, {build}"
-        ),
-        Finding("note", f"CPU: {torch.get_num_threads()} threads for torch"),
+    said = [
+        f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, {build}",
+        f"CPU: {torch.get_num_threads()} threads for torch",
     ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             triton = importlib.util.find_spec("triton") is not None
-            found.append(
-                Finding(
-                    "note",
-                    f"cuda:{i}: {p.name}, compute {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB, "
-                    f"bfloat16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}, Triton {'yes' if triton else 'no'}",
-                )
+            said.append(
+                f"cuda:{i}: {p.name}, compute {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB, "
+                f"bfloat16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}, Triton {'yes' if triton else 'no'}"
             )
     elif cuda:
-        found.append(
-            Finding("note", "this torch is built for CUDA, but no CUDA GPU is visible (driver? CUDA_VISIBLE_DEVICES?)")
-        )
+        said.append("this torch is built for CUDA, but no CUDA GPU is visible (driver? CUDA_VISIBLE_DEVICES?)")
     mps_built, mps_ok = torch.backends.mps.is_built(), torch.backends.mps.is_available()
     if mps_built or platform.system() == "Darwin":
-        found.append(
-            Finding("note", f"mps: built {'yes' if mps_built else 'no'}, available {'yes' if mps_ok else 'no'}")
-        )
+        said.append(f"mps: built {'yes' if mps_built else 'no'}, available {'yes' if mps_ok else 'no'}")
     chosen = common.choose_device()
     why = {"cuda": "a CUDA GPU is available", "mps": "no CUDA GPU, and Apple's mps is available"}
-    found.append(
-        Finding(
-            "note", f"--device auto picks {chosen.type}: {why.get(chosen.type, 'neither cuda nor mps is available')}"
-        )
-    )
-    return found
+    said.append(f"--device auto picks {chosen.type}: {why.get(chosen.type, 'neither cuda nor mps is available')}")
+    return [Finding("note", text) for text in said]
 
 
 def accelerators() -> list[torch.device]:
@@ -147,44 +134,30 @@ def parity(name: str, run: Callable[[], Results], reference: Results) -> list[Fi
                 f"{name} fails to run stage 10's model ({harness.errors.first_line(e)}): train with --device cpu",
             )
         ]
-    found = []
     numbers = [mine.logits, torch.tensor(mine.loss), torch.tensor(mine.training), *mine.gradients.values()]
     if not all(torch.isfinite(t).all() for t in numbers):
-        return [
-            Finding(
-                "PROBLEM",
-                f"{name} turns nan or inf where the CPU does not: train with --device cpu, or try a newer torch",
-            )
-        ]
+        said = f"{name} turns nan or inf where the CPU does not: train with --device cpu, or try a newer torch"
+        return [Finding("PROBLEM", said)]
     gaps = {
         "logits": (mine.logits - reference.logits).abs().max().item(),
         "loss": abs(mine.loss - reference.loss),
         "gradients": max((g - reference.gradients[k]).abs().max().item() for k, g in mine.gradients.items()),
         "training": max(abs(a - b) / abs(b) for a, b in zip(mine.training, reference.training, strict=True)),
     }
+    found = []
     for what, gap in gaps.items():
         limit = TOLERANCE[what]
         label = f"the losses of {TRAIN_STEPS} training steps (relative)" if what == "training" else f"the {what}"
         if gap > limit:
-            found.append(
-                Finding(
-                    "PROBLEM",
-                    f"{name} differs from the CPU by {gap:.1e} in {label} (allowed {limit:g}): "
-                    "train with --device cpu, or try a newer torch",
-                )
-            )
+            said = f"{name} differs from the CPU by {gap:.1e} in {label} (allowed {limit:g}): "
+            found.append(Finding("PROBLEM", said + "train with --device cpu, or try a newer torch"))
         else:
-            found.append(
-                Finding("ok", f"{name} computes what the CPU computes: {label} within {gap:.1e} (allowed {limit:g})")
-            )
+            said = f"{name} computes what the CPU computes: {label} within {gap:.1e} (allowed {limit:g})"
+            found.append(Finding("ok", said))
     bad = mine.samples[(mine.samples < 0) | (mine.samples >= 10)]
     if bad.numel():
-        found.append(
-            Finding(
-                "PROBLEM",
-                f"{name}'s torch.multinomial drew ids of probability 0 ({bad[:3].tolist()}): sample with --device cpu",
-            )
-        )
+        said = f"{name}'s torch.multinomial drew ids of probability 0 ({bad[:3].tolist()}): sample with --device cpu"
+        found.append(Finding("PROBLEM", said))
     else:
         found.append(Finding("ok", f"{name}'s torch.multinomial draws only ids that have a probability"))
     return found
@@ -225,13 +198,10 @@ def speed_findings(devices: list[torch.device]) -> list[Finding]:
             steps = 1 if preset == "video" and device.type == "cpu" else 5
             ms = ms_a_step(device, preset, steps)
             full = ms * presets[preset].get("max_iters", 5000) / 1000 / 60
-            found.append(
-                Finding(
-                    "note",
-                    f"{device}: {ms:,.0f} ms a training step at the {preset} preset: "
-                    f"a full run about {full:,.0f} minutes",
-                )
+            said = (
+                f"{device}: {ms:,.0f} ms a training step at the {preset} preset: a full run about {full:,.0f} minutes"
             )
+            found.append(Finding("note", said))
     return found
 
 
@@ -251,11 +221,8 @@ def memory_findings() -> list[Finding]:
     found = []
     for preset in ("cpu", "video"):
         gib = memory_estimate_gib(stage.Config(**stage.PRESETS[preset]))
-        found.append(
-            Finding(
-                "note", f"stage 10 at the {preset} preset needs roughly {gib:.1f} GiB a training step (an estimate)"
-            )
-        )
+        said = f"stage 10 at the {preset} preset needs roughly {gib:.1f} GiB a training step (an estimate)"
+        found.append(Finding("note", said))
     return found
 
 
@@ -274,12 +241,6 @@ def compile_smoke(command: list[str], timeout: float = COMPILE_TIMEOUT_S) -> Fin
         last = (done.stderr.strip().splitlines() or ["no message"])[-1][:160]
         return Finding("PROBLEM", f"a tiny torch.compile fails ({last}): train without --compile")
     return Finding("ok", "a tiny torch.compile works: --compile can run")
-
-
-def compile_findings() -> list[Finding]:
-    if not torch.cuda.is_available():
-        return [Finding("note", "no CUDA GPU: --compile and --dtype bfloat16 pay off only on one")]
-    return [compile_smoke([sys.executable, "-c", SMOKE])]
 
 
 # -- the whole check --------------------------------------------------------------------------------
@@ -311,14 +272,14 @@ def doctor_main(argv: list[str] | None) -> int:
             ]
         )
     say(memory_findings())
-    say(compile_findings())
+    if torch.cuda.is_available():
+        say([compile_smoke([sys.executable, "-c", SMOKE])])
+    else:
+        say([Finding("note", "no CUDA GPU: --compile and --dtype bfloat16 pay off only on one")])
     if not args.quick:
         say(speed_findings([torch.device("cpu"), *devices]))
     problems = [f for f in findings if f.verdict == "PROBLEM"]
-    print("\nto paste into a question:\n```")
-    for finding in findings:
-        print(finding.line())
-    print("```")
+    print("\nto paste into a question:", "```", *(finding.line() for finding in findings), "```", sep="\n")
     print(f"{len(problems)} problem(s)" if problems else "no problems found")
     return 1 if problems else 0
 

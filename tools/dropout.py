@@ -55,11 +55,7 @@ def chart(histories: dict[float, list[dict]], chars: int, out: Path) -> str:
     """Train and val loss against the step, one panel a rate, on the same axes: the PNG's path, or why none."""
     if not plot.have_matplotlib():
         return f"no chart: {plot.MATPLOTLIB_HINT}"
-    figure_cls = plot.import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figure_cls(figsize=(10, 4.2), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(10, 4.2), dpi=110)
     axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
     for ax, (rate, history) in zip(axes, histories.items(), strict=True):
         steps = [r["step"] for r in history]

@@ -404,11 +404,7 @@ def unlike(stage: str, run: dict, previous: str, previous_run: dict) -> str:
 def draw_curve(stage: str, run: dict, previous: tuple[str, dict] | None, out: Path) -> Path:
     """This stage's train and val loss, over the previous stage's val loss. The vertical scale leaves
     out the first estimate (the untrained model, far above the rest), to show where the curves differ."""
-    figure_cls = plot.import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figure_cls(figsize=(9, 5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plot.new_figure(figsize=(9, 5), dpi=100)
     ax = fig.add_subplot()
     steps, train, val = zip(*run["history"], strict=True)
     ax.plot(steps, val, "-", color="tab:orange", linewidth=2, label=f"stage {stage[:2]}: val")
@@ -556,10 +552,8 @@ def dropout_section(results: list[dict]) -> str:
     found = entry(results, DROPOUT)
     if found is None:
         return f"{head}\n\n{why}\n\nNot measured yet."
-    rates = list(found["histories"])
-    rows = [header("step", *(c for r in rates for c in (f"dropout {r}: train", "val", "gap")))]
-    histories = list(found["histories"].values())
-    for estimates in zip(*histories, strict=True):
+    rows = [header("step", *(c for r in found["histories"] for c in (f"dropout {r}: train", "val", "gap")))]
+    for estimates in zip(*found["histories"].values(), strict=True):
         cells = [f"{t:.4f} | {v:.4f} | {v - t:+.4f}" for _, t, v in estimates]
         rows.append(f"| {estimates[0][0]} | " + " | ".join(cells) + " |")
     measured = (
@@ -753,10 +747,6 @@ def schedule_table(results: list[dict]) -> str:
     return comparison_table(results, SCHEDULE, "Measured in one invocation of")
 
 
-def three_solutions_table(results: list[dict]) -> str:
-    return comparison_table(results, THREE, "The other three worked solutions, measured in one invocation of")
-
-
 def stage_10_figure(record: dict) -> str:
     """Stage 10's whole run at the cpu preset, against the five minutes it is sized for."""
     run = record.get("stages", {}).get("10_gpt")
@@ -781,8 +771,8 @@ def candidates_table(results: list[dict]) -> str:
     found = [r for r in results if r["figure"].startswith(CANDIDATE) and "curve" in r and "ms_per_step" in r]
     if not found:
         return "No candidates measured yet: `python benchmarks/tune_stage10.py throughput all`, then `curves all`."
-    head = f"| candidate | what it tries | ms a step | {' | '.join(f'val at {s:,}' for s in CURVE_COLUMNS)} |"
-    rows = [head + f" val within {STEP_SECONDS} s of steps |", "|" + " --- |" * (len(CURVE_COLUMNS) + 4)]
+    at = [f"val at {s:,}" for s in CURVE_COLUMNS]
+    rows = [header("candidate", "what it tries", "ms a step", *at, f"val within {STEP_SECONDS} s of steps")]
     for r in found:
         val = {step: v for step, _, v in r["curve"]}
         fit = int(STEP_SECONDS * 1000 / r["ms_per_step"])  # steps that fit
@@ -974,7 +964,9 @@ def blocks(sources: Sources) -> dict[str, str]:
         "exercise-3": pretraining_table(sources.results),
         "exercise-6": finetuning_table(sources.results),
         "schedule": schedule_table(sources.results),
-        "three-solutions": three_solutions_table(sources.results),
+        "three-solutions": comparison_table(
+            sources.results, THREE, "The other three worked solutions, measured in one invocation of"
+        ),
         "kv-cache": kv_cache_table(sources.results),
         "attention-command": fence(attention_command(), "bash"),
     }
@@ -992,18 +984,12 @@ def fill_blocks(text: str, made: dict[str, str], path: Path) -> str:
     return BLOCK.sub(lambda m: f"<!-- made by tools/pages.py: {m[1]} -->\n{made[m[1]]}\n<!-- end of {m[1]} -->", text)
 
 
-def expected_files(sources: Sources) -> dict[Path, str]:
-    """Every file this makes -> the text it should hold."""
-    files = {PAGES / f"{stage}.md": stage_page(stage, sources) for stage in sources.stages}
-    made = blocks(sources)
-    for path in [common.ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:  # the hand-written files with blocks
-        files[path] = fill_blocks(path.read_text(encoding="utf-8"), made, path)
-    return files
-
-
 def stale_files(sources: Sources) -> dict[Path, str]:
     """The files whose text is not what this would write (missing ones included) -> the text to write."""
-    expected = expected_files(sources)
+    expected = {PAGES / f"{stage}.md": stage_page(stage, sources) for stage in sources.stages}
+    made = blocks(sources)
+    for path in [common.ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:  # the hand-written files with blocks
+        expected[path] = fill_blocks(path.read_text(encoding="utf-8"), made, path)
     return {p: text for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text}
 
 

@@ -70,6 +70,17 @@ def import_matplotlib() -> Any:
     return Figure
 
 
+def new_figure(figsize: tuple[float, float], dpi: int) -> Any:
+    """A matplotlib Figure on the Agg canvas, not pyplot's: no global backend switch, no window, and no figure
+    left open in a notebook that imports this. A UserError with the install command when matplotlib is absent."""
+    figure_cls = import_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figure_cls(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def have_matplotlib() -> bool:
     try:
         import_matplotlib()
@@ -82,51 +93,26 @@ def plot_histories(histories: dict[str, list[dict[str, float]]], out: Path) -> P
     """Draw the curves to out (a PNG unless its suffix names another format matplotlib writes).
 
     One stage: its train (dashed) and val (solid) loss. Several: every stage's val (solid) and
-    train (dashed, thinner, same colour) on one chart. A bare Figure with the Agg canvas, not
-    pyplot: no global backend switch, no window, and no figure left open in a notebook that imports this.
+    train (dashed, thinner, same colour) on one chart.
     """
-    figure_cls = import_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = new_figure(figsize=(10, 6), dpi=110)
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    if not histories:
-        raise harness.UserError("no loss histories to plot")
-    fig = figure_cls(figsize=(10, 6), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if len(histories) == 1:
         ((stage, rows),) = histories.items()
-        steps = [r["step"] for r in rows]
-        ax.plot(
-            steps,
-            [r["train_loss"] for r in rows],
-            "--",
-            color="tab:blue",
-            label=f"train (last {rows[-1]['train_loss']:.4f})",
-        )
-        ax.plot(
-            steps,
-            [r["val_loss"] for r in rows],
-            "-",
-            color="tab:orange",
-            label=f"val (last {rows[-1]['val_loss']:.4f})",
-        )
+        for split, style, colour in (("train", "--", "tab:blue"), ("val", "-", "tab:orange")):
+            losses = [r[f"{split}_loss"] for r in rows]
+            label = f"{split} (last {losses[-1]:.4f})"
+            ax.plot([r["step"] for r in rows], losses, style, color=colour, label=label)
         ax.set_title(f"{stage}: loss during training")
         ax.legend(loc="upper right")
     else:
-        colours = [f"C{i}" for i in range(10)]  # the default cycle: ten distinct colours, one per stage
         for i, (stage, rows) in enumerate(histories.items()):
-            colour = colours[i % len(colours)]
-            steps = [r["step"] for r in rows]
-            ax.plot(
-                steps,
-                [r["val_loss"] for r in rows],
-                "-",
-                color=colour,
-                linewidth=1.8,
-                label=f"{stage} ({rows[-1]['val_loss']:.3f})",
-            )
+            colour = f"C{i % 10}"  # the default cycle: ten distinct colours, one per stage
+            steps, val = [r["step"] for r in rows], [r["val_loss"] for r in rows]
+            ax.plot(steps, val, "-", color=colour, linewidth=1.8, label=f"{stage} ({val[-1]:.3f})")
             ax.plot(steps, [r["train_loss"] for r in rows], "--", color=colour, linewidth=0.9)
         ax.set_title(f"loss during training, {len(histories)} stages")
         # the key to the line styles, then one entry per stage; outside the axes so no curve is hidden
@@ -165,11 +151,6 @@ def save_figure(fig: Any, out: Path) -> Path:
     return out
 
 
-def plot_stages(stages: list[str], checkpoint_dir: Path, out: Path) -> Path:
-    """The chart of the named stages' histories in checkpoint_dir, written to out."""
-    return plot_histories(load_histories(stages, checkpoint_dir), out)
-
-
 # ----------------------------------------------------------------------------------------------
 # the command line
 
@@ -199,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
         metavar="PNG",
         help="the image to write (default: DIR/<stage>.png for one stage, DIR/curves.png for several)",
     )

@@ -16,7 +16,6 @@ README's table, the stages' pages and the "is my loss normal?" references.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import datetime
 import json
@@ -48,34 +47,18 @@ STDERR_TAIL = 12  # lines of a failed stage's stderr shown
 
 @dataclasses.dataclass
 class Result:
-    """One stage's row of the table (and one entry of results.json)."""
+    """One stage's row of the table: its entry in results.json, and in the record without its name."""
 
     stage: str  # "01_bigram"
     concept: str  # the first line of its docstring, after "Stage NN: "
+    preset: str | None  # for a stage with presets (10): the one it ran with, when known
     parameters: int | None  # from its `model: N parameters` line
     train_loss: float | None  # the last row of its history
     val_loss: float | None
-    lecture_val: str
+    steps: int | None  # steps trained: the last estimate's step + 1
     wall_time_s: float  # the whole process: start-up, data, training, the closing sample
-    machine: str
-    preset: str | None = None  # for a stage with presets (10): the one it ran with, when known
-    steps: int | None = None  # steps trained: the last estimate's step + 1
-    history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, train, val] each estimate
-    sample: str = ""  # the closing sample, or why there is none
-
-
-def stage_facts(stage: str) -> tuple[str, bool]:
-    """(concept, has_presets) from the stage's source: parsed with ast, so nothing is imported or run.
-    A stage has presets when it defines PRESETS or imports it."""
-    tree = ast.parse((tools.stages.STAGE_DIR / f"{stage}.py").read_text(encoding="utf-8"))
-    doc = (ast.get_docstring(tree) or "").strip()
-    first = doc.splitlines()[0] if doc else ""
-    concept = re.sub(r"^Stage \d+:\s*", "", first).rstrip(".").strip() or stage[3:].replace("_", " ")
-    targets = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
-    targets += [node.target for node in tree.body if isinstance(node, ast.AnnAssign)]
-    imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names]
-    has_presets = "PRESETS" in imported or any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
-    return concept, has_presets
+    history: list[list[float]]  # [step, train, val] each estimate
+    sample: str  # the closing sample, or why there is none
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,11 +107,9 @@ def stage_flag(flags: list[str], name: str) -> str | None:
     return vars(parser.parse_known_args(flags)[0])[name.removeprefix("--")]
 
 
-def collect(
-    stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str], machine: str
-) -> Result:
+def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str]) -> Result:
     """The stage's row, from its output and the files it wrote."""
-    concept, has_presets = stage_facts(stage)
+    module = tools.stages.load_stage(stage)
     parameters = None
     preset = None
     for line in stdout:
@@ -136,7 +117,7 @@ def collect(
             parameters = int(m.group(1).replace(",", ""))
         if m := re.match(r"preset: (\S+)", line):
             preset = m.group(1)
-    if has_presets and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
+    if hasattr(module, "PRESETS") and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
         preset = stage_flag(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
@@ -147,13 +128,11 @@ def collect(
         sample = f"(no sample: {sample_path} could not be read)"
     return Result(
         stage=stage,
-        concept=concept,
+        concept=re.sub(r"^Stage \d+:\s*", "", module.__doc__.splitlines()[0]).rstrip("."),
         parameters=parameters,
         train_loss=last.get("train_loss"),
         val_loss=last.get("val_loss"),
-        lecture_val=harness.training.LECTURE.get((stage, preset), "—"),
         wall_time_s=round(seconds, 1),
-        machine=machine,
         preset=preset,
         steps=last["step"] + 1 if last else None,
         history=[[r["step"], r["train_loss"], r["val_loss"]] for r in rows],
@@ -185,33 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train every stage for fewer steps ({' '.join(QUICK_FLAGS)}) instead of its defaults; the table says so",
     )
     parser.add_argument(
-        "--stages",
-        default=None,
-        metavar="LIST",
-        help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)',
+        "--stages", metavar="LIST", help='comma-separated stage numbers or names, e.g. "01,02" or "9,10" (default: all)'
     )
     parser.add_argument(
         "--checkpoints",
         type=Path,
-        default=None,
         metavar="DIR",
         help="where the checkpoints go (default: checkpoints/, checkpoints/quick/ with --quick)",
     )
     parser.add_argument(
         "--record",
         type=Path,
-        default=None,
         metavar="PATH",
         help="where the record of the runs goes (default: docs/runs.json after a full run at the defaults, "
         "and then the pages are made anew from it; with --quick, --stages, --data or stage flags, only when "
         "given, so a partial run never replaces the measured record)",
     )
     parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="train every stage on this UTF-8 text (default: tiny Shakespeare)",
+        "--data", type=Path, metavar="PATH", help="train every stage on this UTF-8 text (default: tiny Shakespeare)"
     )
     return parser
 
@@ -253,7 +223,6 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
 
     flags = (QUICK_FLAGS if args.quick else []) + extra  # later flags win: extra overrides --quick's
     data = ["--data", str(args.data)] if args.data is not None else []
-    machine = tools.machine.machine_name()
     results = []
     for n, stage in enumerate(stages, 1):
         ckpt = args.checkpoints / f"{stage}.pt"
@@ -280,7 +249,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
             return 1
         for line in stderr:  # warnings of a stage that succeeded: shown, after its output
             print(f"    {line}", file=sys.stderr)
-        result = collect(stage, stdout, args.checkpoints, seconds, flags, machine)
+        result = collect(stage, stdout, args.checkpoints, seconds, flags)
         results.append(result)
         val = pages.number_or_dash(result.val_loss, ".4f")
         print(f"[{n}/{len(stages)}] {stage}: done in {seconds:.1f} s, val loss {val}", flush=True)
@@ -299,12 +268,10 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     elif iterations is not None:
         note = f"{iterations} iterations per stage (from the flags), not the stages' defaults"
     record = record_of(results, command, note)
-    table = pages.stages_table(record, links=False)
+    print(f"\n{pages.stages_table(record, links=False)}\n")
+    draw_chart(results, args.checkpoints)
     if args.record is None:
-        print(
-            f"\n{table}\n\nthe record is unchanged: this was not a full run at the defaults (--record PATH writes it)"
-        )
-        draw_chart(results, args.checkpoints)
+        print("the record is unchanged: this was not a full run at the defaults (--record PATH writes it)")
         return 0
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     try:
@@ -313,8 +280,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
         raise harness.UserError(
             f"cannot write --record {args.record} ({e.strerror or e}); the results are in {results_json}"
         ) from None
-    print(f"\n{table}\n\nrecorded {len(results)} stage(s) in {args.record}")
-    draw_chart(results, args.checkpoints)
+    print(f"recorded {len(results)} stage(s) in {args.record}")
     if args.record.resolve() == harness.training.RECORD:
         try:
             written = pages.write_pages(pages.load_sources())
@@ -345,29 +311,15 @@ def record_of(results: list[Result], command: str, note: str | None = None) -> d
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         "machine": tools.machine.machine_name(),
         "torch": torch.__version__.split("+")[0],
-        "stages": {
-            r.stage: {
-                "concept": r.concept,
-                "preset": r.preset,
-                "parameters": r.parameters,
-                "train_loss": r.train_loss,
-                "val_loss": r.val_loss,
-                "steps": r.steps,
-                "wall_time_s": r.wall_time_s,
-                "history": r.history,
-                "sample": r.sample,
-            }
-            for r in results
-        },
+        "stages": {r.stage: {k: v for k, v in dataclasses.asdict(r).items() if k != "stage"} for r in results},
     }
 
 
 def draw_chart(results: list[Result], checkpoint_dir: Path) -> None:
     if plot.have_matplotlib():
         try:
-            print(
-                f"chart: {plot.plot_stages([r.stage for r in results], checkpoint_dir, checkpoint_dir / 'curves.png')}"
-            )
+            histories = plot.load_histories([r.stage for r in results], checkpoint_dir)
+            print(f"chart: {plot.plot_histories(histories, checkpoint_dir / 'curves.png')}")
         except harness.UserError as e:  # the table is written; a chart that cannot be drawn does not undo it
             print(f"warning: the chart was not drawn: {e}", file=sys.stderr)
     else:
