@@ -1,9 +1,6 @@
-"""Checkpoints on disk: what one holds, reading and writing it, and the loss history beside it.
-
-A checkpoint file is a plain dict of tensors and plain values: torch.load(..., weights_only=True),
-which runs no code from the file, refuses anything else. Every file is written whole or not at all
-(write_atomically). Beside each checkpoint goes <stage>.history.csv, for plotting without torch.
-"""
+"""Checkpoints on disk: what one holds, reading and writing it, and the loss history beside it
+(<stage>.history.csv). A checkpoint file is a plain dict of tensors and plain values, since
+torch.load(..., weights_only=True) refuses anything else. Every file is written whole or not at all."""
 
 from __future__ import annotations
 
@@ -63,8 +60,7 @@ def previous_path(checkpoint_path: Path) -> Path:
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """write(f) into a temporary file beside path, flushed to disk, then renamed onto path: a crash
-    or a kill mid-write leaves the previous file whole, never half of the new one."""
+    """write(f) into a temporary file beside path, then renamed onto path: a crash leaves the old file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -98,13 +94,8 @@ def write_file(path: Path, saved: dict) -> None:
     write_atomically(path, lambda f: torch.save(saved, f))
 
 
-def save(path: Path, ckpt: Checkpoint) -> None:
-    write_file(path, ckpt.to_file())
-
-
 def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
-    """The on-disk dict, loaded with weights_only=True and checked to be this project's, written by
-    this stage; every way it can be wrong is one clear error. flag: the option that named path."""
+    """The dict in the file at path (named by flag), written by stage; each way it can be wrong is one error."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give the checkpoint file inside it")
     if not path.exists():
@@ -126,11 +117,10 @@ def read_file(path: Path, stage: str, flag: str = "--checkpoint") -> dict:
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project; delete it or pass another {flag}")
     if saved.get("stage") != stage:  # another stage's model has other layers: its weights fit no model here
-        other = saved.get("stage")
-        advice = f"run stages/{other}.py with it, or give this stage its own --checkpoint"
+        advice = f"run stages/{saved.get('stage')}.py with it, or give this stage its own --checkpoint"
         if flag == "--init_from":
             advice = f"a stage starts only from its own weights: pass a checkpoint that stages/{stage}.py wrote"
-        raise UserError(f"{flag} {path} was saved by stage {other}, not {stage}; {advice}")
+        raise UserError(f"{flag} {path} was saved by stage {saved.get('stage')}, not {stage}; {advice}")
     return saved
 
 
@@ -147,14 +137,13 @@ def load(path: Path, stage: str, flag: str = "--checkpoint") -> Checkpoint:
 
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, init_from=False) -> None:
-    """Put a checkpoint's weights into model; a model of another size is one clear error. Its sizes are
-    the hyperparameters that change a shape, found by building the model on the meta device (no memory)."""
+    """Put a checkpoint's weights into model; a model of another size is one error that names its sizes."""
     own, theirs = model.state_dict(), ckpt.model
     if {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in theirs.items()}:
         model.load_state_dict(theirs)
         return
 
-    def shapes(**values: Any) -> dict | None:
+    def shapes(**values: Any) -> dict | None:  # the model's shapes with these values, built on no memory
         try:
             with torch.device("meta"):
                 built = type(model)(len(ckpt.vocab), dataclasses.replace(config, **values))

@@ -1,12 +1,9 @@
 """The command line, and what a run starts from: start() parses the flags, picks the device, seeds,
 and loads the text and any checkpoint into a Run, all a stage's main() needs besides its model.
 
-Each field of a stage's Config is a flag. Its type says what it accepts: a bool is a switch (--name,
---no-name), an int a count or a size (1 or more), a float a rate or a weight (finite, 0 or more). Its
-metadata can move the bounds ({"min": 0}, {"below": 1}), and the comment after it is its --help.
-A run from a checkpoint (--resume, --init_from, --sample) keeps the checkpoint's vocabulary, so that
-every id means what it meant in training; a run from scratch takes its texts' characters.
-"""
+Each field of a stage's Config is a flag: a bool a switch, an int a count or a size (1 or more), a
+float a rate or a weight (0 or more). Metadata moves the bounds ({"min": 0}, {"below": 1}); the
+comment after the field is its --help."""
 
 from __future__ import annotations
 
@@ -137,14 +134,8 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     run = parser.add_argument_group("running")
     if presets:
         sets = "; ".join(f"{n} sets {', '.join(f'{k}={v}' for k, v in p.items())}" for n, p in presets.items() if p)
-        run.add_argument(
-            "--preset",
-            choices=["auto", *presets],
-            default="auto",
-            help=f"a named set of hyperparameters; auto picks the one named after the device if there is one, "
-            f"else {next(iter(presets))}; flags given explicitly still win. The defaults listed here are the "
-            f"Config's; {sets}",
-        )
+        auto = f"auto: the one named after the device, else {next(iter(presets))}; flags typed still win"
+        run.add_argument("--preset", choices=["auto", *presets], default="auto", help=f"{auto}. {sets}")
     devices = ["auto", "cuda", "mps", "cpu"]
     run.add_argument("--device", choices=devices, default="auto", help="where to compute; auto: cuda, mps, then cpu")
     run.add_argument("--seed", type=seed, default=1337, metavar="INT", help="random seed, for reproducible runs")
@@ -156,8 +147,7 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     vocab = "build the vocabulary from --data and these text files, to fine-tune on them later with --init_from"
     run.add_argument("--vocab_from", type=Path, metavar="FILE", nargs="+", action="extend", help=vocab)
     modes = ["default", "reduce-overhead", "max-autotune"]
-    compile_help = "torch.compile the model for training in MODE (reduce-overhead, max-autotune: CUDA graphs); "
-    compile_help += "it pays off on a GPU, while on a CPU compiling takes longer than it saves"
+    compile_help = "torch.compile the model in MODE (reduce-overhead, max-autotune: CUDA graphs); pays off on a GPU"
     run.add_argument("--compile", nargs="?", const="default", choices=modes, metavar="MODE", help=compile_help)
     bf16 = "bfloat16: the forward pass under autocast, fast on recent GPUs; the weights stay float32"
     run.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=bf16)
@@ -169,9 +159,8 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     count, rate = positive(int), positive(float)
     gen.add_argument("--num_tokens", type=count, default=500, metavar="INT", help="how many characters to generate")
     gen.add_argument("--temperature", type=rate, default=1.0, metavar="FLOAT", help="below 1: safer; above 1: wilder")
-    gen.add_argument(
-        "--top_k", type=count, metavar="INT", help="sample among the k likeliest characters (default: all)"
-    )
+    top_k = "sample among the k likeliest characters (default: all)"
+    gen.add_argument("--top_k", type=count, metavar="INT", help=top_k)
     return parser
 
 
@@ -315,12 +304,11 @@ def check_sampling_flags(args: argparse.Namespace, tokenizer: common.CharTokeniz
 
 def check_init_from(init_from: Path, checkpoint_path: Path) -> None:
     """--init_from must be a file that training leaves alone: neither the run's own checkpoint nor its backup."""
-    backup = checkpoints.previous_path(checkpoint_path)
-    for written in (checkpoint_path, backup):
+    places = {checkpoint_path: "this run's own --checkpoint"}
+    places[checkpoints.previous_path(checkpoint_path)] = "where this run copies the checkpoint it replaces"
+    for written, what in places.items():
         with contextlib.suppress(OSError):  # a file that is not there is not one that training writes
             if init_from.resolve() == written.resolve() or init_from.samefile(written):
-                what = "this run's own --checkpoint" if written == checkpoint_path else "where this run copies"
-                what += f" the checkpoint it replaces ({checkpoint_path})" if written == backup else ""
                 raise UserError(
                     f"--init_from {init_from} is {what}, which training would overwrite; pass another --checkpoint "
                     "for the new run (or use --resume to continue that one)"
@@ -351,24 +339,18 @@ def check_vocabulary(texts: dict[str, str], ckpt_path: Path, vocab: str, resume:
 
 def at_defaults(config: Any, config_cls: type, presets: dict | None, preset: str | None, data: Any) -> bool:
     """Whether config is the stage's defaults (with preset applied) on tiny Shakespeare."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-    defaults.update((presets or {}).get(preset, {}) if preset else {})
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)} | ((presets or {}).get(preset) or {})
     return data is None and dataclasses.asdict(config) == defaults
 
 
 def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | None = None, presets=None) -> Run:
-    """Parse the command line, choose the device, seed, and load the text and any checkpoint. With
-    --sample or --resume the hyperparameters are the checkpoint's, except flags typed on this command
-    line; with --init_from they are a fresh run's, and the weights (the Trainer loads them) must fit."""
+    """Parse the command line, choose the device, seed, and load the text and any checkpoint into a Run."""
     stage = Path(stage_file).stem
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(stage, doc, config_cls, presets)
     args = parser.parse_args(argv)
     if args.sample and args.init_from is not None:
-        raise UserError(
-            "--init_from starts training from a checkpoint's weights and --sample only generates text; "
-            "drop one of them (to sample from a checkpoint: --sample --checkpoint PATH)"
-        )
+        raise UserError("--init_from starts training from a checkpoint, --sample only samples one: drop one of them")
     device = pick_device(args.device)
     common.seed_everything(args.seed)
     checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
@@ -400,9 +382,8 @@ def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | 
     train_data, val_data = common.split_data(ids)
     if len(val_data) <= config.block_size:
         raise UserError(
-            f"{source} is too short: its validation split (the last 10%) has {len(val_data)} characters, "
-            f"and block_size {config.block_size} needs at least {config.block_size + 1}; "
-            "use a longer text or a smaller --block_size"
+            f"{source} is too short: its validation split (the last 10%) has {len(val_data)} characters, and "
+            f"block_size {config.block_size} needs {config.block_size + 1}; use a longer text or a smaller --block_size"
         )
     print(
         f"data: {source} — {len(ids):,} characters, vocabulary {run.vocab_size}, "

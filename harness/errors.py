@@ -58,8 +58,8 @@ class StopSignals:
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
-        """Around writing a checkpoint and its history: a signal that comes meanwhile waits until both are
-        whole. After the training loop (the final save) the signals are caught for the save alone."""
+        """Around writing a checkpoint and its history: a signal meanwhile waits until both are whole (after the
+        training loop, for the final save, the signals are caught for the save alone)."""
         self._outside = not self._previous
         with self if self._outside else contextlib.nullcontext():
             self._saving = True
@@ -79,12 +79,6 @@ class StopSignals:
             self.received = signum
             with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): stop and save all the same
                 tqdm.write(f"{describe(signum)}: stopping after this step to save a checkpoint (again: quit at once)")
-
-    def ending(self) -> tuple[str, int]:
-        """How the run ended, for its last line ("interrupted", "stopped by SIGTERM"), and its exit status."""
-        signum = self.received or signal.SIGINT
-        said = "interrupted" if signum == signal.SIGINT else f"stopped by {describe(signum)}"
-        return said, 128 + signum  # as a shell reports a process a signal stopped
 
 
 class UserError(Exception):

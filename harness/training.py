@@ -1,5 +1,4 @@
-"""The bookkeeping around a stage's training loop, which the stage itself keeps in view, and the
-closing verdict: is the final val loss what this project measured at the stage's defaults?
+"""The bookkeeping around a stage's training loop, which the stage itself keeps in view:
 
 trainer = harness.Trainer(run, model, optimizer)   # loads a checkpoint; compiles with --compile
 for step in trainer.steps():                       # a progress bar; Ctrl-C stops cleanly
@@ -8,10 +7,8 @@ for step in trainer.steps():                       # a progress bar; Ctrl-C stop
     trainer.count_step(loss)                       # after each step: progress, nan check
 trainer.finish()                                   # save, judge the loss, print a sample
 
-docs/runs.json holds the final val loss of each stage at its defaults (seed 1337, tiny Shakespeare), as
-`python tools/train_all.py` measured it, with its machine, torch and date. Another CPU sums in another
-order and moves the third or fourth decimal, well inside NOISE. The lecture's figures, read off the
-video, are bands ("about 2.49"), not targets.
+The verdict compares the final val loss with docs/runs.json: each stage's at its defaults, measured
+by `python tools/train_all.py`. The lecture's figures, read off the video, are bands, not targets.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from tqdm import tqdm
 import common
 from harness import checkpoints
 from harness.cli import Run
-from harness.errors import Interrupted, StopSignals, UserError
+from harness.errors import Interrupted, StopSignals, UserError, describe
 
 NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
@@ -91,13 +88,9 @@ def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dic
     reference, lecture = (recorded() if known is None else known).get((stage, preset)), LECTURE[stage, preset]
     where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
     if reference is None:
-        what = f"the {preset} preset" if preset else f"{stage}'s defaults"
-        return f"no reference for {what}: this project has not measured it (the lecture: {lecture})"
+        return f"no reference for {where}: this project has not measured it (the lecture: {lecture})"
     if not defaults:
-        return (
-            f"no reference for these settings: this project measured {reference:.4f} at {where}, "
-            "the only settings it knows the answer for"
-        )
+        return f"no reference for these settings: this project measured {reference:.4f} at {where} only"
     gap = val - reference
     if abs(gap) <= NOISE:
         lecture = f"; the lecture: {lecture.replace('≈', 'about')}" if lecture.startswith("≈") else ""
@@ -170,11 +163,8 @@ class Trainer:
         return torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def steps(self) -> Iterator[int]:
-        """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample.
-
-        A stop signal (Ctrl-C, SIGTERM, SIGHUP) is held until the current step ends; then the
-        checkpoint is saved and the run stops with a line that says how to resume it.
-        """
+        """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample. A stop
+        signal waits for the step to end; then the checkpoint is saved, and the last line says how to resume."""
         max_iters = self.run.config.max_iters
         if self.run.args.sample:
             return
@@ -191,16 +181,12 @@ class Trainer:
                 self.step = step + 1
                 if signals.received is not None:
                     self.save()
-                    stopped, exit_code = signals.ending()
-                    raise Interrupted(
-                        f"{stopped} at step {self.step}: saved {self.run.checkpoint_path}; "
-                        "continue with the same command plus --resume",
-                        exit_code,
-                    )
+                    signum = signals.received  # the exit status is 128 + its number, as a shell reports it
+                    resume = f"saved {self.run.checkpoint_path}; continue with the same command plus --resume"
+                    raise Interrupted(f"stopped by {describe(signum)} at step {self.step}: {resume}", 128 + signum)
 
     def count_step(self, loss: torch.Tensor) -> None:
-        """After an optimizer step: count it, and read the loss every read_interval steps; a nan or inf
-        stops the run (the weights are checked again before any save, so a nan model is never saved)."""
+        """After an optimizer step: count it, and every read_interval steps read the loss: nan stops the run."""
         self._bar.update(1)
         if (self.step + 1) % self._read_interval == 0:
             if not math.isfinite(value := loss.item()):
@@ -239,18 +225,9 @@ class Trainer:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # ... on NVIDIA GPUs
             "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # ... on Apple's
         }
-        weights, config = (self.model.state_dict(), self.optimizer.state_dict()), dataclasses.asdict(run.config)
-        ckpt = checkpoints.Checkpoint(
-            run.stage,
-            config,
-            run.tokenizer.chars,
-            self.step,
-            *weights,
-            self.history,
-            self.seconds(),
-            rng,
-            run.weights_origin,
-        )
+        state = (self.model.state_dict(), self.optimizer.state_dict(), self.history, self.seconds(), rng)
+        config, origin = dataclasses.asdict(run.config), run.weights_origin
+        ckpt = checkpoints.Checkpoint(run.stage, config, run.tokenizer.chars, self.step, *state, origin)
         with self._signals.saving():  # a second Ctrl-C waits for the checkpoint and its history
             try:
                 if self.saved_step is None and not run.args.resume and path.exists():
@@ -259,7 +236,7 @@ class Trainer:
                     with contextlib.suppress(FileNotFoundError):
                         shutil.copy2(checkpoints.history_path(path), checkpoints.history_path(prev))
                     tqdm.write(f"copied the earlier run's checkpoint to {prev} (--resume continues a run instead)")
-                checkpoints.save(path, ckpt)
+                checkpoints.write_file(path, ckpt.to_file())
                 checkpoints.write_history(checkpoints.history_path(path), self.history)
             except OSError as e:  # disk full, permissions changed: a file is written whole or not at all
                 raise UserError(

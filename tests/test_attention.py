@@ -36,7 +36,7 @@ def save_tiny_checkpoint(stage: str, path, seed: int = 0, **overrides):
         elapsed=0.0,
         rng={},
     )
-    harness.checkpoints.save(path, ckpt)
+    harness.checkpoints.write_file(path, ckpt.to_file())
     return path
 
 

@@ -190,7 +190,7 @@ def pretrained_on(text: str, path) -> None:
     saved = harness.checkpoints.Checkpoint(
         "10_gpt", dataclasses.asdict(cfg), vocab, 1, model.state_dict(), {}, [], 0.0, {}
     )
-    harness.checkpoints.save(path, saved)
+    harness.checkpoints.write_file(path, saved.to_file())
 
 
 @pytest.fixture(scope="module")

@@ -189,7 +189,7 @@ def test_a_checkpoint_file_as_written_before_loads_as_a_checkpoint(tmp_path):
     assert (ckpt.stage, ckpt.config, ckpt.vocab, ckpt.step) == ("01_bigram", on_disk["config"], "abc", 7)
     assert (ckpt.history, ckpt.elapsed) == (on_disk["history"], 1.5)
     assert torch.equal(ckpt.model["w"], on_disk["model"]["w"])
-    harness.checkpoints.save(path, ckpt)  # and it is written back as it was read
+    harness.checkpoints.write_file(path, ckpt.to_file())  # and it is written back as it was read
     again = torch.load(path, weights_only=True)
     assert sorted(again) == sorted(on_disk) and again["step"] == 7
 
@@ -333,7 +333,7 @@ REF_05 = harness.training.recorded()["05_multi_head_attention", None]
             2.30,
             f"no reference for these settings: this project measured {REF_05:.4f}",
         ),
-        ("10_gpt", "video", True, 1.49, "no reference for the video preset: this project has not measured it"),
+        ("10_gpt", "video", True, 1.49, "no reference for 10_gpt's defaults (preset video): this project has not"),
     ],
     ids=["within the noise", "above", "below", "other settings", "not measured"],
 )

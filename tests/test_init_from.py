@@ -123,7 +123,7 @@ def test_a_model_of_another_size_is_one_line(bigram, pretrained, small_text_file
         ("own checkpoint, spelled otherwise", "is this run's own --checkpoint"),
         ("the backup", "is where this run copies the checkpoint it replaces"),
         ("characters it lacks", "foreign.txt has 2 characters ('Z', 'ë') that "),
-        ("with --sample", "--init_from starts training from a checkpoint's weights and --sample only generates text"),
+        ("with --sample", "--init_from starts training from a checkpoint, --sample only samples one: drop one of them"),
         ("resume of nothing", "to resume; drop --resume to start a run from"),
     ],
 )
@@ -223,5 +223,5 @@ def test_a_checkpoint_without_the_record_loads_and_is_written_back_without_it(tm
     assert ckpt.init_from is None
     assert sorted(ckpt.to_file()) == sorted(old)  # a run from scratch writes the file it always wrote
     ckpt.init_from = {"path": "/x/pre.pt", "step": 2, "val_loss": None}
-    harness.checkpoints.save(path, ckpt)
+    harness.checkpoints.write_file(path, ckpt.to_file())
     assert harness.checkpoints.load(path, BIGRAM).init_from == ckpt.init_from

@@ -222,7 +222,7 @@ def test_block_size_larger_than_the_validation_split(bigram, small_text_file, tm
     code, _, err = run_cli(
         bigram, ["--data", str(small_text_file), "--block_size", "5000", "--checkpoint", str(tmp_path / "c.pt")]
     )
-    one_line_error(code, err, "block_size 5000 needs at least 5001", "smaller --block_size")
+    one_line_error(code, err, "block_size 5000 needs 5001", "smaller --block_size")
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
@@ -397,7 +397,11 @@ def signal_at_step(module, monkeypatch, step: int, signum: int) -> None:
 
 @pytest.mark.parametrize(
     "signum, stopped",
-    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGHUP, "stopped by SIGHUP")],
+    [
+        (signal.SIGINT, "stopped by Ctrl-C"),
+        (signal.SIGTERM, "stopped by SIGTERM"),
+        (signal.SIGHUP, "stopped by SIGHUP"),
+    ],
     ids=["ctrl-c", "sigterm", "sighup"],
 )
 def test_a_stop_signal_ends_the_step_saves_where_the_run_was_and_resume_goes_on(
