@@ -322,7 +322,8 @@ def weights_origin(path: Path, source: Checkpoint) -> dict[str, Any]:
 
 
 def check_vocabulary(texts: dict[str, str], ckpt_path: Path, vocab: str, resume: bool) -> None:
-    """Each text (by the name the user gave it) must use only the checkpoint's characters."""
+    """A run from a checkpoint keeps its vocabulary, so that each id means what it meant in training:
+    each text (named as the user gave it) must use only the checkpoint's characters."""
     for i, (name, text) in enumerate(texts.items()):  # first the training text, then each --vocab_from file
         if lacking := sorted(set(text) - set(vocab)):
             shown = ", ".join(map(repr, lacking[:5])) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")

@@ -1,12 +1,11 @@
 """How a run ends. A first stop signal (Ctrl-C, a job scheduler's SIGTERM, a closed terminal's SIGHUP)
 asks training to stop after the step in progress and save a checkpoint it can resume from; a second
-stops at once (StopNow), but never while a checkpoint is being written. run_main turns each failure a
-user can cause into one line on stderr and an exit status."""
+stops at once, but never while a checkpoint is being written. run_main turns each failure a user can
+cause into one line on stderr and an exit status."""
 
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -28,8 +27,8 @@ def describe(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name  # "SIGTERM", "SIGHUP"
 
 
-class StopNow(KeyboardInterrupt):
-    """A second stop signal: quit at once, with the exit status a shell gives that signal."""
+class Stopped(KeyboardInterrupt):
+    """A stop signal ended the run; its message says what was saved. The exit status is a shell's for it."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
@@ -68,13 +67,13 @@ class StopSignals:
             finally:
                 self._saving = False
         if self._held is not None:
-            raise StopNow(self._held, f"{describe(self._held)}: stopped once the checkpoint being written was whole")
+            raise Stopped(self._held, f"{describe(self._held)}: stopped once the checkpoint being written was whole")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._saving and (self.received is not None or self._outside):
             self._held = signum
         elif self.received is not None:
-            raise StopNow(signum, f"{describe(signum)} again: stopped without saving; the last checkpoint is unchanged")
+            raise Stopped(signum, f"{describe(signum)} again: stopped without saving; the last checkpoint is unchanged")
         else:
             self.received = signum
             with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): stop and save all the same
@@ -87,14 +86,6 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
-class Interrupted(UserError):  # noqa: N818 (a stop the user asked for, not an error)
-    """Ctrl-C or a termination signal: training stopped cleanly, its checkpoint saved."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code  # 128 + the signal's number, as a shell reports it
-
-
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type's name), at most 160 characters."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -102,8 +93,7 @@ def first_line(e: BaseException) -> str:
 
 def explain_torch_error(e: RuntimeError) -> str | None:
     """Out of memory, or a failure of --compile's compilers, as one line; None for any other error."""
-    # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> "DefaultCPUAllocator: ..."
-    said = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", first_line(e))[:120]
+    said = first_line(e)[:120]
     if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
         return f"torch.compile failed ({said}); train without --compile, and see what python tools/doctor.py says"
     if type(e).__name__ == "OutOfMemoryError" or any(s in str(e).lower() for s in OUT_OF_MEMORY):
@@ -123,11 +113,9 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         return status if isinstance(status, int) else 0
     except SystemExit as e:  # argparse: --help (0) or a command-line error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
-    except Interrupted as e:  # a clean stop: its line says where the checkpoint is
-        line, code = str(e), e.exit_code
     except UserError as e:
         line, code = f"error: {e}", e.exit_code
-    except StopNow as e:  # a second stop signal
+    except Stopped as e:  # a stop signal: its line says what was saved
         line, code = f"\n{e}", e.exit_code
     except KeyboardInterrupt:
         line, code = "\ninterrupted: stopped without saving; any earlier checkpoint is unchanged", EXIT_INTERRUPTED

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import common
 from harness import checkpoints
 from harness.cli import Run
-from harness.errors import Interrupted, StopSignals, UserError, describe
+from harness.errors import Stopped, StopSignals, UserError, describe
 
 NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
@@ -165,7 +165,7 @@ class Trainer:
     def steps(self) -> Iterator[int]:
         """Step numbers from the checkpoint's step (0 when fresh) to max_iters - 1; none with --sample. A stop
         signal waits for the step to end; then the checkpoint is saved, and the last line says how to resume."""
-        max_iters = self.run.config.max_iters
+        max_iters, path = self.run.config.max_iters, self.run.checkpoint_path
         if self.run.args.sample:
             return
         if self.step >= max_iters:
@@ -181,19 +181,18 @@ class Trainer:
                 self.step = step + 1
                 if signals.received is not None:
                     self.save()
-                    signum = signals.received  # the exit status is 128 + its number, as a shell reports it
-                    resume = f"saved {self.run.checkpoint_path}; continue with the same command plus --resume"
-                    raise Interrupted(f"stopped by {describe(signum)} at step {self.step}: {resume}", 128 + signum)
+                    said = f"stopped by {describe(signals.received)} at step {self.step}: saved {path}"
+                    raise Stopped(signals.received, f"{said}; continue with the same command plus --resume")
 
     def count_step(self, loss: torch.Tensor) -> None:
         """After an optimizer step: count it, and every read_interval steps read the loss: nan stops the run."""
         self._bar.update(1)
         if (self.step + 1) % self._read_interval == 0:
             if not math.isfinite(value := loss.item()):
-                raise self._stopped_on(f"the training loss became {value} at step {self.step + 1}")
+                raise self._non_finite_error(f"the training loss became {value} at step {self.step + 1}")
             self._bar.set_postfix(loss=f"{value:.4f}", refresh=False)
 
-    def _stopped_on(self, what: str) -> UserError:
+    def _non_finite_error(self, what: str) -> UserError:
         """The error for a nan or inf: says which checkpoint is kept, and what to do."""
         path = self.run.checkpoint_path
         kept = f"{path} (step {self.saved_step}) is kept" if self.saved_step is not None else "nothing was saved"
@@ -203,7 +202,7 @@ class Trainer:
         """Print a loss estimate, add it to the history, and save a checkpoint."""
         if not all(math.isfinite(v) for v in losses.values()):
             nan = f"{losses['train']} (train), {losses['val']} (val)"
-            raise self._stopped_on(f"the estimated loss became {nan} at step {step}")
+            raise self._non_finite_error(f"the estimated loss became {nan} at step {step}")
         tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed_s": self.seconds()}
         # a resumed run estimates its first step again: that row replaces the checkpoint's
@@ -216,7 +215,7 @@ class Trainer:
     def save(self) -> None:
         """Write the checkpoint and its history; a fresh run first copies an earlier run's aside (.prev)."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never overwrite a good file
-            raise self._stopped_on(f"the weights hold nan or inf at step {self.step}")
+            raise self._non_finite_error(f"the weights hold nan or inf at step {self.step}")
         run, path = self.run, self.run.checkpoint_path
         rng = {
             "batches": run.train_gen.get_state(),
