@@ -153,10 +153,10 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: A
 
     here = dataclasses.asdict(config)
     differ = {k: v for k, v in ckpt.config.items() if k in here and here[k] != v}
-    sizes = {k: v for k, v in differ.items() if shapes(**{k: v}) != shapes()} or differ
+    sizes = {k: v for k, v in differ.items() if shapes(**{k: v}) != shapes()}  # those that change a shape
     said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in sizes.items()) or "other layers"
     advice = "drop the flags that change it to use the checkpoint's, or train afresh"
-    if init_from:  # a run from --init_from takes its sizes from its own flags
+    if init_from and sizes:  # a run from --init_from takes its sizes from its own flags
         flags = " ".join(f"--{k} {v}" for k, v in sizes.items())
         advice = f"this run's sizes come from its defaults and flags, not from --init_from: add {flags}"
     raise UserError(f"{path} holds a model of another size ({said}); {advice}")

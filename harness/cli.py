@@ -134,7 +134,8 @@ def build_parser(stage: str, doc: str | None, config_cls: type, presets: dict[st
     run = parser.add_argument_group("running")
     if presets:
         sets = "; ".join(f"{n} sets {', '.join(f'{k}={v}' for k, v in p.items())}" for n, p in presets.items() if p)
-        auto = f"auto: the one named after the device, else {next(iter(presets))}; flags typed still win"
+        auto = f"auto: the one named after the device, else {next(iter(presets))}; flags typed still win. "
+        auto += "The defaults above are the Config's, before a preset"
         run.add_argument("--preset", choices=["auto", *presets], default="auto", help=f"{auto}. {sets}")
     devices = ["auto", "cuda", "mps", "cpu"]
     run.add_argument("--device", choices=devices, default="auto", help="where to compute; auto: cuda, mps, then cpu")

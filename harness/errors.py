@@ -17,8 +17,6 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
 # what torch says when memory runs out: CUDA's OutOfMemoryError, and RuntimeErrors on the CPU and mps
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
-
-
 # SIGHUP does not exist on Windows; there Ctrl-C (SIGINT) and SIGTERM are all there is
 STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
 
