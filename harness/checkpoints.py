@@ -136,7 +136,7 @@ def load(path: Path, stage: str, flag: str = "--checkpoint") -> Checkpoint:
     return Checkpoint(**{f.name: saved[f.name] for f in fields if f.name in saved})
 
 
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, init_from=False) -> None:
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: Any, sizes_from_flags=False) -> None:
     """Put a checkpoint's weights into model; a model of another size is one error that names its sizes."""
     own, theirs = model.state_dict(), ckpt.model
     if {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in theirs.items()}:
@@ -156,7 +156,7 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path, config: A
     sizes = {k: v for k, v in differ.items() if shapes(**{k: v}) != shapes()}  # those that change a shape
     said = ", ".join(f"{k} {v} there, {here[k]} here" for k, v in sizes.items()) or "other layers"
     advice = "drop the flags that change it to use the checkpoint's, or train afresh"
-    if init_from and sizes:  # a run from --init_from takes its sizes from its own flags
+    if sizes_from_flags and sizes:  # a run from --init_from: its sizes come from its flags
         flags = " ".join(f"--{k} {v}" for k, v in sizes.items())
         advice = f"this run's sizes come from its defaults and flags, not from --init_from: add {flags}"
     raise UserError(f"{path} holds a model of another size ({said}); {advice}")

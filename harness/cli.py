@@ -34,6 +34,90 @@ DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tiny
 DATA_BYTES, DATA_MD5 = 1_115_394, "6fb458f1232090904fb40fe944165e91"  # tiny Shakespeare's size and checksum
 
 
+@dataclasses.dataclass
+class Run:
+    """Everything a stage's main() needs besides its model: config, device, data and the command line."""
+
+    stage: str
+    config: Any
+    args: argparse.Namespace
+    device: torch.device
+    tokenizer: common.CharTokenizer
+    checkpoint_path: Path
+    checkpoint: Checkpoint | None = None  # the loaded checkpoint, with --sample or --resume
+    init_checkpoint: Checkpoint | None = None  # --init_from's checkpoint, whose weights the Trainer loads
+    weights_origin: dict[str, Any] | None = None  # where the weights started: --init_from's, or the resumed run's
+    data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # "train", "val": (N,) ids on the device
+    train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
+    eval_gen: torch.Generator | None = None  # draws the estimate's batches; seeded afresh at each step
+    preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
+    at_defaults: bool = False  # the training settings are the stage's defaults: its reference loss applies
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | None = None, presets=None) -> Run:
+    """Parse the command line, choose the device, seed, and load the text and any checkpoint into a Run."""
+    stage = Path(stage_file).stem
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(stage, doc, config_cls, presets)
+    args = parser.parse_args(argv)
+    if args.sample and args.init_from is not None:
+        raise UserError("--init_from starts training from a checkpoint, --sample only samples one: drop one of them")
+    device = pick_device(args.device)
+    common.seed_everything(args.seed)
+    checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
+    starting = args.init_from is not None and not args.resume  # a new run from --init_from's weights
+    if args.init_from is not None and args.resume and not checkpoint_path.exists():
+        raise UserError(
+            f"no checkpoint at {checkpoint_path} to resume; drop --resume to start a run from {args.init_from}"
+        )
+    if starting:
+        check_init_from(args.init_from, checkpoint_path)
+    ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
+    init_ckpt = checkpoints.load(args.init_from, stage, "--init_from") if starting else None
+    config, preset = resolve_config(config_cls, args, explicit_flags(parser, argv), presets, device, ckpt)
+    print(f"device: {device}")
+    run = Run(stage, config, args, device, None, checkpoint_path, ckpt, init_ckpt, ckpt and ckpt.init_from)
+    if args.sample:
+        run.tokenizer = common.CharTokenizer(ckpt.vocab)
+        check_sampling_flags(args, run.tokenizer)
+        return run
+
+    text, source = load_text(args.data)
+    texts = {str(source): text} | {f"--vocab_from {p}": read_text(p, "--vocab_from") for p in args.vocab_from or []}
+    base = ckpt or init_ckpt  # the checkpoint whose vocabulary this run keeps, if any
+    if base is not None:
+        check_vocabulary(texts, checkpoint_path if ckpt else args.init_from, base.vocab, args.resume)
+    run.tokenizer = common.CharTokenizer(base.vocab if base else "".join(sorted(set().union(*texts.values()))))
+    check_sampling_flags(args, run.tokenizer)
+    ids = run.tokenizer.encode_text(text)  # (N,) int64
+    train_data, val_data = common.split_data(ids)
+    if len(val_data) <= config.block_size:
+        raise UserError(
+            f"{source} is too short: its validation split (the last 10%) has {len(val_data)} characters, and "
+            f"block_size {config.block_size} needs {config.block_size + 1}; use a longer text or a smaller --block_size"
+        )
+    print(
+        f"data: {source} — {len(ids):,} characters, vocabulary {run.vocab_size}, "
+        f"{len(train_data):,} train / {len(val_data):,} val"
+    )
+    checkpoints.check_writable(checkpoint_path)
+    # the text goes to the device once (a few MB), so each batch is gathered where it is used
+    run.data = {"train": train_data.to(device), "val": val_data.to(device)}
+    run.train_gen = torch.Generator().manual_seed(args.seed)
+    run.eval_gen = torch.Generator()  # the Trainer seeds it afresh at each step
+    if starting:
+        run.weights_origin = weights_origin(args.init_from, init_ckpt)
+    # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
+    own_vocabulary = run.tokenizer.chars == "".join(sorted(set(text))) and run.weights_origin is None
+    run.preset = preset
+    run.at_defaults = own_vocabulary and at_defaults(config, config_cls, presets, preset, args.data)
+    return run
+
+
 @functools.cache  # reading a class's source parses its whole file
 def field_help(config_cls: type) -> dict[str, str]:
     """The comment after each field of a Config (or of a class it builds on): that flag's --help."""
@@ -214,30 +298,6 @@ def resolve_config(config_cls: type, args, given: set[str], presets: dict | None
         raise config_error(str(e), values, origin) from None
 
 
-@dataclasses.dataclass
-class Run:
-    """Everything a stage's main() needs besides its model: config, device, data and the command line."""
-
-    stage: str
-    config: Any
-    args: argparse.Namespace
-    device: torch.device
-    tokenizer: common.CharTokenizer
-    checkpoint_path: Path
-    checkpoint: Checkpoint | None = None  # the loaded checkpoint, with --sample or --resume
-    init_from: Checkpoint | None = None  # --init_from's checkpoint, whose weights the Trainer loads
-    weights_origin: dict[str, Any] | None = None  # where the weights started: --init_from's, or the resumed run's
-    data: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # "train", "val": (N,) ids on the device
-    train_gen: torch.Generator | None = None  # draws the training batches; saved in checkpoints
-    eval_gen: torch.Generator | None = None  # draws the estimate's batches; seeded afresh at each step
-    preset: str | None = None  # the preset the stage's defaults are taken with (stage 10)
-    at_defaults: bool = False  # the training settings are the stage's defaults: its reference loss applies
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-
 def pick_device(requested: str) -> torch.device:
     """--device: auto is common.choose_device(); asking for a device that is absent is an error."""
     if requested == "cuda" and not torch.cuda.is_available():
@@ -343,63 +403,3 @@ def at_defaults(config: Any, config_cls: type, presets: dict | None, preset: str
     """Whether config is the stage's defaults (with preset applied) on tiny Shakespeare."""
     defaults = {f.name: f.default for f in dataclasses.fields(config_cls)} | ((presets or {}).get(preset) or {})
     return data is None and dataclasses.asdict(config) == defaults
-
-
-def start(stage_file: str, config_cls: type, doc: str | None, argv: list[str] | None = None, presets=None) -> Run:
-    """Parse the command line, choose the device, seed, and load the text and any checkpoint into a Run."""
-    stage = Path(stage_file).stem
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(stage, doc, config_cls, presets)
-    args = parser.parse_args(argv)
-    if args.sample and args.init_from is not None:
-        raise UserError("--init_from starts training from a checkpoint, --sample only samples one: drop one of them")
-    device = pick_device(args.device)
-    common.seed_everything(args.seed)
-    checkpoint_path = args.checkpoint or checkpoints.default_path(stage)
-    starting = args.init_from is not None and not args.resume  # a new run from --init_from's weights
-    if args.init_from is not None and args.resume and not checkpoint_path.exists():
-        raise UserError(
-            f"no checkpoint at {checkpoint_path} to resume; drop --resume to start a run from {args.init_from}"
-        )
-    if starting:
-        check_init_from(args.init_from, checkpoint_path)
-    ckpt = checkpoints.load(checkpoint_path, stage) if args.sample or args.resume else None
-    init_from = checkpoints.load(args.init_from, stage, "--init_from") if starting else None
-    config, preset = resolve_config(config_cls, args, explicit_flags(parser, argv), presets, device, ckpt)
-    print(f"device: {device}")
-    run = Run(stage, config, args, device, None, checkpoint_path, ckpt, init_from, ckpt and ckpt.init_from)
-    if args.sample:
-        run.tokenizer = common.CharTokenizer(ckpt.vocab)
-        check_sampling_flags(args, run.tokenizer)
-        return run
-
-    text, source = load_text(args.data)
-    texts = {str(source): text} | {f"--vocab_from {p}": read_text(p, "--vocab_from") for p in args.vocab_from or []}
-    base = ckpt or init_from  # the checkpoint whose vocabulary this run keeps, if any
-    if base is not None:
-        check_vocabulary(texts, checkpoint_path if ckpt else args.init_from, base.vocab, args.resume)
-    run.tokenizer = common.CharTokenizer(base.vocab if base else "".join(sorted(set().union(*texts.values()))))
-    check_sampling_flags(args, run.tokenizer)
-    ids = run.tokenizer.encode_text(text)  # (N,) int64
-    train_data, val_data = common.split_data(ids)
-    if len(val_data) <= config.block_size:
-        raise UserError(
-            f"{source} is too short: its validation split (the last 10%) has {len(val_data)} characters, and "
-            f"block_size {config.block_size} needs {config.block_size + 1}; use a longer text or a smaller --block_size"
-        )
-    print(
-        f"data: {source} — {len(ids):,} characters, vocabulary {run.vocab_size}, "
-        f"{len(train_data):,} train / {len(val_data):,} val"
-    )
-    checkpoints.check_writable(checkpoint_path)
-    # the text goes to the device once (a few MB), so each batch is gathered where it is used
-    run.data = {"train": train_data.to(device), "val": val_data.to(device)}
-    run.train_gen = torch.Generator().manual_seed(args.seed)
-    run.eval_gen = torch.Generator()  # the Trainer seeds it afresh at each step
-    if starting:
-        run.weights_origin = weights_origin(args.init_from, init_from)
-    # the reference loss is for the stage's defaults from scratch, with the text's own vocabulary
-    own_vocabulary = run.tokenizer.chars == "".join(sorted(set(text))) and run.weights_origin is None
-    run.preset = preset
-    run.at_defaults = own_vocabulary and at_defaults(config, config_cls, presets, preset, args.data)
-    return run

@@ -6,9 +6,6 @@ for step in trainer.steps():                       # a progress bar; Ctrl-C stop
     ... the stage's own step, its forward pass in `with trainer.autocast():` ...
     trainer.count_step(loss)                       # after each step: progress, nan check
 trainer.finish()                                   # save, judge the loss, print a sample
-
-The verdict compares the final val loss with docs/runs.json: each stage's at its defaults, measured
-by `python tools/train_all.py`. The lecture's figures, read off the video, are bands, not targets.
 """
 
 from __future__ import annotations
@@ -31,76 +28,6 @@ import common
 from harness import checkpoints
 from harness.cli import Run
 from harness.errors import Stopped, StopSignals, UserError, describe
-
-NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU
-RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
-
-# (stage, preset): the lecture's figure at that stage's defaults (and preset, for stage 10)
-LECTURE: dict[tuple[str, str | None], str] = {
-    ("01_bigram", None): "≈ 2.49",
-    ("02_position_embedding", None): "≈ 2.5",
-    ("03_causal_average", None): "— (not in the lecture)",
-    ("04_self_attention_head", None): "≈ 2.4",
-    ("05_multi_head_attention", None): "≈ 2.28",
-    ("06_feed_forward", None): "≈ 2.24",
-    ("07_transformer_blocks", None): "worse than 06 (≈ 2.3)",
-    ("08_residual_connections", None): "≈ 2.08",
-    ("09_layer_norm", None): "≈ 2.06",
-    ("10_gpt", "cpu"): "— (the lecture trains only the video preset)",
-    ("10_gpt", "video"): "≈ 1.48 (video preset, GPU)",
-}
-# what a loss far above or below the measured one usually means: for any stage, then for some
-MEANING = {
-    "above": "a higher loss with the defaults usually means a change that broke something: diff the stage",
-    "below": "a loss well below it usually means the model sees the characters it must predict (the mask)",
-    ("10_gpt", "above"): "a loss near 2.5 means the model learned only which character follows which",
-    ("01_bigram", "below"): "a lower loss than a bigram table can reach: check the data",
-}
-
-
-def load_record(path: Path = RECORD) -> dict:
-    """The recorded runs ({} when there is none): what tools/train_all.py wrote after a full run."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:  # a bad merge or hand edit: the stages still run, without references
-        print(f"warning: {path} cannot be read ({e}); no run is compared with it", file=sys.stderr)
-        return {}
-
-
-def measured(record: dict) -> dict[tuple[str, str | None], float]:
-    """The final val loss a record holds for each (stage, preset)."""
-    return {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
-
-
-@functools.cache
-def recorded() -> dict[tuple[str, str | None], float]:
-    """The losses of docs/runs.json, read once, at the first run that asks."""
-    return measured(load_record())
-
-
-def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dict | None = None) -> str | None:
-    """One line: is this final val loss what the stage's defaults give? None for a file that is not a
-    stage (a learner's copy, an exercise 4 variant). known: measured losses (docs/runs.json's if not given)."""
-    if (stage, preset) not in LECTURE:
-        return None
-    reference, lecture = (recorded() if known is None else known).get((stage, preset)), LECTURE[stage, preset]
-    where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
-    if reference is None:
-        return f"no reference for {where}: this project has not measured it (the lecture: {lecture})"
-    if not defaults:
-        return f"no reference for these settings: this project measured {reference:.4f} at {where} only"
-    gap = val - reference
-    if abs(gap) <= NOISE:
-        lecture = f"; the lecture: {lecture.replace('≈', 'about')}" if lecture.startswith("≈") else ""
-        return f"val loss {val:.4f} is as expected: {reference:.4f} at {where}, ±{NOISE} from run to run{lecture}"
-    side = "above" if gap > 0 else "below"
-    meaning = MEANING.get((stage, side), MEANING[side])
-    return (
-        f"val loss {val:.4f} is {abs(gap):.3f} {side} the {reference:.4f} measured at {where} "
-        f"(run-to-run noise: ±{NOISE}): {meaning}"
-    )
 
 
 def read_interval(device: torch.device) -> int:
@@ -143,8 +70,8 @@ class Trainer:
                     torch.mps.set_rng_state(ckpt.rng["mps"])
                 self.saved_step = ckpt.step  # the checkpoint on disk, kept if anything goes wrong
                 print(f"resumed from {run.checkpoint_path} at step {self.step}")
-        elif (source := run.init_from) is not None:  # the weights alone; optimizer, step and history start afresh
-            checkpoints.load_weights(model, source, run.args.init_from, run.config, init_from=True)
+        elif (source := run.init_checkpoint) is not None:  # the weights alone; optimizer, step and history start afresh
+            checkpoints.load_weights(model, source, run.args.init_from, run.config, sizes_from_flags=True)
             val = f", val loss {source.history[-1]['val_loss']:.4f}" if source.history else ""
             print(f"initialised from {run.args.init_from} (step {source.step}{val}): fresh optimizer, step 0")
         self._first_step = self.step
@@ -273,3 +200,76 @@ class Trainer:
         self.model.train()
         text = tokenizer.decode(out[0].tolist())
         return text if args.prompt else text[1:]
+
+
+# -- the closing verdict: the final val loss beside docs/runs.json's, which tools/train_all.py measures --
+
+NOISE = 0.02  # how far the final val loss moves with other seeds or another CPU
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "runs.json"  # written by tools/train_all.py
+
+# (stage, preset): the lecture's figure at those defaults, read off the video: a band, not a target
+LECTURE: dict[tuple[str, str | None], str] = {
+    ("01_bigram", None): "≈ 2.49",
+    ("02_position_embedding", None): "≈ 2.5",
+    ("03_causal_average", None): "— (not in the lecture)",
+    ("04_self_attention_head", None): "≈ 2.4",
+    ("05_multi_head_attention", None): "≈ 2.28",
+    ("06_feed_forward", None): "≈ 2.24",
+    ("07_transformer_blocks", None): "worse than 06 (≈ 2.3)",
+    ("08_residual_connections", None): "≈ 2.08",
+    ("09_layer_norm", None): "≈ 2.06",
+    ("10_gpt", "cpu"): "— (the lecture trains only the video preset)",
+    ("10_gpt", "video"): "≈ 1.48 (video preset, GPU)",
+}
+# what a loss far above or below the measured one usually means: for any stage, then for some
+MEANING = {
+    "above": "a higher loss with the defaults usually means a change that broke something: diff the stage",
+    "below": "a loss well below it usually means the model sees the characters it must predict (the mask)",
+    ("10_gpt", "above"): "a loss near 2.5 means the model learned only which character follows which",
+    ("01_bigram", "below"): "a lower loss than a bigram table can reach: check the data",
+}
+
+
+def load_record(path: Path = RECORD) -> dict:
+    """The recorded runs ({} when there is none): what tools/train_all.py wrote after a full run."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:  # a bad merge or hand edit: the stages still run, without references
+        print(f"warning: {path} cannot be read ({e}); no run is compared with it", file=sys.stderr)
+        return {}
+
+
+def measured(record: dict) -> dict[tuple[str, str | None], float]:
+    """The final val loss a record holds for each (stage, preset)."""
+    return {(stage, run.get("preset")): run["val_loss"] for stage, run in record.get("stages", {}).items()}
+
+
+@functools.cache
+def recorded() -> dict[tuple[str, str | None], float]:
+    """The losses of docs/runs.json, read once, at the first run that asks."""
+    return measured(load_record())
+
+
+def judge(stage: str, preset: str | None, defaults: bool, val: float, known: dict | None = None) -> str | None:
+    """One line: is this final val loss what the stage's defaults give? None for a file that is not a
+    stage (a learner's copy, an exercise 4 variant). known: measured losses (docs/runs.json's if not given)."""
+    if (stage, preset) not in LECTURE:
+        return None
+    reference, lecture = (recorded() if known is None else known).get((stage, preset)), LECTURE[stage, preset]
+    where = f"{stage}'s defaults" + (f" (preset {preset})" if preset else "")
+    if reference is None:
+        return f"no reference for {where}: this project has not measured it (the lecture: {lecture})"
+    if not defaults:
+        return f"no reference for these settings: this project measured {reference:.4f} at {where} only"
+    gap = val - reference
+    if abs(gap) <= NOISE:
+        lecture = f"; the lecture: {lecture.replace('≈', 'about')}" if lecture.startswith("≈") else ""
+        return f"val loss {val:.4f} is as expected: {reference:.4f} at {where}, ±{NOISE} from run to run{lecture}"
+    side = "above" if gap > 0 else "below"
+    meaning = MEANING.get((stage, side), MEANING[side])
+    return (
+        f"val loss {val:.4f} is {abs(gap):.3f} {side} the {reference:.4f} measured at {where} "
+        f"(run-to-run noise: ±{NOISE}): {meaning}"
+    )
