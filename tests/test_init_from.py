@@ -154,7 +154,8 @@ def test_init_from_refusals_are_one_line(case, message, bigram, pretrained, text
 
 def test_text_with_characters_the_checkpoint_lacks_says_what_to_do(bigram, pretrained, texts, tmp_path, run_cli):
     code, _, err = run_cli(bigram, flags(bigram, texts["foreign"], tmp_path / "ft.pt", "--init_from", str(pretrained)))
-    one_line_error(code, err, f"pre-train with --vocab_from {texts['foreign']}", "map the model's rows by character")
+    lacks = f"foreign.txt has 2 characters ('Z', 'ë') that {pretrained} has no ids for"
+    one_line_error(code, err, lacks, f"pre-train with --vocab_from {texts['foreign']}", "map the model's rows")
 
 
 # -- a vocabulary for a text to come ------------------------------------------------------------------
