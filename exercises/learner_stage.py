@@ -4,7 +4,6 @@ handling into the exercise's own checkpoint, and the budget a stage's file train
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -96,9 +95,7 @@ def train_stage_10_with(attention_cls: type, exercise_file: str, argv: list[str]
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def main(argv: list[str]) -> None:
-        flag = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        flag.add_argument("--checkpoint")
-        given = flag.parse_known_args(argv)[0].checkpoint  # the last one, as the stage reads it
+        given = tools.stages.stage_flag(argv, "--checkpoint")
         ckpt = Path(given) if given else harness.checkpoints.CHECKPOINT_DIR / f"{name}.pt"
         if ckpt.resolve() == harness.checkpoints.default_path(STAGE_10).resolve():
             raise harness.UserError(

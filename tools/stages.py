@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 import sys
@@ -65,3 +66,10 @@ def load_stage(name: str) -> ModuleType:
 def previous_stage(stage: str) -> str | None:
     names = stage_names()
     return names[names.index(stage) - 1] if stage in names and names.index(stage) > 0 else None
+
+
+def stage_flag(flags: list[str], name: str) -> str | None:
+    """The value a stage reads for flag name among flags (the last one given), or None."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(name)
+    return vars(parser.parse_known_args(flags)[0])[name.removeprefix("--")]

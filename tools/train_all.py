@@ -100,13 +100,6 @@ def run_process(cmd: list[str], indent: str = "    ") -> tuple[int, list[str], l
     return code, out, [line.rstrip("\n") for line in err], seconds
 
 
-def stage_flag(flags: list[str], name: str) -> str | None:
-    """The value a stage reads for flag name among flags (the last one given), or None."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument(name)
-    return vars(parser.parse_known_args(flags)[0])[name.removeprefix("--")]
-
-
 def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float, flags: list[str]) -> Result:
     """The stage's row, from its output and the files it wrote."""
     module = tools.stages.load_stage(stage)
@@ -118,7 +111,7 @@ def collect(stage: str, stdout: list[str], checkpoint_dir: Path, seconds: float,
         if m := re.match(r"preset: (\S+)", line):
             preset = m.group(1)
     if hasattr(module, "PRESETS") and preset is None:  # no "preset:" line: it came from the flags (--preset cpu|video)
-        preset = stage_flag(flags, "--preset") or "see flags"
+        preset = tools.stages.stage_flag(flags, "--preset") or "see flags"
     rows = harness.checkpoints.read_history(harness.checkpoints.history_path(checkpoint_dir / f"{stage}.pt"))
     last = rows[-1] if rows else {}
     sample_path = checkpoint_dir / f"{stage}.sample.txt"
@@ -261,7 +254,7 @@ def train_all(args: argparse.Namespace, argv: list[str], extra: list[str]) -> in
     print(f"results: {results_json}")
 
     command = shlex.join(["python", "tools/train_all.py", *argv])
-    iterations = stage_flag(flags, "--max_iters")
+    iterations = tools.stages.stage_flag(flags, "--max_iters")
     note = None
     if args.quick:
         note = f"quick mode: {iterations} iterations per stage, not the stages' defaults"
